@@ -1,0 +1,71 @@
+// saga/json.hpp — JSON text for saga data, command payloads and replies, encoded with cereal.
+#pragma once
+
+#include <cereal/archives/json.hpp>
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <typeinfo>
+
+namespace saga {
+
+// Thrown when text is not valid JSON or does not decode into the requested type; the message says where and why.
+class json_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// JSON text that is passed through as it is (no cereal encoding), e.g. a payload built by hand.
+struct raw_json {
+  std::string text;
+};
+
+// Canonical form of a JSON document: compact, object keys sorted bytewise, numbers normalized, so the same
+// value always has the same bytes (hashing, comparison). Throws json_error naming the offset of a syntax error
+// or a duplicate key.
+[[nodiscard]] std::string canonical_json(std::string_view text);
+
+// Member `name` of the JSON object `object_text`, as canonical JSON text; throws json_error when missing.
+[[nodiscard]] std::string json_member(std::string_view object_text, std::string_view name);
+
+namespace detail {
+[[nodiscard]] std::string wrap_for_decoding(std::string_view text);
+[[nodiscard]] std::string demangle(const char* name);
+}  // namespace detail
+
+// Encodes `value` with cereal's JSON archive and returns canonical JSON text of the value itself.
+template <class T>
+[[nodiscard]] std::string to_json(const T& value) {
+  if constexpr (std::is_same_v<T, raw_json>) {
+    return canonical_json(value.text);
+  } else {
+    std::ostringstream out;
+    {
+      cereal::JSONOutputArchive archive(out, cereal::JSONOutputArchive::Options::NoIndent());
+      archive(cereal::make_nvp("v", value));
+    }
+    return json_member(out.str(), "v");
+  }
+}
+
+// Decodes JSON text into a T with cereal; throws json_error naming the type and what was wrong.
+template <class T>
+[[nodiscard]] T from_json(std::string_view text) {
+  if constexpr (std::is_same_v<T, raw_json>) {
+    return raw_json{canonical_json(text)};
+  } else {
+    try {
+      std::istringstream in(detail::wrap_for_decoding(text));
+      cereal::JSONInputArchive archive(in);
+      T value{};
+      archive(cereal::make_nvp("v", value));
+      return value;
+    } catch (const cereal::Exception& e) {
+      throw json_error("cannot decode " + detail::demangle(typeid(T).name()) + " from JSON: " + e.what());
+    }
+  }
+}
+
+}  // namespace saga

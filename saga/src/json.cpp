@@ -1,0 +1,125 @@
+// Canonical JSON with the rapidjson engine that cereal's JSON archive is built on (same configuration macros).
+#include "saga/json.hpp"
+
+#include "json_detail.hpp"
+
+#include <cereal/archives/json.hpp>
+#include <cxxabi.h>
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace saga {
+
+namespace {
+
+using value_t = rapidjson::Value;
+
+void write_canonical(const value_t& v, rapidjson::Writer<rapidjson::StringBuffer>& w) {
+  switch (v.GetType()) {
+    case rapidjson::kNullType: w.Null(); break;
+    case rapidjson::kFalseType: w.Bool(false); break;
+    case rapidjson::kTrueType: w.Bool(true); break;
+    case rapidjson::kStringType: w.String(v.GetString(), v.GetStringLength()); break;
+    case rapidjson::kNumberType:
+      if (v.IsInt64()) {
+        w.Int64(v.GetInt64());
+      } else if (v.IsUint64()) {
+        w.Uint64(v.GetUint64());
+      } else {
+        const double d = v.GetDouble();
+        // Integral doubles within 2^53 print as integers so 1.0 and 1 are the same value.
+        if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9007199254740992.0 &&
+            d < 9007199254740992.0)
+          w.Int64(static_cast<std::int64_t>(d));
+        else
+          w.Double(d);
+      }
+      break;
+    case rapidjson::kArrayType:
+      w.StartArray();
+      for (const auto& item : v.GetArray()) write_canonical(item, w);
+      w.EndArray();
+      break;
+    case rapidjson::kObjectType: {
+      std::vector<const value_t::Member*> members;
+      members.reserve(v.MemberCount());
+      for (const auto& m : v.GetObject()) members.push_back(&m);
+      std::sort(members.begin(), members.end(), [](const auto* a, const auto* b) {
+        return std::string_view(a->name.GetString(), a->name.GetStringLength()) <
+               std::string_view(b->name.GetString(), b->name.GetStringLength());
+      });
+      for (std::size_t i = 1; i < members.size(); ++i) {
+        if (std::string_view(members[i]->name.GetString(), members[i]->name.GetStringLength()) ==
+            std::string_view(members[i - 1]->name.GetString(), members[i - 1]->name.GetStringLength()))
+          throw json_error("duplicate key \"" + std::string(members[i]->name.GetString()) + "\" in JSON object");
+      }
+      w.StartObject();
+      for (const auto* m : members) {
+        w.Key(m->name.GetString(), m->name.GetStringLength());
+        write_canonical(m->value, w);
+      }
+      w.EndObject();
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+namespace detail {
+void parse_json(rapidjson::Document& doc, std::string_view text) {
+  doc.Parse<rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());
+  if (doc.HasParseError())
+    throw json_error(std::string("invalid JSON at offset ") + std::to_string(doc.GetErrorOffset()) + ": " +
+                     rapidjson::GetParseError_En(doc.GetParseError()));
+}
+
+std::string canonical_text(const rapidjson::Value& v) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+  write_canonical(v, writer);
+  return {buffer.GetString(), buffer.GetSize()};
+}
+}  // namespace detail
+
+std::string canonical_json(std::string_view text) {
+  rapidjson::Document doc;
+  detail::parse_json(doc, text);
+  return detail::canonical_text(doc);
+}
+
+std::string json_member(std::string_view object_text, std::string_view name) {
+  rapidjson::Document doc;
+  detail::parse_json(doc, object_text);
+  if (!doc.IsObject()) throw json_error("expected a JSON object");
+  const auto it = doc.FindMember(rapidjson::Value(name.data(), static_cast<rapidjson::SizeType>(name.size())));
+  if (it == doc.MemberEnd()) throw json_error("missing member \"" + std::string(name) + "\"");
+  return detail::canonical_text(it->value);
+}
+
+namespace detail {
+
+std::string wrap_for_decoding(std::string_view text) {
+  std::string wrapped;
+  wrapped.reserve(text.size() + 8);
+  wrapped += "{\"v\":";
+  wrapped += canonical_json(text);  // validates first, so cereal never sees broken text
+  wrapped += '}';
+  return wrapped;
+}
+
+std::string demangle(const char* name) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(name, nullptr, nullptr, &status), std::free);
+  return status == 0 && out ? std::string(out.get()) : std::string(name);
+}
+
+}  // namespace detail
+}  // namespace saga

@@ -1,0 +1,48 @@
+#include "saga/storage/event_store.hpp"
+
+#include "saga/json.hpp"
+
+#include <future>
+
+namespace saga::storage {
+
+event recorded_event::to_event() const {
+  event e;
+  e.seq = seq;
+  e.body = decode(type, schema_version, payload);
+  const std::string at = json_member(metadata, "at");
+  try {
+    e.at = time_point(std::chrono::milliseconds(std::stoll(at)));
+  } catch (const std::exception&) {
+    throw event_decode_error("event " + type + " seq " + std::to_string(seq) + ": metadata 'at' is not a time: " + at);
+  }
+  return e;
+}
+
+bool partition_filter::matches(std::int32_t p) const noexcept {
+  if (partitions.empty()) return true;
+  for (auto x : partitions)
+    if (x == p) return true;
+  return false;
+}
+
+append_result event_store::append(append_request request) {
+  std::promise<append_result> promise;
+  auto future = promise.get_future();
+  async_append(std::move(request), [&promise](std::exception_ptr error, append_result result) {
+    if (error)
+      promise.set_exception(error);
+    else
+      promise.set_value(result);
+  });
+  return future.get();
+}
+
+saga_state fold_recorded(const saga_id& saga, std::span<const recorded_event> log) {
+  saga_state state;
+  state.id = saga;
+  for (const auto& r : log) apply(state, r.to_event());
+  return state;
+}
+
+}  // namespace saga::storage

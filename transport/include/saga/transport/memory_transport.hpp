@@ -1,0 +1,41 @@
+// saga/transport/memory_transport.hpp — an in-process transport for tests: queues you can inspect and pump.
+#pragma once
+
+#include "saga/transport/transport.hpp"
+
+#include <deque>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace saga::transport {
+
+// Messages wait in queues until pump() delivers them to the registered handlers (on the calling thread).
+// Commands for a service without a handler stay queued, so a test can take and answer them by hand.
+class memory_transport final : public transport {
+ public:
+  void send_command(const command_message& command, delivery_callback done) override;
+  void on_reply(const std::string& saga_type, reply_handler handler) override;
+  void on_command(const std::string& service, command_handler handler) override;
+  void send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) override;
+
+  // Delivers queued messages to handlers until none is deliverable; returns how many were delivered.
+  std::size_t pump();
+  // Removes and returns the queued commands of services that have no handler (all services when empty).
+  [[nodiscard]] std::vector<command_message> take_commands(const std::string& service = {});
+  // Commands sent so far, in order (a log for assertions; never cleared by take/pump).
+  [[nodiscard]] std::vector<command_message> sent_commands() const;
+  // Makes the next send_command/send_reply fail with a retryable transport_error (fault injection).
+  void fail_next_send(std::size_t count = 1);
+
+ private:
+  mutable std::mutex mutex_;
+  std::deque<command_message> commands_;
+  std::deque<std::pair<std::string, reply_message>> replies_;
+  std::map<std::string, command_handler> command_handlers_;
+  std::map<std::string, reply_handler> reply_handlers_;
+  std::vector<command_message> log_;
+  std::size_t failures_ = 0;
+};
+
+}  // namespace saga::transport
