@@ -1,0 +1,50 @@
+# A private PostgreSQL for tests, the demo and benchmarks. Source it after common.sh.
+# shellcheck shell=bash
+
+# saga_pg_start DIR: starts a private server in DIR (initdb on first use), listening on a Unix socket in DIR and a
+# free loopback port, owned by the postgres user when run as root. Exports SAGA_PG_URL and, for tests that restart
+# the server, SAGA_PG_DATA, SAGA_PG_BIN and SAGA_PG_RUNAS.
+saga_pg_start() {
+  local dir="$1" bindir port try
+  bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  SAGA_PG_RUNAS=""
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres:postgres "$dir"
+    SAGA_PG_RUNAS="postgres"
+  fi
+  _saga_pg() { if [ -n "$SAGA_PG_RUNAS" ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    _saga_pg "$bindir/initdb" -D "$dir/data" -A trust -U saga -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+      { cat "$dir/initdb.log" >&2; return 1; }
+  fi
+  mkdir -p "$dir/sock" && [ -n "$SAGA_PG_RUNAS" ] && chown postgres:postgres "$dir/sock"
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    port=$(( 20000 + (RANDOM % 30000) ))
+    if _saga_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/sock -c max_connections=200 -c shared_buffers=256MB" \
+        start >/dev/null 2>&1; then
+      break
+    fi
+    port=""
+  done
+  if [ -z "$port" ]; then
+    echo "could not start PostgreSQL in $dir; its log:" >&2
+    tail -n 30 "$dir/server.log" >&2
+    return 1
+  fi
+  _saga_pg "$bindir/psql" -h "$dir/sock" -p "$port" -U saga -d postgres -qAtc \
+    "SELECT 1 FROM pg_database WHERE datname='saga'" | grep -q 1 ||
+    _saga_pg "$bindir/createdb" -h "$dir/sock" -p "$port" -U saga saga
+  export SAGA_PG_URL="postgresql://saga@127.0.0.1:$port/saga"
+  export SAGA_PG_DATA="$dir/data" SAGA_PG_BIN="$bindir" SAGA_PG_RUNAS SAGA_PG_PORT="$port" SAGA_PG_SOCKET="$dir/sock"
+  SAGA_PG_STARTED_DIR="$dir"
+}
+
+# saga_pg_stop: stops the server saga_pg_start started (no-op otherwise).
+saga_pg_stop() {
+  [ -n "${SAGA_PG_STARTED_DIR:-}" ] || return 0
+  _saga_pg "$SAGA_PG_BIN/pg_ctl" -D "$SAGA_PG_STARTED_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+  SAGA_PG_STARTED_DIR=""
+}

@@ -1,0 +1,61 @@
+// saga/storage/inbox.hpp — a participant's inbox: each command id is applied once, its reply stored with its effect.
+#pragma once
+
+#include "saga/decide.hpp"
+
+#include <functional>
+#include <mutex>
+#include <unordered_map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace saga::storage {
+
+// The handler's window into the participant's own database transaction (its writes commit with the reply).
+class transaction {
+ public:
+  virtual ~transaction() = default;
+  using row = std::vector<std::optional<std::string>>;
+  // Runs one parameterized statement ($1, $2, … bound to `params`; nullopt = NULL) and returns its rows as text.
+  // Throws store_error on failure (the whole transaction is then rolled back).
+  virtual std::vector<row> exec(std::string_view sql, const std::vector<std::optional<std::string>>& params = {}) = 0;
+};
+
+// What a participant answers to a command.
+struct stored_reply {
+  triggers::outcome result = triggers::outcome::success;
+  std::string payload = "{}";  // JSON
+  std::string reason;
+  friend bool operator==(const stored_reply&, const stored_reply&) = default;
+};
+
+// The dedup store. `process` is the whole protocol:
+//  - command id seen before: return the stored reply; `work` does not run;
+//  - otherwise run `work(tx)` and store its reply in the same transaction as its writes, then commit;
+//  - a retryable failure (or an exception from `work`) rolls everything back and stores nothing, so a resend
+//    runs the handler again. Exceptions from `work` propagate after the rollback.
+// `first_delivery`, when given, is set to whether `work` ran.
+class inbox {
+ public:
+  virtual ~inbox() = default;
+  virtual stored_reply process(const std::string& command_id, const std::function<stored_reply(transaction&)>& work,
+                               bool* first_delivery = nullptr) = 0;
+  // The stored reply of a command id, if any.
+  [[nodiscard]] virtual std::optional<stored_reply> find(const std::string& command_id) = 0;
+};
+
+// In-memory inbox for tests: `transaction::exec` is not available (throws); handlers keep their own state.
+class memory_inbox final : public inbox {
+ public:
+  stored_reply process(const std::string& command_id, const std::function<stored_reply(transaction&)>& work,
+                       bool* first_delivery = nullptr) override;
+  [[nodiscard]] std::optional<stored_reply> find(const std::string& command_id) override;
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, stored_reply> replies_;
+};
+
+}  // namespace saga::storage

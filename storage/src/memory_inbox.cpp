@@ -1,0 +1,36 @@
+#include "saga/storage/event_store.hpp"
+#include "saga/storage/inbox.hpp"
+
+namespace saga::storage {
+
+namespace {
+class no_database final : public transaction {
+ public:
+  std::vector<row> exec(std::string_view sql, const std::vector<std::optional<std::string>>&) override {
+    throw store_error("memory_inbox has no database; cannot run: " + std::string(sql.substr(0, 80)));
+  }
+};
+}  // namespace
+
+stored_reply memory_inbox::process(const std::string& command_id, const std::function<stored_reply(transaction&)>& work,
+                                   bool* first_delivery) {
+  // The lock is held while the handler runs: one command id is never processed twice concurrently.
+  std::lock_guard lock(mutex_);
+  if (auto it = replies_.find(command_id); it != replies_.end()) {
+    if (first_delivery) *first_delivery = false;
+    return it->second;
+  }
+  if (first_delivery) *first_delivery = true;
+  no_database tx;
+  stored_reply reply = work(tx);
+  if (reply.result != triggers::outcome::retryable_failure) replies_.emplace(command_id, reply);
+  return reply;
+}
+
+std::optional<stored_reply> memory_inbox::find(const std::string& command_id) {
+  std::lock_guard lock(mutex_);
+  if (auto it = replies_.find(command_id); it != replies_.end()) return it->second;
+  return std::nullopt;
+}
+
+}  // namespace saga::storage
