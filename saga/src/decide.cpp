@@ -219,9 +219,9 @@ class decider {
     if (retry) {
       if (const step_state* s = st_.find(step)) {
         const action_state& a = comp ? s->compensation : s->forward;
-        // Same command id while the last attempt may have been applied; a fresh one after a definite failure,
-        // whose stored reply a resend would only repeat.
-        const std::uint32_t attempt = a.maybe_applied ? a.attempt + 1 : 1;
+        // The same command id again, unless the participant definitively rejected it: its inbox stored that
+        // reply, which a resend would only repeat, so a fresh command is sent.
+        const std::uint32_t attempt = a.rejected || a.attempt == 0 ? 1 : a.attempt + 1;
         if (comp)
           request_compensation(step, attempt);
         else if (s->phase == step_phase::failed || s->phase == step_phase::uncertain)

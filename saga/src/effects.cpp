@@ -6,16 +6,24 @@ namespace {
 
 using namespace events;
 
+// A compensation names the forward command it undoes, so the participant can fence that command.
+std::string compensated_command(const saga_state& st, const std::string& step, bool compensation) {
+  if (!compensation) return {};
+  const step_state* s = st.find(step);
+  return s ? s->forward.command_id : std::string();
+}
+
 template <class E>
 effects::send_command send_of(const saga_state& st, const E& e, bool compensation) {
-  return effects::send_command{st.id,     st.type,         e.step,         compensation, e.attempt,
-                               e.command_id, e.service, e.command_type, e.payload};
+  return effects::send_command{st.id,        st.type,   e.step,         compensation, e.attempt,
+                               e.command_id, e.service, e.command_type, e.payload,    compensated_command(st, e.step, compensation)};
 }
 
 effects::send_command send_of(const saga_state& st, const step_state& s, bool compensation) {
   const action_state& a = compensation ? s.compensation : s.forward;
-  return effects::send_command{st.id, st.type, s.name, compensation, a.attempt, a.command_id, a.service,
-                               a.command_type, a.payload};
+  return effects::send_command{st.id,      st.type,          s.name,    compensation,
+                               a.attempt,  a.command_id,     a.service, a.command_type,
+                               a.payload,  compensated_command(st, s.name, compensation)};
 }
 
 effects::arm_timer timer_of(const saga_state& st, const std::string& step, bool compensation, std::uint32_t attempt,

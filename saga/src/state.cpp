@@ -132,24 +132,22 @@ struct applier {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
     s.phase = step_phase::succeeded;
-    s.forward.maybe_applied = false;
     s.settled_seq = ev.seq;
     if (e.data) st.data = *e.data;
   }
   void operator()(const step_failed& e) const {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
-    if (!e.retryable) s.forward.maybe_applied = false;
+    if (!e.retryable) s.forward.rejected = true;
     settle_unsuccessful(s);
   }
   void operator()(const step_timed_out& e) const {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
-    s.forward.maybe_applied = true;
     settle_unsuccessful(s);
   }
   void settle_unsuccessful(step_state& s) const {
-    s.phase = s.forward.maybe_applied ? step_phase::uncertain : step_phase::failed;
+    s.phase = s.forward.rejected ? step_phase::failed : step_phase::uncertain;
     if (s.phase == step_phase::uncertain) s.settled_seq = ev.seq;
   }
   void operator()(const retry_scheduled& e) const {
@@ -180,12 +178,12 @@ struct applier {
   void operator()(const compensation_failed& e) const {
     auto& s = known(e.step);
     check_command(s.compensation, e.command_id);
+    if (!e.retryable) s.compensation.rejected = true;
     s.phase = step_phase::compensation_failed;
   }
   void operator()(const compensation_timed_out& e) const {
     auto& s = known(e.step);
     check_command(s.compensation, e.command_id);
-    s.compensation.maybe_applied = true;
     s.phase = step_phase::compensation_failed;
   }
   void operator()(const cancel_requested&) const { st.cancel_requested = true; }

@@ -27,6 +27,23 @@ stored_reply memory_inbox::process(const std::string& command_id, const std::fun
   return reply;
 }
 
+stored_reply handle_command(inbox& box, const std::string& command_id, const std::string& compensates,
+                            const std::function<stored_reply(transaction&)>& work, bool* ran) {
+  if (ran) *ran = false;
+  if (!compensates.empty()) {
+    const stored_reply forward = box.process(compensates, [](transaction&) {
+      return stored_reply{triggers::outcome::failure, "{}", "compensated before it ran"};
+    });
+    if (forward.result != triggers::outcome::success) {
+      // The forward command never took effect (and now never will): nothing to undo.
+      return box.process(command_id, [](transaction&) {
+        return stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""};
+      });
+    }
+  }
+  return box.process(command_id, work, ran);
+}
+
 std::optional<stored_reply> memory_inbox::find(const std::string& command_id) {
   std::lock_guard lock(mutex_);
   if (auto it = replies_.find(command_id); it != replies_.end()) return it->second;

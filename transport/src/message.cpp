@@ -13,6 +13,7 @@ command_message command_message::from(const effects::send_command& e, std::strin
   m.service = e.service;
   m.command_type = e.command_type;
   m.payload = e.payload;
+  m.compensates = e.compensates;
   m.reply_to = std::move(reply_to);
   m.time = now;
   return m;

@@ -21,6 +21,7 @@ struct send_command {
   std::string service;
   std::string command_type;
   std::string payload;
+  std::string compensates;  // for a compensation: the command id of the forward command it undoes
   friend bool operator==(const send_command&, const send_command&) = default;
 };
 // Fire `timer` as a trigger for `saga` at `due`.

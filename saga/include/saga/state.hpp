@@ -28,8 +28,9 @@ enum class step_phase {
   running,                  // command sent, waiting for a reply
   retry_wait,               // last attempt failed or timed out; another is scheduled
   succeeded,                // the participant applied it
-  failed,                   // the last attempt was not applied (business or retryable failure)
-  uncertain,                // an attempt timed out: it may have been applied, so it is compensated like a success
+  failed,                   // the participant definitively rejected it (a stored reply): it was not applied
+  uncertain,                // no definite answer (timeouts, retryable failures): it may have been applied, or may
+                            // still be by a delayed duplicate, so it is compensated like a success
   compensating,             // compensation sent, waiting for its reply
   compensation_failed,      // the last compensation attempt failed or timed out (retry, or stuck)
   compensation_retry_wait,  // another compensation attempt is scheduled
@@ -48,7 +49,7 @@ struct action_state {
   std::string payload;
   time_point deadline{};   // reply due by (running)
   time_point retry_due{};  // next attempt due at (retry wait)
-  bool maybe_applied = false;  // an attempt timed out and no definite failure came since
+  bool rejected = false;  // the participant answered a definite (non-retryable) failure, which it stored
 
   friend bool operator==(const action_state&, const action_state&) = default;
 };

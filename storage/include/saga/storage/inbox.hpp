@@ -46,6 +46,16 @@ class inbox {
   [[nodiscard]] virtual std::optional<stored_reply> find(const std::string& command_id) = 0;
 };
 
+// The participant protocol for one delivered command, on top of an inbox:
+//  - a forward command (`compensates` empty) runs `work` once per command id; a repeat gets the stored reply;
+//  - a compensation first fences the forward command it undoes: if that never ran, a definite failure
+//    ("compensated before it ran") is stored for it, so a late duplicate can never apply it, and the compensation
+//    answers success without running `work` — there is nothing to undo; if it was rejected, likewise; if it
+//    succeeded, `work` runs once for the compensation's own command id.
+// `ran`, when given, is set to whether `work` ran.
+stored_reply handle_command(inbox& box, const std::string& command_id, const std::string& compensates,
+                            const std::function<stored_reply(transaction&)>& work, bool* ran = nullptr);
+
 // In-memory inbox for tests: `transaction::exec` is not available (throws); handlers keep their own state.
 class memory_inbox final : public inbox {
  public:

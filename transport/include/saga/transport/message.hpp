@@ -19,6 +19,7 @@ struct command_message {
   std::string service;
   std::string command_type;
   std::string payload;      // JSON
+  std::string compensates;  // for a compensation: the forward command id it undoes (the participant fences it)
   std::string reply_to;     // where the reply goes (a topic name for Kafka; the saga type for memory)
   std::string traceparent;  // W3C trace context, may be empty
   time_point time{};

@@ -1,0 +1,128 @@
+// uuid, JSON helpers and the event codec.
+#include "test_definitions.hpp"
+
+#include <saga/event.hpp>
+#include <saga/json.hpp>
+#include <saga/uuid.hpp>
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+using namespace saga;
+using namespace saga::events;
+
+namespace {
+
+TEST(uuid, round_trips_text_and_rejects_garbage) {
+  const saga_id id = saga_id::from_words(0x0123456789abcdefULL, 0xfedcba9876543210ULL);
+  EXPECT_EQ(id.to_string(), "01234567-89ab-4def-bedc-ba9876543210");
+  EXPECT_EQ(saga_id::parse(id.to_string()), id);
+  EXPECT_EQ(saga_id::parse("01234567-89AB-4DEF-BEDC-BA9876543210"), id);
+  EXPECT_FALSE(saga_id::parse("01234567-89ab-4def-bedc-ba987654321"));
+  EXPECT_FALSE(saga_id::parse("01234567x89ab-4def-bedc-ba9876543210"));
+  EXPECT_FALSE(saga_id::parse("0123456g-89ab-4def-bedc-ba9876543210"));
+  EXPECT_TRUE(saga_id{}.is_nil());
+  EXPECT_FALSE(id.is_nil());
+}
+
+TEST(json, canonical_form_sorts_keys_and_normalizes_numbers) {
+  EXPECT_EQ(canonical_json(R"( { "b" : 1.0, "a" : [true, null, "x\u00e9"], "c": {"z":1,"y":2.5} } )"),
+            std::string(R"({"a":[true,null,"x)") + "\xc3\xa9" + R"("],"b":1,"c":{"y":2.5,"z":1}})");
+  EXPECT_EQ(canonical_json(R"({"b":1,"a":2})"), R"({"a":2,"b":1})");
+  EXPECT_EQ(canonical_json("1e3"), "1000");
+  EXPECT_EQ(canonical_json("0.1"), "0.1");
+  EXPECT_EQ(canonical_json(canonical_json(R"({"k":[1,2,{"b":"x","a":"y"}]})")), canonical_json(R"({"k":[1,2,{"a":"y","b":"x"}]})"));
+}
+
+TEST(json, errors_name_the_offset_and_duplicate_keys) {
+  try {
+    (void)canonical_json(R"({"a":1,})");
+    FAIL() << "no error";
+  } catch (const json_error& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid JSON at offset 7"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)canonical_json(R"({"a":1,"a":2})"), json_error);
+  EXPECT_THROW((void)canonical_json("NaN"), json_error);
+  EXPECT_THROW((void)canonical_json("{} trailing"), json_error);
+}
+
+TEST(json, cereal_round_trip_of_user_types_and_readable_decode_errors) {
+  saga_test::data d{"name", {"a", "b"}};
+  const std::string text = to_json(d);
+  EXPECT_EQ(text, R"({"name":"name","trail":["a","b"]})");
+  const auto back = from_json<saga_test::data>(text);
+  EXPECT_EQ(back.name, "name");
+  EXPECT_EQ(back.trail, (std::vector<std::string>{"a", "b"}));
+  // Field order does not matter.
+  EXPECT_EQ(from_json<saga_test::data>(R"({"trail":[],"name":"x"})").name, "x");
+  try {
+    (void)from_json<saga_test::data>(R"({"name":"x"})");
+    FAIL() << "no error";
+  } catch (const json_error& e) {
+    EXPECT_NE(std::string(e.what()).find("saga_test::data"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(to_json(raw_json{R"({ "b":1, "a":2 })"}), R"({"a":2,"b":1})");
+}
+
+std::vector<event_body> one_of_each() {
+  const time_point t = time_point(std::chrono::milliseconds(1'700'000'123'456));
+  return {saga_started{"order", 3, "abcdef0123456789", R"({"x":[1,2]})", "key-\"quoted\""},
+          step_requested{"s", 2, "id:2", "svc", "do", R"({"p":"\u0000 nul"})", t},
+          step_succeeded{"s", 2, "id:2", R"({"r":1})", std::string(R"({"d":true})")},
+          step_succeeded{"s", 1, "id:2", R"({"r":1})", std::nullopt},
+          step_failed{"s", 1, "id:2", "declined: \"card\"", false},
+          step_timed_out{"s", 4, "id:2"},
+          retry_scheduled{"s", true, 5, t, 0xffffffffffffffffULL},
+          compensation_started{"why", "s"},
+          compensation_requested{"s", 1, "id:9", "svc", "undo", "{}", t},
+          compensation_succeeded{"s", 1, "id:9", "{}"},
+          compensation_failed{"s", 1, "id:9", "no", true},
+          compensation_timed_out{"s", 1, "id:9"},
+          cancel_requested{"r", "alice"},
+          saga_completed{R"({"out":"ü"})"},
+          saga_compensated{"because"},
+          saga_stuck{"s", true, "stuck reason"},
+          operator_action_recorded{"skip", "s", true, "manual refund", "bob"}};
+}
+
+TEST(event_codec, every_event_type_round_trips_exactly) {
+  const auto all = one_of_each();
+  std::set<std::string> types;
+  for (const auto& body : all) {
+    const encoded_event enc = encode(body);
+    types.insert(enc.type);
+    EXPECT_EQ(enc.payload, canonical_json(enc.payload)) << enc.type;
+    const event_body back = decode(enc.type, enc.schema_version, enc.payload);
+    EXPECT_EQ(back.index(), body.index());
+    EXPECT_EQ(encode(back).payload, enc.payload) << enc.type;
+  }
+  EXPECT_EQ(types.size(), std::variant_size_v<event_body>);
+}
+
+TEST(event_codec, decode_errors_name_type_and_field) {
+  auto message = [](std::string_view type, std::uint32_t v, std::string_view payload) -> std::string {
+    try {
+      (void)decode(type, v, payload);
+    } catch (const event_decode_error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_EQ(message("nope", 1, "{}"), "unknown event type 'nope'");
+  EXPECT_EQ(message("step_timed_out", 9, "{}"), "event step_timed_out: unsupported schema version 9 (this build reads 1)");
+  EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":1})"), "event step_timed_out: field 'command_id' is missing");
+  EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":-1,"command_id":"c"})"),
+            "event step_timed_out: field 'attempt' must be an unsigned 32-bit integer");
+  EXPECT_NE(message("step_timed_out", 1, "{").find("event step_timed_out: invalid JSON"), std::string::npos);
+  EXPECT_EQ(message("step_timed_out", 1, "[]"), "event step_timed_out: payload is not a JSON object");
+}
+
+TEST(event_codec, command_ids_are_derived_from_saga_and_seq) {
+  const saga_id id = saga_id::from_words(1, 2);
+  EXPECT_EQ(make_command_id(id, 7), id.to_string() + ":7");
+  EXPECT_EQ(make_command_id(id, 7), make_command_id(id, 7));
+  EXPECT_NE(make_command_id(id, 7), make_command_id(id, 8));
+}
+
+}  // namespace

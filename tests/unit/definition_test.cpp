@@ -1,0 +1,161 @@
+#include "test_definitions.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace saga;
+using saga_test::data;
+using saga_test::payload_for;
+
+namespace {
+
+template <class F>
+std::string build_error(F make) {
+  try {
+    (void)make();
+  } catch (const definition_error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(definition, builds_steps_in_declaration_order_with_implicit_dependencies) {
+  const auto def = saga_test::linear();
+  ASSERT_EQ(def.steps().size(), 4u);
+  EXPECT_EQ(def.type(), "linear");
+  EXPECT_EQ(def.version(), 1u);
+  EXPECT_TRUE(def.steps()[0].depends_on.empty());
+  EXPECT_EQ(def.steps()[1].depends_on, std::vector<std::size_t>{0});
+  EXPECT_EQ(def.steps()[3].depends_on, std::vector<std::size_t>{2});
+  EXPECT_EQ(def.pivot(), std::optional<std::size_t>(2));
+  EXPECT_EQ(def.steps()[3].kind, step_kind::retriable);
+}
+
+TEST(definition, explicit_dependencies_allow_parallel_steps) {
+  const auto def = saga_test::diamond();
+  EXPECT_EQ(def.steps()[1].depends_on, std::vector<std::size_t>{0});
+  EXPECT_EQ(def.steps()[2].depends_on, std::vector<std::size_t>{0});
+  EXPECT_EQ(def.steps()[3].depends_on, (std::vector<std::size_t>{1, 2}));
+}
+
+TEST(definition, fingerprint_changes_with_structure_and_not_otherwise) {
+  EXPECT_EQ(saga_test::linear().fingerprint(), saga_test::linear().fingerprint());
+  EXPECT_NE(saga_test::linear().fingerprint(), saga_test::diamond().fingerprint());
+  const auto renamed = define<data>("linear", 1).step("a2").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
+  const auto original = define<data>("linear", 1).step("a").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
+  EXPECT_NE(renamed.fingerprint(), original.fingerprint());
+}
+
+TEST(definition, rejects_duplicate_step_names) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).no_compensation()
+                  .step("x").invoke("a", "b", payload_for("x")).no_compensation().build();
+            }),
+            "saga 's': duplicate step name 'x'");
+}
+
+TEST(definition, rejects_unknown_dependency) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").after("nope").invoke("a", "b", payload_for("x")).no_compensation().build();
+            }),
+            "saga 's': step 'x' depends on unknown step 'nope'");
+}
+
+TEST(definition, rejects_cycles_naming_them) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1)
+                  .step("x").after("z").invoke("a", "b", payload_for("x")).no_compensation()
+                  .step("y").after("x").invoke("a", "b", payload_for("y")).no_compensation()
+                  .step("z").after("y").invoke("a", "b", payload_for("z")).no_compensation()
+                  .build();
+            }),
+            "saga 's': dependency cycle: x -> z -> y -> x");
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").after("x").invoke("a", "b", payload_for("x")).no_compensation().build();
+            }),
+            "saga 's': step 'x' depends on itself");
+}
+
+TEST(definition, rejects_missing_invoke_and_missing_compensation_decision) {
+  EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").no_compensation().build(); }),
+            "saga 's': step 'x' has no invoke(...)");
+  EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).build(); }),
+            "saga 's': step 'x' declares no compensation; add compensate(...), no_compensation(), pivot() or retriable()");
+  EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").invoke("", "b", payload_for("x")).no_compensation().build(); }),
+            "saga 's': step 'x' has no target service");
+}
+
+TEST(definition, rejects_compensation_on_pivot_or_retriable) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").pivot().invoke("a", "b", payload_for("x"))
+                  .compensate("a", "u", payload_for("u")).build();
+            }),
+            "saga 's': step 'x' is pivot and cannot have a compensation");
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").compensate("a", "u", payload_for("u")).retriable()
+                  .invoke("a", "b", payload_for("x")).build();
+            }),
+            "saga 's': step 'x' is retriable and cannot have a compensation");
+}
+
+TEST(definition, rejects_pivot_that_strands_a_compensatable_step) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1)
+                  .step("x").invoke("a", "b", payload_for("x")).compensate("a", "u", payload_for("u"))
+                  .step("p").after({}).pivot().invoke("a", "b", payload_for("p"))
+                  .build();
+            }),
+            "saga 's': pivot 'p' is not ordered after compensatable step 'x', which it would strand; add it to the "
+            "pivot's after(...)");
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1)
+                  .step("p").pivot().invoke("a", "b", payload_for("p"))
+                  .step("q").pivot().invoke("a", "b", payload_for("q")).build();
+            }),
+            "saga 's': steps 'p' and 'q' are both pivots; a saga has one");
+}
+
+TEST(definition, rejects_bad_retry_policies_and_misuse) {
+  retry_policy p;
+  p.max_attempts = 0;
+  EXPECT_EQ(build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build(); }),
+            "saga 's': step 'x': max_attempts must be at least 1");
+  p = retry_policy{};
+  p.jitter = 1.5;
+  EXPECT_EQ(build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build(); }),
+            "saga 's': step 'x': jitter must be between 0 and 1");
+  EXPECT_EQ(build_error([] { return define<data>("s", 1).invoke("a", "b", payload_for("x")).build(); }),
+            "saga 's': invoke() called before any step()");
+  EXPECT_EQ(build_error([] { return define<data>("s", 1).build(); }), "saga 's': has no steps");
+  EXPECT_EQ(build_error([] { return define<data>("", 1).step("x").invoke("a", "b", payload_for("x")).no_compensation().build(); }),
+            "saga type name is empty");
+}
+
+TEST(definition, typed_builders_encode_with_cereal) {
+  const auto def = saga_test::linear();
+  const std::string payload = def.steps()[0].invoke.build(R"({"name":"n1","trail":[]})");
+  EXPECT_EQ(payload, R"({"name":"n1","step":"a"})");
+  const std::string merged = def.steps()[0].on_reply(R"({"name":"n1","trail":[]})", R"({"note":"hi"})");
+  EXPECT_EQ(merged, R"({"name":"n1","trail":["hi"]})");
+  EXPECT_THROW((void)def.steps()[0].on_reply(R"({"name":"n1","trail":[]})", R"({"note":5})"), json_error);
+}
+
+TEST(retry_policy, backoff_grows_caps_and_is_deterministic_per_seed) {
+  retry_policy p;
+  p.initial_backoff = duration{100};
+  p.max_backoff = duration{1000};
+  p.multiplier = 2.0;
+  p.jitter = 0.0;
+  EXPECT_EQ(p.backoff(2, 1).count(), 100);
+  EXPECT_EQ(p.backoff(3, 1).count(), 200);
+  EXPECT_EQ(p.backoff(4, 1).count(), 400);
+  EXPECT_EQ(p.backoff(10, 1).count(), 1000);
+  p.jitter = 0.5;
+  EXPECT_EQ(p.backoff(3, 99), p.backoff(3, 99));
+  for (std::uint64_t seed = 0; seed < 200; ++seed) {
+    EXPECT_GE(p.backoff(3, seed).count(), 100);
+    EXPECT_LE(p.backoff(3, seed).count(), 300);
+  }
+  EXPECT_NE(p.backoff(3, 1), p.backoff(3, 2));
+}
+
+}  // namespace
