@@ -34,8 +34,10 @@ effects::arm_timer timer_of(const saga_state& st, const std::string& step, bool 
 void add_finished(const saga_state& st, std::vector<effect>& out) {
   if (st.status == saga_status::completed)
     out.emplace_back(effects::saga_finished{st.id, st.status, st.data, ""});
-  else if (st.status == saga_status::compensated || st.status == saga_status::stuck)
+  else if (st.status == saga_status::compensated)
     out.emplace_back(effects::saga_finished{st.id, st.status, "", st.reason});
+  else if (st.status == saga_status::stuck)
+    out.emplace_back(effects::saga_finished{st.id, st.status, "", st.stuck_reason});
 }
 
 }  // namespace

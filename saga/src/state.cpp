@@ -200,7 +200,7 @@ struct applier {
     st.status = saga_status::stuck;
     st.stuck_step = e.step;
     st.stuck_in_compensation = e.compensation;
-    st.reason = e.reason;
+    st.stuck_reason = e.reason;
   }
   void operator()(const operator_action_recorded& e) const {
     if (st.status != saga_status::stuck) illegal("operator actions apply to stuck sagas");
@@ -226,6 +226,7 @@ struct applier {
     }
     st.status = st.stuck_from;
     st.stuck_step.clear();
+    st.stuck_reason.clear();
     st.stuck_in_compensation = false;
   }
 };

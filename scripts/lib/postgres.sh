@@ -13,6 +13,13 @@ saga_pg_start() {
   if [ "$(id -u)" -eq 0 ]; then
     chown -R postgres:postgres "$dir"
     SAGA_PG_RUNAS="postgres"
+    # The postgres user must reach the folder; a checkout under a private home may not allow it.
+    if ! runuser -u postgres -- test -w "$dir"; then
+      dir="$(mktemp -d /tmp/saga-pg.XXXXXX)"
+      chmod 755 "$dir"
+      chown postgres:postgres "$dir"
+      echo "note: $1 is not reachable by the postgres user; using $dir" >&2
+    fi
   fi
   _saga_pg() { if [ -n "$SAGA_PG_RUNAS" ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
   if [ ! -f "$dir/data/PG_VERSION" ]; then

@@ -230,7 +230,8 @@ TEST(decide, a_non_retryable_compensation_failure_is_stuck_at_once_and_retry_use
   s.apply(failed(s.command_id(6), "declined"));
   s.apply(failed(s.command_id(9), "ledger closed"));
   EXPECT_EQ(s.state().status, saga_status::stuck);
-  EXPECT_EQ(s.state().reason, "compensation of step 'b' failed: ledger closed");
+  EXPECT_EQ(s.state().stuck_reason, "compensation of step 'b' failed: ledger closed");
+  EXPECT_EQ(s.state().reason, "step 'c' failed after 1 attempt: declined");
   const decision d = s.when(triggers::operator_action{triggers::operator_verb::retry, "b", "reopened", "ops"});
   ASSERT_EQ(d.events.size(), 2u);
   EXPECT_EQ(std::get<compensation_requested>(d.events[1].body).command_id, s.command_id(13));
@@ -248,7 +249,7 @@ TEST(decide, pivot_outcome_unknown_after_timeouts_is_stuck_not_compensated) {
   s.apply(triggers::timer{"c", false, 2, triggers::timer_kind::retry});
   const decision d = s.apply(triggers::timer{"c", false, 2, triggers::timer_kind::deadline});
   EXPECT_EQ(s.state().status, saga_status::stuck);
-  EXPECT_NE(s.state().reason.find("the pivot may have been applied"), std::string::npos);
+  EXPECT_NE(s.state().stuck_reason.find("the pivot may have been applied"), std::string::npos);
   // An operator who checked that the parcel left skips the pivot forward; the saga goes on.
   const decision skip = s.apply(triggers::operator_action{triggers::operator_verb::skip, "c", "parcel left", "ops"});
   ASSERT_EQ(skip.events.size(), 2u);
@@ -332,7 +333,7 @@ TEST(decide, a_throwing_payload_builder_parks_the_saga_with_the_reason) {
   scenario s(def);
   const decision d = s.apply(triggers::start{input, ""});
   EXPECT_EQ(s.state().status, saga_status::stuck);
-  EXPECT_EQ(s.state().reason, "payload builder of step 'x' threw: boom");
+  EXPECT_EQ(s.state().stuck_reason, "payload builder of step 'x' threw: boom");
   ASSERT_EQ(d.events.size(), 2u);
 }
 

@@ -78,7 +78,8 @@ struct saga_state {
   time_point updated_at{};
   std::string input;
   std::string data;    // current saga data (JSON)
-  std::string reason;  // why it is compensating, compensated or stuck
+  std::string reason;        // why it is compensating or compensated
+  std::string stuck_reason;  // why it is stuck (cleared when an operator acts)
   std::string failed_step;
   std::string stuck_step;
   bool stuck_in_compensation = false;

@@ -1,0 +1,102 @@
+#include "saga/timeline.hpp"
+
+#include <cstdio>
+#include <ctime>
+#include <map>
+
+namespace saga {
+
+std::string format_time(time_point t) {
+  const auto ms = t.time_since_epoch().count();
+  const std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(((ms % 1000) + 1000) % 1000));
+  return buf;
+}
+
+namespace {
+
+using namespace events;
+
+std::string pad(std::string s, std::size_t n) {
+  if (s.size() < n) s.append(n - s.size(), ' ');
+  return s;
+}
+
+std::string since(time_point prev, time_point now, bool first) {
+  if (first) return "";
+  const auto d = (now - prev).count();
+  if (d < 1000) return "+" + std::to_string(d) + "ms";
+  return "+" + std::to_string(d / 1000) + "." + std::to_string((d % 1000) / 100) + "s";
+}
+
+struct line_of {
+  const std::map<std::string, std::uint64_t>& succeeded_at;
+  std::string step, attempt, command, detail;
+
+  void operator()(const saga_started& e) {
+    detail = e.saga_type + " v" + std::to_string(e.definition_version) + " input " + e.input +
+             (e.idempotency_key.empty() ? "" : " key " + e.idempotency_key);
+  }
+  template <class E>
+  void request(const E& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id;
+    detail = "-> " + e.service + " " + e.command_type + " " + e.payload;
+  }
+  void operator()(const step_requested& e) { request(e); }
+  void operator()(const compensation_requested& e) {
+    request(e);
+    const auto it = succeeded_at.find(e.step);
+    detail += it == succeeded_at.end() ? "  (undoes " + e.step + ")" : "  (undoes " + e.step + " #" + std::to_string(it->second) + ")";
+  }
+  void operator()(const step_succeeded& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "reply " + e.reply; }
+  void operator()(const compensation_succeeded& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "undone"; }
+  void operator()(const step_failed& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id;
+    detail = (e.retryable ? "retryable: " : "failed: ") + e.reason;
+  }
+  void operator()(const compensation_failed& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id;
+    detail = (e.retryable ? "retryable: " : "failed: ") + e.reason;
+  }
+  void operator()(const step_timed_out& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "no reply in time"; }
+  void operator()(const compensation_timed_out& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "no reply in time";
+  }
+  void operator()(const retry_scheduled& e) {
+    step = e.step, attempt = std::to_string(e.next_attempt);
+    detail = std::string(e.compensation ? "compensation " : "") + "retry at " + format_time(e.due);
+  }
+  void operator()(const compensation_started& e) { step = e.failed_step, detail = e.reason; }
+  void operator()(const cancel_requested& e) { detail = "by " + e.by + ": " + e.reason; }
+  void operator()(const saga_completed& e) { detail = "output " + e.output; }
+  void operator()(const saga_compensated& e) { detail = e.reason; }
+  void operator()(const saga_stuck& e) { step = e.step, detail = e.reason; }
+  void operator()(const operator_action_recorded& e) {
+    step = e.step, detail = e.action + (e.compensation ? " compensation" : "") + " by " + e.operator_name + ": " + e.reason;
+  }
+};
+
+}  // namespace
+
+std::string format_timeline(const std::vector<event>& log) {
+  std::map<std::string, std::uint64_t> succeeded_at;
+  std::string out;
+  time_point prev{};
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    const auto& e = log[i];
+    if (const auto* s = std::get_if<step_succeeded>(&e.body)) succeeded_at[s->step] = e.seq;
+    line_of l{succeeded_at, {}, {}, {}, {}};
+    std::visit(l, e.body);
+    out += pad(std::to_string(e.seq), 4) + format_time(e.at) + " " + pad(since(prev, e.at, i == 0), 8) + " " +
+           pad(std::string(type_name(e.body)), 25) + pad(l.step, 18) + pad(l.attempt.empty() ? "" : "#" + l.attempt, 4) +
+           l.detail + (l.command.empty() ? "" : "  [" + l.command + "]") + "\n";
+    prev = e.at;
+  }
+  return out;
+}
+
+}  // namespace saga
