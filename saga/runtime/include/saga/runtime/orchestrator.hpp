@@ -1,0 +1,90 @@
+// saga/runtime/orchestrator.hpp — runs sagas: fold -> decide -> append -> only then perform the effects.
+#pragma once
+
+#include "saga/decide.hpp"
+#include "saga/runtime/clock.hpp"
+#include "saga/runtime/metrics.hpp"
+#include "saga/storage/event_store.hpp"
+#include "saga/transport/transport.hpp"
+
+#include <chrono>
+#include <functional>
+#include <future>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace saga::runtime {
+
+// How a saga ended (or parked): what an awaiting caller receives.
+struct saga_outcome {
+  saga_status status = saga_status::running;  // completed, compensated or stuck
+  std::string output;                         // final data (completed)
+  std::string reason;                         // why (compensated, stuck)
+};
+
+// A started saga: its id, and its outcome as a future.
+struct saga_handle {
+  saga_id id;
+  std::shared_future<saga_outcome> outcome;
+};
+
+// Thrown by start() when the bound on sagas in flight stays reached for the whole start timeout; retry later.
+class overloaded : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct orchestrator_options {
+  std::size_t threads = 2;                     // worker threads (sagas run concurrently, each one serialized)
+  std::size_t max_in_flight = 10'000;          // sagas started here and not finished yet; start() waits beyond
+  duration start_timeout{30'000};              // how long start() waits for room (then throws overloaded)
+  duration store_retry_backoff{200};           // wait before retrying an append after store_unavailable
+  std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
+  std::shared_ptr<runtime::clock> clock;       // default: system_clock
+  std::function<std::uint64_t()> entropy;      // ids and jitter; default: std::random_device-seeded generator
+  std::function<void(const std::string&)> log; // debug lines (ignored replies, retries); default: none
+};
+
+// The orchestrator. Register definitions, call run(), then start sagas. Thread-safe.
+// Work for one saga is serialized (an actor per saga on a strand); different sagas run concurrently.
+class orchestrator {
+ public:
+  orchestrator(storage::event_store& store, transport::transport& bus, orchestrator_options options = {});
+  // Shuts down (see shutdown()).
+  ~orchestrator();
+  orchestrator(const orchestrator&) = delete;
+  orchestrator& operator=(const orchestrator&) = delete;
+
+  // Registers a definition; sagas started earlier with another version of the type need that version too.
+  // Call before run(). Throws std::invalid_argument for a second registration of the same type and version.
+  void add(definition def);
+  // Starts the workers, subscribes to replies and recovers the unfinished sagas this process owns (all of them
+  // when the transport does not partition). Throws std::logic_error when called twice.
+  void run();
+  // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
+  // this type, returns the existing saga instead. Throws std::invalid_argument when refused (unknown type, input
+  // not JSON), overloaded when too many sagas are in flight, storage::store_error when the store fails.
+  [[nodiscard]] saga_handle start(const std::string& type, const std::string& input_json,
+                                  const std::string& idempotency_key = {});
+  // Asks a running saga to stop and compensate; returns the decision (rejected says why, e.g. after the pivot).
+  [[nodiscard]] decision cancel(const saga_id& id, const std::string& reason, const std::string& by);
+  // Retries or skips the stuck action of a stuck saga (recorded with who and why); returns the decision.
+  [[nodiscard]] decision act(const saga_id& id, const triggers::operator_action& action);
+  // The outcome of a saga as a future (ready at once when it already finished). Throws std::invalid_argument
+  // when the saga does not exist.
+  [[nodiscard]] std::shared_future<saga_outcome> outcome(const saga_id& id);
+  // Graceful shutdown: stops taking triggers, finishes appends in flight, stops the transport (which commits
+  // consumer offsets), stops the workers. Idempotent; never throws.
+  void shutdown() noexcept;
+  // Counters and histograms.
+  [[nodiscard]] const runtime::metrics& stats() const noexcept;
+  // Sagas held in memory right now (in flight or with queued triggers).
+  [[nodiscard]] std::size_t active() const;
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;  // shared with timer and transport callbacks (which hold it weakly)
+};
+
+}  // namespace saga::runtime

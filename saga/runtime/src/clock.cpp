@@ -1,0 +1,96 @@
+#include "saga/runtime/clock.hpp"
+
+#include <condition_variable>
+#include <thread>
+
+namespace saga::runtime {
+
+namespace {
+time_point wall_now() {
+  return std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+}
+}  // namespace
+
+// One thread waits for the earliest due time (a condition variable, no polling) and fires it.
+struct system_clock::impl {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::multimap<time_point, std::function<void()>> queue;
+  bool stopping = false;
+  std::thread thread{[this] { loop(); }};
+
+  void loop() {
+    std::unique_lock lock(mutex);
+    while (!stopping) {
+      if (queue.empty()) {
+        changed.wait(lock);
+        continue;
+      }
+      const auto due = queue.begin()->first;
+      if (wall_now() < due) {
+        changed.wait_until(lock, std::chrono::system_clock::time_point(due.time_since_epoch()));
+        continue;
+      }
+      auto node = queue.extract(queue.begin());
+      lock.unlock();
+      node.mapped()();
+      lock.lock();
+    }
+  }
+};
+
+system_clock::system_clock() : impl_(std::make_unique<impl>()) {}
+
+system_clock::~system_clock() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->changed.notify_all();
+  impl_->thread.join();
+}
+
+time_point system_clock::now() { return wall_now(); }
+
+void system_clock::schedule(time_point due, std::function<void()> fire) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->queue.emplace(due, std::move(fire));
+  }
+  impl_->changed.notify_all();
+}
+
+manual_clock::manual_clock(time_point start) : now_(start) {}
+
+time_point manual_clock::now() {
+  std::lock_guard lock(mutex_);
+  return now_;
+}
+
+void manual_clock::schedule(time_point due, std::function<void()> fire) {
+  std::lock_guard lock(mutex_);
+  queue_.emplace(due, std::move(fire));
+}
+
+std::size_t manual_clock::advance(duration d) {
+  std::size_t fired = 0;
+  std::unique_lock lock(mutex_);
+  const time_point target = now_ + d;
+  while (!queue_.empty() && queue_.begin()->first <= target) {
+    auto node = queue_.extract(queue_.begin());
+    if (node.key() > now_) now_ = node.key();
+    lock.unlock();
+    node.mapped()();
+    ++fired;
+    lock.lock();
+  }
+  now_ = target;
+  return fired;
+}
+
+std::size_t manual_clock::pending() {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
+}  // namespace saga::runtime

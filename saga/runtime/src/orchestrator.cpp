@@ -1,0 +1,468 @@
+#include "saga/runtime/orchestrator.hpp"
+
+#include "saga/effects.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <semaphore>
+#include <thread>
+#include <unordered_map>
+
+namespace saga::runtime {
+
+namespace asio = boost::asio;
+using steady = std::chrono::steady_clock;
+
+namespace {
+using done_fn = std::function<void(const decision&, std::exception_ptr)>;
+
+// One trigger waiting for its saga, or a request to rebuild the saga and resume it.
+struct job {
+  bool recover = false;
+  trigger what;
+  std::string type;  // the saga type, for start
+  done_fn done;
+};
+
+double ms_since(steady::time_point t0) {
+  return std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+}
+}  // namespace
+
+// The actor of one saga: its cached state and its queue, touched only on its strand.
+struct entry {
+  entry(asio::io_context& io, saga_id i) : strand(asio::make_strand(io)), id(i) {}
+  asio::strand<asio::io_context::executor_type> strand;
+  saga_id id;
+  std::optional<saga_state> state;
+  std::deque<job> queue;
+  bool busy = false;
+  bool reloaded_after_error = false;
+  // Awaiting callers (guarded by promise_mutex: created from any thread).
+  std::mutex promise_mutex;
+  std::shared_ptr<std::promise<saga_outcome>> promise;
+  std::shared_future<saga_outcome> future;
+  bool fulfilled = false;
+  bool counted = false;  // holds one of the in-flight slots of this process
+  steady::time_point started{};
+};
+
+struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
+  impl(storage::event_store& s, transport::transport& b, orchestrator_options o)
+      : store(s), bus(b), options(std::move(o)), slots(static_cast<std::ptrdiff_t>(options.max_in_flight)) {
+    if (!options.clock) options.clock = std::make_shared<system_clock>();
+    if (!options.reply_to) options.reply_to = [](const std::string& type) { return type; };
+    if (!options.entropy) {
+      auto gen = std::make_shared<std::mt19937_64>(std::random_device{}());
+      auto m = std::make_shared<std::mutex>();
+      options.entropy = [gen, m] {
+        std::lock_guard lock(*m);
+        return (*gen)();
+      };
+    }
+    if (options.threads == 0) options.threads = 1;
+  }
+
+  storage::event_store& store;
+  transport::transport& bus;
+  orchestrator_options options;
+  runtime::metrics stats;
+  std::counting_semaphore<> slots;
+
+  std::map<std::string, std::map<std::uint32_t, definition>> definitions;  // type -> version -> definition
+  asio::io_context io;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::vector<std::thread> threads;
+  std::atomic<bool> accepting{false};
+  std::atomic<int> appends_in_flight{0};
+  std::atomic<bool> stopped{false};
+
+  mutable std::mutex entries_mutex;
+  std::unordered_map<saga_id, std::shared_ptr<entry>> entries;
+
+  void log(const std::string& line) const {
+    if (options.log) options.log(line);
+  }
+
+  const definition* latest(const std::string& type) const {
+    auto it = definitions.find(type);
+    return it == definitions.end() || it->second.empty() ? nullptr : &it->second.rbegin()->second;
+  }
+  const definition* exact(const std::string& type, std::uint32_t version) const {
+    auto it = definitions.find(type);
+    if (it == definitions.end()) return nullptr;
+    auto v = it->second.find(version);
+    return v == it->second.end() ? nullptr : &v->second;
+  }
+
+  std::shared_ptr<entry> get(const saga_id& id) {
+    std::lock_guard lock(entries_mutex);
+    auto& e = entries[id];
+    if (!e) e = std::make_shared<entry>(io, id);
+    return e;
+  }
+
+  void submit(const saga_id& id, job j) {
+    auto e = get(id);
+    asio::post(e->strand, [self = shared_from_this(), e, j = std::move(j)]() mutable {
+      e->queue.push_back(std::move(j));
+      self->pump(e);
+    });
+  }
+
+  // Runs queued jobs one at a time; an append in flight holds the queue until it is durable.
+  void pump(const std::shared_ptr<entry>& e) {
+    while (!e->busy && !e->queue.empty()) {
+      job j = std::move(e->queue.front());
+      e->queue.pop_front();
+      process(e, std::move(j));
+    }
+    if (!e->busy && e->queue.empty() && e->state && (is_terminal(e->state->status) || e->state->status == saga_status::stuck)) {
+      std::lock_guard lock(entries_mutex);
+      if (auto it = entries.find(e->id); it != entries.end() && it->second == e && e->queue.empty() && !e->busy)
+        entries.erase(it);
+    }
+  }
+
+  bool load(const std::shared_ptr<entry>& e, job& j) {
+    if (e->state) return true;
+    try {
+      e->state = storage::fold_recorded(e->id, store.load(e->id));
+    } catch (const storage::store_error& x) {
+      if (!x.retryable()) throw;
+      retry_later(e, std::move(j));
+      return false;
+    }
+    if (e->reloaded_after_error) {
+      // The append that failed may have committed after all (or another writer moved the saga on): resend
+      // what is pending and re-arm its timers; every resend carries the same command id.
+      e->reloaded_after_error = false;
+      perform(e, recovery_effects(*e->state));
+    }
+    return true;
+  }
+
+  void retry_later(const std::shared_ptr<entry>& e, job j) {
+    ++stats.append_retries;
+    e->busy = true;
+    e->state.reset();
+    e->reloaded_after_error = true;
+    auto timer = std::make_shared<asio::steady_timer>(io, options.store_retry_backoff);
+    timer->async_wait([self = shared_from_this(), e, timer, j = std::move(j)](const boost::system::error_code&) mutable {
+      asio::post(e->strand, [self, e, j = std::move(j)]() mutable {
+        e->busy = false;
+        e->queue.push_front(std::move(j));
+        self->pump(e);
+      });
+    });
+  }
+
+  void process(const std::shared_ptr<entry>& e, job j) {
+    try {
+      if (!load(e, j)) return;
+      if (j.recover) {
+        ++stats.sagas_recovered;
+        perform(e, recovery_effects(*e->state));
+        if (j.done) j.done(decision{}, nullptr);
+        return;
+      }
+      const bool starting = std::holds_alternative<triggers::start>(j.what);
+      const definition* def = starting ? latest(j.type) : exact(e->state->type, e->state->definition_version);
+      if (!def) {
+        decision d;
+        if (e->state->status == saga_status::not_started && !starting)
+          d.ignored = "trigger for unknown saga " + e->id.to_string();
+        else
+          d.rejected = "no definition registered for saga type '" + (starting ? j.type : e->state->type) + "' v" +
+                       std::to_string(e->state->definition_version);
+        return finish_job(j, d);
+      }
+      decision d = decide(*def, *e->state, j.what, decide_context{options.clock->now(), options.entropy()});
+      if (d.events.empty()) return finish_job(j, d);
+      saga_state after = *e->state;
+      for (const auto& ev : d.events) apply(after, ev);
+      storage::append_request request{e->id,  def->type(), e->state->seq, d.events, after.status,
+                                      bus.reply_partition(def->type(), e->id).value_or(0), {}};
+      e->busy = true;
+      ++appends_in_flight;
+      const auto t0 = steady::now();
+      auto pending = std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
+      store.async_append(std::move(request), [self = shared_from_this(), e, pending, t0](std::exception_ptr err,
+                                                                                        storage::append_result) {
+        asio::post(e->strand, [self, e, pending, err, t0] { self->appended(e, *pending, err, t0); });
+      });
+    } catch (...) {
+      if (j.done) j.done(decision{}, std::current_exception());
+    }
+  }
+
+  void finish_job(job& j, const decision& d) {
+    if (!d.ignored.empty()) {
+      if (std::holds_alternative<triggers::reply>(j.what)) ++stats.replies_ignored;
+      log("ignored: " + d.ignored);
+    }
+    if (!d.rejected.empty()) {
+      ++stats.triggers_rejected;
+      log("rejected: " + d.rejected);
+    }
+    if (j.done) j.done(d, nullptr);
+  }
+
+  void appended(const std::shared_ptr<entry>& e, std::tuple<job, decision, saga_state>& pending, std::exception_ptr err,
+                steady::time_point t0) {
+    auto& [j, d, after] = pending;
+    e->busy = false;
+    --appends_in_flight;
+    if (err) {
+      try {
+        std::rethrow_exception(err);
+      } catch (const storage::concurrency_conflict& c) {
+        ++stats.append_conflicts;
+        log(std::string("reloading after ") + c.what());
+        e->state.reset();
+        e->reloaded_after_error = true;
+        e->queue.push_front(std::move(j));
+      } catch (const storage::store_error& x) {
+        if (x.retryable()) {
+          log(std::string("append will be retried: ") + x.what());
+          retry_later(e, std::move(j));
+        } else if (j.done) {
+          j.done(decision{}, err);
+        }
+      } catch (...) {
+        if (j.done) j.done(decision{}, err);
+      }
+      return pump(e);
+    }
+    ++stats.appends;
+    stats.events_appended += d.events.size();
+    stats.append_latency.observe(ms_since(t0));
+    e->state = std::move(after);
+    perform(e, effects_of(*e->state, d.events));
+    finish_job(j, d);
+    pump(e);
+  }
+
+  void perform(const std::shared_ptr<entry>& e, const std::vector<effect>& fx) {
+    for (const auto& f : fx) {
+      if (const auto* send = std::get_if<effects::send_command>(&f)) {
+        ++(send->compensation ? stats.compensations_dispatched : stats.steps_dispatched);
+        auto message = transport::command_message::from(*send, options.reply_to(send->saga_type), options.clock->now());
+        bus.send_command(message, [self = weak_from_this(), command_id = send->command_id](std::exception_ptr err) {
+          if (!err) return;
+          if (auto s = self.lock()) {
+            ++s->stats.send_failures;
+            try {
+              std::rethrow_exception(err);
+            } catch (const std::exception& x) {
+              s->log("send of " + command_id + " failed (it is resent when its deadline passes): " + x.what());
+            }
+          }
+        });
+      } else if (const auto* timer = std::get_if<effects::arm_timer>(&f)) {
+        options.clock->schedule(timer->due, [self = weak_from_this(), saga = timer->saga, t = timer->timer] {
+          if (auto s = self.lock(); s && !s->stopped) s->submit(saga, job{false, t, {}, {}});
+        });
+      } else if (const auto* done = std::get_if<effects::saga_finished>(&f)) {
+        finished(e, *done);
+      }
+    }
+    for (const auto& f : fx)
+      if (const auto* r = std::get_if<effects::arm_timer>(&f); r && r->timer.kind == triggers::timer_kind::retry)
+        ++stats.retries_scheduled;
+  }
+
+  void finished(const std::shared_ptr<entry>& e, const effects::saga_finished& f) {
+    switch (f.status) {
+      case saga_status::completed: ++stats.sagas_completed; break;
+      case saga_status::compensated: ++stats.sagas_compensated; break;
+      case saga_status::stuck: ++stats.sagas_stuck; break;
+      default: break;
+    }
+    fulfil(e, saga_outcome{f.status, f.output, f.reason});
+  }
+
+  void fulfil(const std::shared_ptr<entry>& e, const saga_outcome& outcome) {
+    std::lock_guard lock(e->promise_mutex);
+    if (e->counted) {
+      e->counted = false;
+      stats.saga_latency.observe(ms_since(e->started));
+      slots.release();
+    }
+    if (e->fulfilled) return;
+    if (!e->promise) {
+      e->promise = std::make_shared<std::promise<saga_outcome>>();
+      e->future = e->promise->get_future().share();
+    }
+    e->promise->set_value(outcome);
+    e->fulfilled = true;
+  }
+
+  std::shared_future<saga_outcome> future_of(const std::shared_ptr<entry>& e) {
+    std::lock_guard lock(e->promise_mutex);
+    if (!e->promise) {
+      e->promise = std::make_shared<std::promise<saga_outcome>>();
+      e->future = e->promise->get_future().share();
+    }
+    return e->future;
+  }
+
+  // Submits a trigger and waits until it is decided and (if it changed anything) durable.
+  decision call(const saga_id& id, trigger t, const std::string& type = {}) {
+    if (!accepting) throw std::logic_error("orchestrator is not running (call run() first, or it was shut down)");
+    auto promise = std::make_shared<std::promise<decision>>();
+    auto future = promise->get_future();
+    submit(id, job{false, std::move(t), type, [promise](const decision& d, std::exception_ptr err) {
+                     if (err)
+                       promise->set_exception(err);
+                     else
+                       promise->set_value(d);
+                   }});
+    return future.get();
+  }
+
+  void recover(const storage::partition_filter& filter) {
+    for (const auto& summary : store.list_unfinished(filter)) {
+      if (!latest(summary.type)) continue;  // another service's saga type
+      submit(summary.id, job{true, {}, {}, {}});
+    }
+  }
+};
+
+orchestrator::orchestrator(storage::event_store& store, transport::transport& bus, orchestrator_options options)
+    : impl_(std::make_shared<impl>(store, bus, std::move(options))) {}
+
+orchestrator::~orchestrator() { shutdown(); }
+
+void orchestrator::add(definition def) {
+  if (impl_->accepting) throw std::logic_error("add definitions before run()");
+  auto& versions = impl_->definitions[def.type()];
+  if (versions.count(def.version()))
+    throw std::invalid_argument("definition " + def.type() + " v" + std::to_string(def.version()) + " is already registered");
+  versions.emplace(def.version(), std::move(def));
+}
+
+void orchestrator::run() {
+  auto& s = *impl_;
+  if (s.work) throw std::logic_error("orchestrator::run() called twice");
+  s.work.emplace(asio::make_work_guard(s.io));
+  for (std::size_t i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
+  s.accepting = true;
+  std::weak_ptr<impl> weak = impl_;
+  s.bus.on_partitions_assigned([weak](const std::vector<transport::topic_partition>& assigned) {
+    auto self = weak.lock();
+    if (!self) return;
+    storage::partition_filter filter;
+    for (const auto& tp : assigned)
+      if (self->latest(tp.name)) filter.partitions.push_back(tp.partition);
+    if (!filter.partitions.empty()) self->recover(filter);
+  });
+  for (const auto& [type, versions] : s.definitions) {
+    s.bus.on_reply(type, [weak](transport::reply_message reply, transport::handled_callback handled) {
+      auto self = weak.lock();
+      if (!self || !self->accepting) return;  // not handled: the next owner gets it again
+      self->submit(reply.saga, job{false, reply.to_trigger(), {}, [handled](const decision&, std::exception_ptr) {
+                                     if (handled) handled();
+                                   }});
+    });
+  }
+  // Transports that do not partition never call on_partitions_assigned: this process owns every saga.
+  if (!s.bus.reply_partition(s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
+                             saga_id::from_words(0, 0)))
+    s.recover({});
+}
+
+saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
+  auto& s = *impl_;
+  if (!s.latest(type)) throw std::invalid_argument("no definition registered for saga type '" + type + "'");
+  if (!key.empty())
+    if (auto existing = s.store.find_by_idempotency_key(type, key)) return saga_handle{*existing, outcome(*existing)};
+  if (!s.slots.try_acquire_for(s.options.start_timeout))
+    throw overloaded("more than " + std::to_string(s.options.max_in_flight) + " sagas in flight for " +
+                     std::to_string(s.options.start_timeout.count()) + " ms; try again later");
+  const std::uint64_t hi = s.options.entropy();
+  const saga_id id = saga_id::from_words(hi, s.options.entropy());
+  auto e = s.get(id);
+  std::shared_future<saga_outcome> future;
+  {
+    std::lock_guard lock(e->promise_mutex);
+    e->counted = true;
+    e->started = steady::now();
+  }
+  future = s.future_of(e);
+  auto release = [&] {
+    std::lock_guard lock(e->promise_mutex);
+    if (e->counted) {
+      e->counted = false;
+      s.slots.release();
+    }
+  };
+  decision d;
+  try {
+    d = s.call(id, triggers::start{input_json, key}, type);
+  } catch (const storage::duplicate_idempotency_key& dup) {
+    release();
+    return saga_handle{dup.existing(), outcome(dup.existing())};
+  } catch (...) {
+    release();
+    throw;
+  }
+  if (!d.rejected.empty()) {
+    release();
+    throw std::invalid_argument("start of saga type '" + type + "' refused: " + d.rejected);
+  }
+  ++s.stats.sagas_started;
+  return saga_handle{id, future};
+}
+
+decision orchestrator::cancel(const saga_id& id, const std::string& reason, const std::string& by) {
+  return impl_->call(id, triggers::cancel{reason, by});
+}
+
+decision orchestrator::act(const saga_id& id, const triggers::operator_action& action) {
+  return impl_->call(id, action);
+}
+
+std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
+  auto& s = *impl_;
+  auto e = s.get(id);
+  auto future = s.future_of(e);
+  // Already finished (or stuck)? Its finish effect is in the past: answer from the log.
+  const auto log = s.store.load(id);
+  if (log.empty()) throw std::invalid_argument("no saga " + id.to_string());
+  const saga_state st = storage::fold_recorded(id, log);
+  if (st.status == saga_status::completed) s.fulfil(e, saga_outcome{st.status, st.data, ""});
+  if (st.status == saga_status::compensated) s.fulfil(e, saga_outcome{st.status, "", st.reason});
+  if (st.status == saga_status::stuck) s.fulfil(e, saga_outcome{st.status, "", st.stuck_reason});
+  return future;
+}
+
+void orchestrator::shutdown() noexcept {
+  auto& s = *impl_;
+  if (s.stopped.exchange(true)) return;
+  s.accepting = false;
+  s.bus.stop();
+  // Let appends in flight finish (bounded wait; the log stays consistent either way).
+  for (int i = 0; i < 500 && s.appends_in_flight > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (s.work) s.work.reset();
+  s.io.stop();
+  for (auto& t : s.threads)
+    if (t.joinable()) t.join();
+}
+
+const runtime::metrics& orchestrator::stats() const noexcept { return impl_->stats; }
+
+std::size_t orchestrator::active() const {
+  std::lock_guard lock(impl_->entries_mutex);
+  return impl_->entries.size();
+}
+
+}  // namespace saga::runtime

@@ -1,0 +1,222 @@
+// The orchestrator on the memory store and memory transport with a manual clock: concurrency, timeouts,
+// recovery by replay, cancel, back-pressure, metrics. Waiting is bounded; no timing decides a result.
+#include "../../examples/order_processing/order_saga.hpp"
+
+#include <saga/runtime/orchestrator.hpp>
+#include <saga/storage/hash_chain.hpp>
+#include <saga/storage/inbox.hpp>
+#include <saga/storage/memory_event_store.hpp>
+#include <saga/transport/memory_transport.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <set>
+#include <thread>
+
+using namespace saga;
+using namespace std::chrono_literals;
+using order_processing::order;
+using runtime::orchestrator;
+using triggers::outcome;
+
+namespace {
+
+struct rig {
+  storage::memory_event_store store;
+  transport::memory_transport bus;
+  std::shared_ptr<runtime::manual_clock> clock = std::make_shared<runtime::manual_clock>();
+  storage::memory_inbox inbox;
+  std::atomic<int> handler_runs{0};
+  std::set<std::string> silent;  // services or command types that never answer
+
+  rig() {
+    for (const std::string service : {"orders", "inventory", "payments", "shipping"}) {
+      bus.on_command(service, [this, service](transport::command_message c, transport::handled_callback handled) {
+        if (silent.count(service) || silent.count(c.command_type)) return handled();
+        const auto reply = storage::handle_command(inbox, c.command_id, c.compensates, [&](storage::transaction&) {
+          ++handler_runs;
+          if (c.command_type == "charge_payment" && from_json<order_processing::charge_payment>(c.payload).customer.back() == '9')
+            return storage::stored_reply{outcome::failure, "{}", "card declined"};
+          if (c.command_type == "reserve_inventory") return storage::stored_reply{outcome::success, R"({"reservation_id":"r"})", ""};
+          if (c.command_type == "charge_payment") return storage::stored_reply{outcome::success, R"({"payment_id":"p"})", ""};
+          if (c.command_type == "ship_order") return storage::stored_reply{outcome::success, R"({"tracking_number":"t"})", ""};
+          return storage::stored_reply{};
+        });
+        bus.send_reply(c.reply_to, transport::reply_message{c.command_id, c.saga, c.saga_type, c.step, c.attempt, reply.result,
+                                                            reply.payload, reply.reason, {}, {}},
+                       nullptr);
+        handled();
+      });
+    }
+  }
+
+  runtime::orchestrator_options options(std::size_t max_in_flight = 10'000) {
+    runtime::orchestrator_options o;
+    o.threads = 2;
+    o.max_in_flight = max_in_flight;
+    o.start_timeout = duration{50};
+    o.clock = clock;
+    std::uint64_t seed = 1;
+    auto m = std::make_shared<std::mutex>();
+    o.entropy = [seed, m]() mutable {
+      std::lock_guard lock(*m);
+      seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+      return seed;
+    };
+    return o;
+  }
+
+  // Delivers messages until `done` holds; bounded so a bug fails instead of hanging.
+  template <class P>
+  bool pump_until(P done) {
+    for (int i = 0; i < 20'000; ++i) {
+      bus.pump();
+      if (done()) return true;
+      std::this_thread::sleep_for(1ms);
+    }
+    return false;
+  }
+};
+
+order make_order(int i) {
+  order o;
+  o.order_id = "o-" + std::to_string(i);
+  o.customer = "c-" + std::to_string(i);
+  o.sku = "s";
+  o.quantity = 1;
+  o.amount_cents = 100;
+  o.address = "a";
+  return o;
+}
+
+bool ready(const std::shared_future<runtime::saga_outcome>& f) { return f.wait_for(0s) == std::future_status::ready; }
+
+TEST(orchestrator, runs_many_sagas_concurrently_to_the_right_end) {
+  rig r;
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  std::vector<runtime::saga_handle> handles;
+  for (int i = 0; i < 200; ++i) handles.push_back(o.start("order", to_json(make_order(i)), "k-" + std::to_string(i)));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(handles.begin(), handles.end(), [](auto& h) { return ready(h.outcome); }); }));
+  int completed = 0, compensated = 0;
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    const auto out = handles[i].outcome.get();
+    const bool declined = i % 10 == 9;
+    EXPECT_EQ(out.status, declined ? saga_status::compensated : saga_status::completed) << i;
+    completed += out.status == saga_status::completed;
+    compensated += out.status == saga_status::compensated;
+    EXPECT_FALSE(storage::verify_chain(r.store.load(handles[i].id)));
+  }
+  EXPECT_EQ(completed, 180);
+  EXPECT_EQ(compensated, 20);
+  // Each command ran once: 180 x 5 forward; 20 x (create, reserve, declined charge) + 2 compensations.
+  EXPECT_EQ(r.handler_runs.load(), 180 * 5 + 20 * 3 + 20 * 2);
+  EXPECT_EQ(o.stats().sagas_started.load(), 200u);
+  EXPECT_EQ(o.stats().sagas_completed.load(), 180u);
+  EXPECT_EQ(o.stats().sagas_compensated.load(), 20u);
+  EXPECT_NE(o.stats().prometheus().find("saga_sagas_completed_total 180"), std::string::npos);
+  // An idempotency key used again returns the same saga.
+  EXPECT_EQ(o.start("order", to_json(make_order(3)), "k-3").id, handles[3].id);
+  o.shutdown();
+}
+
+TEST(orchestrator, a_silent_participant_times_out_is_resent_with_the_same_id_then_compensated) {
+  rig r;
+  r.silent.insert("charge_payment");
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3; }));  // create, reserve, charge
+  for (int i = 0; i < 20 && !ready(h.outcome); ++i) {
+    r.clock->advance(duration{31'000});
+    r.pump_until([&] { return ready(h.outcome) || r.clock->pending() > 0; });
+  }
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  std::set<std::string> charge_ids;
+  int charges = 0;
+  for (const auto& c : r.bus.sent_commands())
+    if (c.command_type == "charge_payment") ++charges, charge_ids.insert(c.command_id);
+  EXPECT_EQ(charges, 3);              // the default policy: 3 attempts
+  EXPECT_EQ(charge_ids.size(), 1u);   // all with the same command id
+  EXPECT_EQ(h.outcome.get().status, saga_status::compensated);
+  EXPECT_NE(h.outcome.get().reason.find("no reply to attempt 3"), std::string::npos);
+}
+
+TEST(orchestrator, a_new_process_recovers_unfinished_sagas_from_the_log) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  std::vector<saga_id> ids;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    for (int i = 0; i < 20; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+    first.shutdown();  // or a crash: nothing but the log survives
+  }
+  r.bus.pump();  // the first process's commands were lost on the way
+  r.silent.clear();
+  orchestrator second(r.store, r.bus, r.options());
+  second.add(order_processing::order_saga());
+  second.run();  // replays every unfinished saga and resends what is pending, with the same command ids
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  EXPECT_EQ(second.stats().sagas_recovered.load(), 20u);
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
+}
+
+TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) {
+  rig r;
+  r.silent.insert("charge_payment");
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3; }));
+  r.silent.clear();
+  const decision d = o.cancel(h.id, "customer called", "alice");
+  EXPECT_EQ(d.rejected, "");
+  // The charge in flight is waited for; it never answers, so its deadline settles it as uncertain, and its
+  // refund is fenced at the participant (the charge never ran: nothing to undo, and it never will run).
+  r.clock->advance(duration{31'000});
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  std::string refund_id, charge_id;
+  for (const auto& c : r.bus.sent_commands()) {
+    if (c.command_type == "refund_payment") refund_id = c.command_id;
+    if (c.command_type == "charge_payment") charge_id = c.command_id;
+  }
+  const auto refund = r.inbox.find(refund_id);
+  ASSERT_TRUE(refund);
+  EXPECT_EQ(refund->payload, R"({"nothing_to_undo":true})");
+  EXPECT_EQ(r.inbox.find(charge_id)->reason, "compensated before it ran");  // the fence
+  EXPECT_EQ(h.outcome.get().status, saga_status::compensated);
+  EXPECT_EQ(h.outcome.get().reason, "cancelled by alice: customer called");
+
+  auto done = o.start("order", to_json(make_order(2)));
+  ASSERT_TRUE(r.pump_until([&] { return ready(done.outcome); }));
+  EXPECT_NE(o.cancel(done.id, "late", "bob").rejected, "");
+  EXPECT_THROW((void)o.start("nope", "{}"), std::invalid_argument);
+  EXPECT_THROW((void)o.start("order", "{not json"), std::invalid_argument);
+}
+
+TEST(orchestrator, start_applies_back_pressure_when_too_many_sagas_are_in_flight) {
+  rig r;
+  r.silent = {"orders"};
+  orchestrator o(r.store, r.bus, r.options(2));
+  o.add(order_processing::order_saga());
+  o.run();
+  auto a = o.start("order", to_json(make_order(1)));
+  auto b = o.start("order", to_json(make_order(2)));
+  EXPECT_THROW((void)o.start("order", to_json(make_order(3))), runtime::overloaded);
+  r.silent.clear();
+  r.clock->advance(duration{31'000});  // the deadline resends create_order, which now succeeds
+  ASSERT_TRUE(r.pump_until([&] { return ready(a.outcome) && ready(b.outcome); }));
+  EXPECT_NO_THROW((void)o.start("order", to_json(make_order(3))));
+}
+
+}  // namespace
