@@ -1,0 +1,92 @@
+// Audit: state at a point of the log, and the definition replay gate, on the golden order logs.
+#include "../../examples/order_processing/order_saga.hpp"
+
+#include <saga/audit.hpp>
+#include <saga/json.hpp>
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+using namespace saga;
+using order_processing::order;
+
+namespace {
+
+std::vector<event> golden(const std::string& name) {
+  std::ifstream in(std::string(SAGA_SOURCE_DIR) + "/tests/golden/" + name + ".jsonl");
+  std::vector<event> log;
+  std::string line;
+  while (std::getline(in, line)) {
+    event e;
+    e.seq = std::stoull(json_member(line, "seq"));
+    e.at = time_point(std::chrono::milliseconds(std::stoll(json_member(line, "at"))));
+    const std::string type = json_member(line, "type");
+    e.body = decode(type.substr(1, type.size() - 2), 1, json_member(line, "payload"));
+    log.push_back(std::move(e));
+  }
+  return log;
+}
+
+// The saga's id, as its first command id carries it.
+saga_id id_of(const std::vector<event>& log) {
+  const auto& cmd = std::get<events::step_requested>(log.at(1).body).command_id;
+  return *saga_id::parse(cmd.substr(0, cmd.find(':')));
+}
+const saga_id id = saga_id::from_words(1, 1);
+const std::vector<std::string> names = {"order_completed", "order_card_declined", "order_shipping_slow",
+                                        "order_refund_stuck_then_skipped"};
+
+TEST(audit, state_at_any_seq_or_time_is_the_fold_of_that_prefix) {
+  const auto log = golden("order_card_declined");
+  ASSERT_GE(log.size(), 8u);
+  const auto at5 = audit::state_at_seq(id, log, 5);
+  EXPECT_EQ(at5.seq, 5u);
+  EXPECT_EQ(at5.status, saga_status::running);
+  EXPECT_EQ(at5.find("reserve_inventory")->phase, step_phase::succeeded);
+  EXPECT_EQ(audit::state_at_seq(id, log, 999).status, saga_status::compensated);
+  EXPECT_EQ(audit::state_at_time(id, log, log.front().at - duration{1}).status, saga_status::not_started);
+  EXPECT_EQ(audit::state_at_time(id, log, log.back().at).status, saga_status::compensated);
+}
+
+TEST(audit, every_golden_log_is_what_the_current_definition_decides) {
+  for (const auto& name : names) {
+    const auto log = golden(name);
+    const auto mismatch = audit::check_definition(order_processing::order_saga(), id_of(log), log);
+    EXPECT_FALSE(mismatch) << name << ": seq " << mismatch->seq << "\n expected " << mismatch->expected << "\n recorded "
+                           << mismatch->recorded;
+  }
+}
+
+TEST(audit, a_renamed_step_is_flagged_at_its_first_request) {
+  // The same saga with "reserve_inventory" renamed: a deploy that would strand running sagas.
+  const auto renamed = define<order>("order", 1)
+      .step("create_order").invoke("orders", "create_order", [](const order& o) { return order_processing::create_order{o.order_id, o.customer, o.amount_cents}; })
+      .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+      .step("reserve_stock").invoke("inventory", "reserve_inventory", [](const order& o) { return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity}; })
+      .compensate("inventory", "release_inventory", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+      .build();
+  const auto log = golden("order_completed");
+  const auto mismatch = audit::check_definition(renamed, id_of(log), log);
+  ASSERT_TRUE(mismatch);
+  EXPECT_EQ(mismatch->seq, 4u);
+  EXPECT_NE(mismatch->expected.find("\"step\":\"reserve_stock\""), std::string::npos);
+  EXPECT_NE(mismatch->recorded.find("\"step\":\"reserve_inventory\""), std::string::npos);
+}
+
+TEST(audit, reordered_steps_are_flagged) {
+  const auto reordered = define<order>("order", 1)
+      .step("reserve_inventory").invoke("inventory", "reserve_inventory", [](const order& o) { return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity}; })
+      .compensate("inventory", "release_inventory", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+      .step("create_order").invoke("orders", "create_order", [](const order& o) { return order_processing::create_order{o.order_id, o.customer, o.amount_cents}; })
+      .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+      .build();
+  const auto log = golden("order_card_declined");
+  const auto mismatch = audit::check_definition(reordered, id_of(log), log);
+  ASSERT_TRUE(mismatch);
+  EXPECT_EQ(mismatch->seq, 2u);  // the first request already goes elsewhere
+  EXPECT_NE(mismatch->expected.find("\"step\":\"reserve_inventory\""), std::string::npos);
+  EXPECT_NE(mismatch->recorded.find("\"step\":\"create_order\""), std::string::npos);
+}
+
+}  // namespace
