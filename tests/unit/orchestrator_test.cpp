@@ -220,3 +220,40 @@ TEST(orchestrator, start_applies_back_pressure_when_too_many_sagas_are_in_flight
 }
 
 }  // namespace
+
+#include <saga/runtime/metrics_server.hpp>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+
+namespace {
+
+std::string http_get(std::uint16_t port, const std::string& target) {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  const std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  boost::asio::write(socket, boost::asio::buffer(request));
+  std::string response;
+  boost::system::error_code ec;
+  char buf[4096];
+  for (std::size_t n; (n = socket.read_some(boost::asio::buffer(buf), ec)) > 0 || !ec;) response.append(buf, n);
+  return response;
+}
+
+TEST(metrics_server, serves_prometheus_text_on_loopback) {
+  runtime::metrics m;
+  m.sagas_started = 7;
+  m.append_latency.observe(1.5);
+  runtime::metrics_server server(m);
+  const std::string ok = http_get(server.port(), "/metrics");
+  EXPECT_NE(ok.find("200 OK"), std::string::npos);
+  EXPECT_NE(ok.find("saga_sagas_started_total 7"), std::string::npos);
+  EXPECT_NE(ok.find("saga_append_latency_seconds_count 1"), std::string::npos);
+  EXPECT_NE(http_get(server.port(), "/other").find("404"), std::string::npos);
+  EXPECT_THROW(runtime::metrics_server(m, "not-an-ip"), std::runtime_error);
+}
+
+}  // namespace
