@@ -7,12 +7,12 @@
 #include <saga/testing/driver.hpp>
 #include <saga/timeline.hpp>
 
+#include <unistd.h>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <random>
-#include <unistd.h>
 
 using namespace order_processing;
 using saga::storage::stored_reply;
@@ -42,8 +42,8 @@ struct shop {
 
 void progress(std::size_t done, std::size_t total) {
   const std::size_t width = 40, filled = width * done / total;
-  std::printf("%s  [%s%s] %zu/%zu", isatty(1) ? "\r" : "\n", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), done,
-              total);
+  std::printf("%s  [%s%s] %zu/%zu", isatty(1) ? "\r" : "\n", std::string(filled, '#').c_str(),
+              std::string(width - filled, '.').c_str(), done, total);
   std::fflush(stdout);
 }
 
@@ -179,19 +179,22 @@ int main(int argc, char** argv) {
       consistent &= kept;
     }
     if (kept) consistent &= s.shipments.count(oid) == 1 && s.order_status[oid] == "approved";
-    if (st == saga::saga_status::compensated) consistent &= s.order_status[oid] == "cancelled" || s.order_status[oid].empty();
+    if (st == saga::saga_status::compensated)
+      consistent &= s.order_status[oid] == "cancelled" || s.order_status[oid].empty();
   }
   consistent &= stock_now + reserved_kept == s.initial_stock && balance_now + charged_kept == s.initial_balance;
   std::cout << "consistency\n"
             << "  stock    " << stock_now << " on hand + " << reserved_kept << " shipped = " << s.initial_stock << "\n"
             << "  balances " << balance_now << " + " << charged_kept << " kept charges = " << s.initial_balance << "\n"
-            << "  " << (consistent ? "OK: every reservation released or shipped, every charge refunded or kept"
-                                   : "BROKEN: participants' effects do not add up")
+            << "  "
+            << (consistent ? "OK: every reservation released or shipped, every charge refunded or kept"
+                           : "BROKEN: participants' effects do not add up")
             << "\n\n";
   if (!shown.is_nil()) {
     std::cout << "timeline of compensated order " << order_of[shown] << " (saga " << shown.to_string() << ")\n"
               << saga::format_timeline(d.events(shown)) << "\n";
   }
-  const bool all_terminal = by_status[saga::saga_status::completed] + by_status[saga::saga_status::compensated] == total;
+  const bool all_terminal =
+      by_status[saga::saga_status::completed] + by_status[saga::saga_status::compensated] == total;
   return all_terminal && consistent && broken_chains == 0 ? 0 : 1;
 }

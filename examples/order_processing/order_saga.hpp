@@ -34,65 +34,93 @@ struct order {
 struct order_ref {
   std::string order_id;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(order_id)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(order_id));
+  }
 };
 struct create_order {
   std::string order_id, customer;
   std::int64_t amount_cents = 0;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(order_id), CEREAL_NVP(customer), CEREAL_NVP(amount_cents)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(order_id), CEREAL_NVP(customer), CEREAL_NVP(amount_cents));
+  }
 };
 struct reserve_inventory {
   std::string order_id, sku;
   std::int64_t quantity = 0;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(order_id), CEREAL_NVP(sku), CEREAL_NVP(quantity)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(order_id), CEREAL_NVP(sku), CEREAL_NVP(quantity));
+  }
 };
 struct inventory_reserved {
   std::string reservation_id;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(reservation_id)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(reservation_id));
+  }
 };
 struct charge_payment {
   std::string order_id, customer;
   std::int64_t amount_cents = 0;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(order_id), CEREAL_NVP(customer), CEREAL_NVP(amount_cents)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(order_id), CEREAL_NVP(customer), CEREAL_NVP(amount_cents));
+  }
 };
 struct payment_charged {
   std::string payment_id;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(payment_id)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(payment_id));
+  }
 };
 struct ship_order {
   std::string order_id, sku, address;
   std::int64_t quantity = 0;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(order_id), CEREAL_NVP(sku), CEREAL_NVP(address), CEREAL_NVP(quantity)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(order_id), CEREAL_NVP(sku), CEREAL_NVP(address), CEREAL_NVP(quantity));
+  }
 };
 struct order_shipped {
   std::string tracking_number;
   template <class Archive>
-  void serialize(Archive& ar) { ar(CEREAL_NVP(tracking_number)); }
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(tracking_number));
+  }
 };
 
 // The definition, version 1.
 inline saga::definition order_saga() {
   return saga::define<order>("order", 1)
       .step("create_order")
-      .invoke("orders", "create_order", [](const order& o) { return create_order{o.order_id, o.customer, o.amount_cents}; })
+      .invoke("orders", "create_order",
+              [](const order& o) {
+                return create_order{o.order_id, o.customer, o.amount_cents};
+              })
       .compensate("orders", "cancel_order", [](const order& o) { return order_ref{o.order_id}; })
       .step("reserve_inventory")
-      .invoke("inventory", "reserve_inventory", [](const order& o) { return reserve_inventory{o.order_id, o.sku, o.quantity}; })
+      .invoke("inventory", "reserve_inventory",
+              [](const order& o) {
+                return reserve_inventory{o.order_id, o.sku, o.quantity};
+              })
       .on_reply([](order& o, const inventory_reserved& r) { o.reservation_id = r.reservation_id; })
       .compensate("inventory", "release_inventory", [](const order& o) { return order_ref{o.order_id}; })
       .step("charge_payment")
-      .invoke("payments", "charge_payment", [](const order& o) { return charge_payment{o.order_id, o.customer, o.amount_cents}; })
+      .invoke("payments", "charge_payment",
+              [](const order& o) {
+                return charge_payment{o.order_id, o.customer, o.amount_cents};
+              })
       .on_reply([](order& o, const payment_charged& r) { o.payment_id = r.payment_id; })
       .compensate("payments", "refund_payment", [](const order& o) { return order_ref{o.order_id}; })
       .step("ship_order")
       .pivot()
-      .invoke("shipping", "ship_order", [](const order& o) { return ship_order{o.order_id, o.sku, o.address, o.quantity}; })
+      .invoke("shipping", "ship_order",
+              [](const order& o) {
+                return ship_order{o.order_id, o.sku, o.address, o.quantity};
+              })
       .on_reply([](order& o, const order_shipped& r) { o.tracking_number = r.tracking_number; })
       .step("approve_order")
       .retriable()

@@ -47,13 +47,15 @@ std::optional<trigger> trigger_of(const event& e) {
           // A later attempt that opens a decision was fired by its retry timer (an operator's retry is
           // preceded by operator_action_recorded in the same decision).
           if (x.attempt > 1)
-            return triggers::timer{x.step, std::is_same_v<T, compensation_requested>, x.attempt, triggers::timer_kind::retry};
+            return triggers::timer{x.step, std::is_same_v<T, compensation_requested>, x.attempt,
+                                   triggers::timer_kind::retry};
           return std::nullopt;
         } else if constexpr (std::is_same_v<T, cancel_requested>) {
           return triggers::cancel{x.reason, x.by};
         } else if constexpr (std::is_same_v<T, operator_action_recorded>) {
-          return triggers::operator_action{x.action == "skip" ? triggers::operator_verb::skip : triggers::operator_verb::retry,
-                                           x.step, x.reason, x.operator_name};
+          return triggers::operator_action{
+              x.action == "skip" ? triggers::operator_verb::skip : triggers::operator_verb::retry, x.step, x.reason,
+              x.operator_name};
         } else {
           return std::nullopt;
         }

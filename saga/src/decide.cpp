@@ -79,7 +79,8 @@ class decider {
   }
 
   void on(const triggers::reply& r) {
-    if (st_.status == saga_status::not_started) return ignore("reply " + r.command_id + " for a saga that never started");
+    if (st_.status == saga_status::not_started)
+      return ignore("reply " + r.command_id + " for a saga that never started");
     if (is_terminal(st_.status)) return ignore("reply " + r.command_id + ": saga is already " + to_string(st_.status));
     if (st_.status == saga_status::stuck)
       return ignore("reply " + r.command_id + ": saga is stuck; the operator's action will resend what is pending");
@@ -90,8 +91,9 @@ class decider {
     const action_state& a = comp ? s.compensation : s.forward;
     if (r.attempt == 0 || r.attempt > a.attempt)
       return ignore("reply " + r.command_id + " for attempt " + std::to_string(r.attempt) + ", which was never sent");
-    const bool in_flight = comp ? (s.phase == step_phase::compensating || s.phase == step_phase::compensation_retry_wait)
-                                : !settled_forward(s.phase);
+    const bool in_flight = comp
+                               ? (s.phase == step_phase::compensating || s.phase == step_phase::compensation_retry_wait)
+                               : !settled_forward(s.phase);
     if (!in_flight) return ignore("reply " + r.command_id + ": already settled (" + to_string(s.phase) + ")");
     const bool current = r.attempt == a.attempt && s.phase == (comp ? step_phase::compensating : step_phase::running);
     if (r.result == outcome::retryable_failure && !current)
@@ -168,8 +170,11 @@ class decider {
       const step_phase waiting = t.compensation ? step_phase::compensating : step_phase::running;
       if (s->phase != waiting || t.attempt != a.attempt)
         return ignore("stale deadline of step '" + name + "' attempt " + std::to_string(t.attempt));
-      const std::string why = "no reply to attempt " + std::to_string(a.attempt) + " within " +
-                              std::to_string((t.compensation ? def_.find(name)->compensation->retry : def_.find(name)->invoke.retry).timeout.count()) + " ms";
+      const std::string why =
+          "no reply to attempt " + std::to_string(a.attempt) + " within " +
+          std::to_string(
+              (t.compensation ? def_.find(name)->compensation->retry : def_.find(name)->invoke.retry).timeout.count()) +
+          " ms";
       if (t.compensation) {
         emit(compensation_timed_out{name, a.attempt, a.command_id});
         compensation_unsuccessful(name, why);
@@ -191,7 +196,8 @@ class decider {
 
   void on(const triggers::cancel& c) {
     if (st_.status != saga_status::running)
-      return refuse("saga " + st_.id.to_string() + " is " + to_string(st_.status) + "; only a running saga can be cancelled");
+      return refuse("saga " + st_.id.to_string() + " is " + to_string(st_.status) +
+                    "; only a running saga can be cancelled");
     if (const auto p = def_.pivot()) {
       const auto& pivot = def_.steps()[*p];
       if (const auto* ps = st_.find(pivot.name); ps && ps->phase != step_phase::pending)
@@ -304,8 +310,9 @@ class decider {
     const step_state& s = *st_.find(name);
     if (budget_left(s.compensation, sd.compensation->retry))
       return schedule_retry(name, true, s.compensation, sd.compensation->retry);
-    emit(saga_stuck{name, true, "compensation of step '" + name + "' failed after " +
-                                    std::to_string(s.compensation.attempt) + " attempts: " + reason});
+    emit(saga_stuck{name, true,
+                    "compensation of step '" + name + "' failed after " + std::to_string(s.compensation.attempt) +
+                        " attempts: " + reason});
   }
 
   // The participant applied the step but its reply cannot be merged into the data: the saga cannot go on.
@@ -348,7 +355,8 @@ class decider {
           case step_phase::compensation_failed: return;
           case step_phase::succeeded:
           case step_phase::uncertain:
-            if (const auto* sd = def_.find(s.name); sd && sd->compensation && (!next || s.settled_seq > next->settled_seq))
+            if (const auto* sd = def_.find(s.name);
+                sd && sd->compensation && (!next || s.settled_seq > next->settled_seq))
               next = &s;
             break;
           default: break;

@@ -15,15 +15,16 @@ std::string compensated_command(const saga_state& st, const std::string& step, b
 
 template <class E>
 effects::send_command send_of(const saga_state& st, const E& e, bool compensation) {
-  return effects::send_command{st.id,        st.type,   e.step,         compensation, e.attempt,
-                               e.command_id, e.service, e.command_type, e.payload,    compensated_command(st, e.step, compensation)};
+  return effects::send_command{
+      st.id,        st.type,   e.step,         compensation, e.attempt,
+      e.command_id, e.service, e.command_type, e.payload,    compensated_command(st, e.step, compensation)};
 }
 
 effects::send_command send_of(const saga_state& st, const step_state& s, bool compensation) {
   const action_state& a = compensation ? s.compensation : s.forward;
-  return effects::send_command{st.id,      st.type,          s.name,    compensation,
-                               a.attempt,  a.command_id,     a.service, a.command_type,
-                               a.payload,  compensated_command(st, s.name, compensation)};
+  return effects::send_command{
+      st.id,        st.type,   s.name,         compensation, a.attempt,
+      a.command_id, a.service, a.command_type, a.payload,    compensated_command(st, s.name, compensation)};
 }
 
 effects::arm_timer timer_of(const saga_state& st, const std::string& step, bool compensation, std::uint32_t attempt,
@@ -56,7 +57,8 @@ std::vector<effect> effects_of(const saga_state& after, std::span<const event> a
       out.emplace_back(send_of(after, *c, true));
       out.emplace_back(timer_of(after, c->step, true, c->attempt, triggers::timer_kind::deadline, c->deadline));
     } else if (const auto* rs = std::get_if<retry_scheduled>(&e.body)) {
-      out.emplace_back(timer_of(after, rs->step, rs->compensation, rs->next_attempt, triggers::timer_kind::retry, rs->due));
+      out.emplace_back(
+          timer_of(after, rs->step, rs->compensation, rs->next_attempt, triggers::timer_kind::retry, rs->due));
     }
   }
   if (!appended.empty()) {
@@ -79,10 +81,12 @@ std::vector<effect> recovery_effects(const saga_state& st) {
     switch (s.phase) {
       case step_phase::running:
         out.emplace_back(send_of(st, s, false));
-        out.emplace_back(timer_of(st, s.name, false, s.forward.attempt, triggers::timer_kind::deadline, s.forward.deadline));
+        out.emplace_back(
+            timer_of(st, s.name, false, s.forward.attempt, triggers::timer_kind::deadline, s.forward.deadline));
         break;
       case step_phase::retry_wait:
-        out.emplace_back(timer_of(st, s.name, false, s.forward.attempt + 1, triggers::timer_kind::retry, s.forward.retry_due));
+        out.emplace_back(
+            timer_of(st, s.name, false, s.forward.attempt + 1, triggers::timer_kind::retry, s.forward.retry_due));
         break;
       case step_phase::compensating:
         out.emplace_back(send_of(st, s, true));

@@ -18,64 +18,116 @@ using namespace events;
 
 // --- the field lists ---------------------------------------------------------------------------------------
 // s: plain string, j: JSON document, oj: optional JSON, u32/u64: unsigned, b: bool, t: time in ms.
-template <class V> void fields(V& v, saga_started& e) {
+template <class V>
+void fields(V& v, saga_started& e) {
   v.s("saga_type", e.saga_type), v.u32("definition_version", e.definition_version);
   v.s("definition_fingerprint", e.definition_fingerprint), v.j("input", e.input);
   v.s("idempotency_key", e.idempotency_key);
 }
-template <class V, class E> void request_fields(V& v, E& e) {
+template <class V, class E>
+void request_fields(V& v, E& e) {
   v.s("step", e.step), v.u32("attempt", e.attempt), v.s("command_id", e.command_id);
   v.s("service", e.service), v.s("command_type", e.command_type), v.j("payload", e.payload);
   v.t("deadline", e.deadline);
 }
-template <class V> void fields(V& v, step_requested& e) { request_fields(v, e); }
-template <class V> void fields(V& v, compensation_requested& e) { request_fields(v, e); }
-template <class V> void fields(V& v, step_succeeded& e) {
+template <class V>
+void fields(V& v, step_requested& e) {
+  request_fields(v, e);
+}
+template <class V>
+void fields(V& v, compensation_requested& e) {
+  request_fields(v, e);
+}
+template <class V>
+void fields(V& v, step_succeeded& e) {
   v.s("step", e.step), v.u32("attempt", e.attempt), v.s("command_id", e.command_id), v.j("reply", e.reply);
   v.oj("data", e.data);
 }
-template <class V> void fields(V& v, compensation_succeeded& e) {
+template <class V>
+void fields(V& v, compensation_succeeded& e) {
   v.s("step", e.step), v.u32("attempt", e.attempt), v.s("command_id", e.command_id), v.j("reply", e.reply);
 }
-template <class V, class E> void failure_fields(V& v, E& e) {
+template <class V, class E>
+void failure_fields(V& v, E& e) {
   v.s("step", e.step), v.u32("attempt", e.attempt), v.s("command_id", e.command_id), v.s("reason", e.reason);
   v.b("retryable", e.retryable);
 }
-template <class V> void fields(V& v, step_failed& e) { failure_fields(v, e); }
-template <class V> void fields(V& v, compensation_failed& e) { failure_fields(v, e); }
-template <class V, class E> void timeout_fields(V& v, E& e) {
+template <class V>
+void fields(V& v, step_failed& e) {
+  failure_fields(v, e);
+}
+template <class V>
+void fields(V& v, compensation_failed& e) {
+  failure_fields(v, e);
+}
+template <class V, class E>
+void timeout_fields(V& v, E& e) {
   v.s("step", e.step), v.u32("attempt", e.attempt), v.s("command_id", e.command_id);
 }
-template <class V> void fields(V& v, step_timed_out& e) { timeout_fields(v, e); }
-template <class V> void fields(V& v, compensation_timed_out& e) { timeout_fields(v, e); }
-template <class V> void fields(V& v, retry_scheduled& e) {
+template <class V>
+void fields(V& v, step_timed_out& e) {
+  timeout_fields(v, e);
+}
+template <class V>
+void fields(V& v, compensation_timed_out& e) {
+  timeout_fields(v, e);
+}
+template <class V>
+void fields(V& v, retry_scheduled& e) {
   v.s("step", e.step), v.b("compensation", e.compensation), v.u32("next_attempt", e.next_attempt);
   v.t("due", e.due), v.u64("seed", e.seed);
 }
-template <class V> void fields(V& v, compensation_started& e) { v.s("reason", e.reason), v.s("failed_step", e.failed_step); }
-template <class V> void fields(V& v, cancel_requested& e) { v.s("reason", e.reason), v.s("by", e.by); }
-template <class V> void fields(V& v, saga_completed& e) { v.j("output", e.output); }
-template <class V> void fields(V& v, saga_compensated& e) { v.s("reason", e.reason); }
-template <class V> void fields(V& v, saga_stuck& e) {
+template <class V>
+void fields(V& v, compensation_started& e) {
+  v.s("reason", e.reason), v.s("failed_step", e.failed_step);
+}
+template <class V>
+void fields(V& v, cancel_requested& e) {
+  v.s("reason", e.reason), v.s("by", e.by);
+}
+template <class V>
+void fields(V& v, saga_completed& e) {
+  v.j("output", e.output);
+}
+template <class V>
+void fields(V& v, saga_compensated& e) {
+  v.s("reason", e.reason);
+}
+template <class V>
+void fields(V& v, saga_stuck& e) {
   v.s("step", e.step), v.b("compensation", e.compensation), v.s("reason", e.reason);
 }
-template <class V> void fields(V& v, operator_action_recorded& e) {
+template <class V>
+void fields(V& v, operator_action_recorded& e) {
   v.s("action", e.action), v.s("step", e.step), v.b("compensation", e.compensation), v.s("reason", e.reason);
   v.s("operator", e.operator_name);
 }
 
 // Type names, in the variant's order.
-constexpr std::array<std::string_view, std::variant_size_v<event_body>> names = {
-    "saga_started",          "step_requested",        "step_succeeded",          "step_failed",
-    "step_timed_out",        "retry_scheduled",       "compensation_started",    "compensation_requested",
-    "compensation_succeeded", "compensation_failed",  "compensation_timed_out",  "cancel_requested",
-    "saga_completed",        "saga_compensated",      "saga_stuck",              "operator_action_recorded"};
+constexpr std::array<std::string_view, std::variant_size_v<event_body>> names = {"saga_started",
+                                                                                 "step_requested",
+                                                                                 "step_succeeded",
+                                                                                 "step_failed",
+                                                                                 "step_timed_out",
+                                                                                 "retry_scheduled",
+                                                                                 "compensation_started",
+                                                                                 "compensation_requested",
+                                                                                 "compensation_succeeded",
+                                                                                 "compensation_failed",
+                                                                                 "compensation_timed_out",
+                                                                                 "cancel_requested",
+                                                                                 "saga_completed",
+                                                                                 "saga_compensated",
+                                                                                 "saga_stuck",
+                                                                                 "operator_action_recorded"};
 
 // --- encoding ----------------------------------------------------------------------------------------------
 struct writer_visitor {
   rapidjson::Writer<rapidjson::StringBuffer>& w;
   void key(const char* k) { w.Key(k); }
-  void s(const char* k, const std::string& x) { key(k), w.String(x.data(), static_cast<rapidjson::SizeType>(x.size())); }
+  void s(const char* k, const std::string& x) {
+    key(k), w.String(x.data(), static_cast<rapidjson::SizeType>(x.size()));
+  }
   void j(const char* k, const std::string& x) {
     key(k);
     if (x.empty())

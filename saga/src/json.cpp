@@ -3,12 +3,12 @@
 
 #include "json_detail.hpp"
 
-#include <cereal/archives/json.hpp>
 #include <cxxabi.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <cereal/archives/json.hpp>
 
 #include <algorithm>
 #include <cstdlib>
@@ -35,8 +35,7 @@ void write_canonical(const value_t& v, rapidjson::Writer<rapidjson::StringBuffer
       } else {
         const double d = v.GetDouble();
         // Integral doubles within 2^53 print as integers so 1.0 and 1 are the same value.
-        if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9007199254740992.0 &&
-            d < 9007199254740992.0)
+        if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9007199254740992.0 && d < 9007199254740992.0)
           w.Int64(static_cast<std::int64_t>(d));
         else
           w.Double(d);

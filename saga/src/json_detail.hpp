@@ -1,8 +1,8 @@
 // Internal: the rapidjson engine shared by the JSON helpers and the event codec (not installed).
 #pragma once
 
-#include <cereal/archives/json.hpp>  // first: it configures rapidjson (assertions throw, full precision)
 #include <rapidjson/document.h>
+#include <cereal/archives/json.hpp>  // first: it configures rapidjson (assertions throw, full precision)
 
 #include <string>
 #include <string_view>

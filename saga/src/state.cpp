@@ -153,7 +153,8 @@ struct applier {
   void operator()(const retry_scheduled& e) const {
     auto& s = known(e.step);
     auto& a = e.compensation ? s.compensation : s.forward;
-    if (e.next_attempt != a.attempt + 1) illegal("retry of attempt " + std::to_string(e.next_attempt) + " is out of order");
+    if (e.next_attempt != a.attempt + 1)
+      illegal("retry of attempt " + std::to_string(e.next_attempt) + " is out of order");
     a.retry_due = e.due;
     s.phase = e.compensation ? step_phase::compensation_retry_wait : step_phase::retry_wait;
   }

@@ -50,10 +50,15 @@ struct line_of {
   void operator()(const compensation_requested& e) {
     request(e);
     const auto it = succeeded_at.find(e.step);
-    detail += it == succeeded_at.end() ? "  (undoes " + e.step + ")" : "  (undoes " + e.step + " #" + std::to_string(it->second) + ")";
+    detail += it == succeeded_at.end() ? "  (undoes " + e.step + ")"
+                                       : "  (undoes " + e.step + " #" + std::to_string(it->second) + ")";
   }
-  void operator()(const step_succeeded& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "reply " + e.reply; }
-  void operator()(const compensation_succeeded& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "undone"; }
+  void operator()(const step_succeeded& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "reply " + e.reply;
+  }
+  void operator()(const compensation_succeeded& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "undone";
+  }
   void operator()(const step_failed& e) {
     step = e.step, attempt = std::to_string(e.attempt), command = e.command_id;
     detail = (e.retryable ? "retryable: " : "failed: ") + e.reason;
@@ -62,7 +67,9 @@ struct line_of {
     step = e.step, attempt = std::to_string(e.attempt), command = e.command_id;
     detail = (e.retryable ? "retryable: " : "failed: ") + e.reason;
   }
-  void operator()(const step_timed_out& e) { step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "no reply in time"; }
+  void operator()(const step_timed_out& e) {
+    step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "no reply in time";
+  }
   void operator()(const compensation_timed_out& e) {
     step = e.step, attempt = std::to_string(e.attempt), command = e.command_id, detail = "no reply in time";
   }
@@ -76,7 +83,8 @@ struct line_of {
   void operator()(const saga_compensated& e) { detail = e.reason; }
   void operator()(const saga_stuck& e) { step = e.step, detail = e.reason; }
   void operator()(const operator_action_recorded& e) {
-    step = e.step, detail = e.action + (e.compensation ? " compensation" : "") + " by " + e.operator_name + ": " + e.reason;
+    step = e.step,
+    detail = e.action + (e.compensation ? " compensation" : "") + " by " + e.operator_name + ": " + e.reason;
   }
 };
 
@@ -92,8 +100,9 @@ std::string format_timeline(const std::vector<event>& log) {
     line_of l{succeeded_at, {}, {}, {}, {}};
     std::visit(l, e.body);
     out += pad(std::to_string(e.seq), 4) + format_time(e.at) + " " + pad(since(prev, e.at, i == 0), 8) + " " +
-           pad(std::string(type_name(e.body)), 25) + pad(l.step, 18) + pad(l.attempt.empty() ? "" : "#" + l.attempt, 4) +
-           l.detail + (l.command.empty() ? "" : "  [" + l.command + "]") + "\n";
+           pad(std::string(type_name(e.body)), 25) + pad(l.step, 18) +
+           pad(l.attempt.empty() ? "" : "#" + l.attempt, 4) + l.detail +
+           (l.command.empty() ? "" : "  [" + l.command + "]") + "\n";
     prev = e.at;
   }
   return out;

@@ -45,7 +45,8 @@ std::optional<chain_break> verify_chain(std::span<const recorded_event> log) {
       return chain_break{e.saga, expected,
                          "expected seq " + std::to_string(expected) + " but found seq " + std::to_string(e.seq) +
                              (e.seq > expected ? " (events missing)" : " (out of order or repeated)")};
-    if (e.prev_hash != prev) return chain_break{e.saga, e.seq, "prev_hash does not match the hash of seq " + std::to_string(e.seq - 1)};
+    if (e.prev_hash != prev)
+      return chain_break{e.saga, e.seq, "prev_hash does not match the hash of seq " + std::to_string(e.seq - 1)};
     std::string payload, metadata;
     try {
       payload = canonical_json(e.payload);
@@ -82,7 +83,8 @@ std::vector<recorded_event> seal(const append_request& request, std::string prev
                         " does not follow " + std::to_string(seq - 1));
     const bool is_start = std::holds_alternative<events::saga_started>(e.body);
     if (is_start != (e.seq == 1))
-      throw store_error("append to saga " + request.saga.to_string() + ": saga_started must be exactly the first event");
+      throw store_error("append to saga " + request.saga.to_string() +
+                        ": saga_started must be exactly the first event");
     auto encoded = encode(e.body);
     recorded_event r;
     r.saga = request.saga;

@@ -26,9 +26,15 @@ void memory_event_store::async_append(append_request request, append_callback do
         }
         keys_.emplace(key, request.saga);
       }
-      summaries_[request.saga] = saga_summary{request.saga, request.saga_type, started.definition_version,
-                                              request.status_after, 0, request.partition,
-                                              request.events.front().at, {}, started.idempotency_key};
+      summaries_[request.saga] = saga_summary{request.saga,
+                                              request.saga_type,
+                                              started.definition_version,
+                                              request.status_after,
+                                              0,
+                                              request.partition,
+                                              request.events.front().at,
+                                              {},
+                                              started.idempotency_key};
     }
     const auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
     for (auto& r : records) {
@@ -92,7 +98,8 @@ std::optional<saga_id> memory_event_store::find_by_idempotency_key(const std::st
   return std::nullopt;
 }
 
-void memory_event_store::tamper(const saga_id& saga, std::uint64_t seq, const std::function<void(recorded_event&)>& edit) {
+void memory_event_store::tamper(const saga_id& saga, std::uint64_t seq,
+                                const std::function<void(recorded_event&)>& edit) {
   std::lock_guard lock(mutex_);
   auto& indexes = by_saga_.at(saga);
   edit(all_.at(indexes.at(seq - 1)));

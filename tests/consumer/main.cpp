@@ -9,12 +9,16 @@ struct booking {
   std::string guest;
   std::string room;
   template <class A>
-  void serialize(A& ar) { ar(CEREAL_NVP(guest), CEREAL_NVP(room)); }
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(guest), CEREAL_NVP(room));
+  }
 };
 struct room_held {
   std::string room;
   template <class A>
-  void serialize(A& ar) { ar(CEREAL_NVP(room)); }
+  void serialize(A& ar) {
+    ar(CEREAL_NVP(room));
+  }
 };
 
 int main() {
@@ -35,6 +39,7 @@ int main() {
   });
   const auto id = driver.start_with("booking", booking{"ada", ""});
   const auto state = driver.state(id);
-  std::cout << "saga " << id.to_string() << " is " << saga::to_string(state.status) << " with data " << state.data << "\n";
+  std::cout << "saga " << id.to_string() << " is " << saga::to_string(state.status) << " with data " << state.data
+            << "\n";
   return state.status == saga::saga_status::completed && state.data == R"({"guest":"ada","room":"101"})" ? 0 : 1;
 }

@@ -53,19 +53,29 @@ TEST(audit, every_golden_log_is_what_the_current_definition_decides) {
   for (const auto& name : names) {
     const auto log = golden(name);
     const auto mismatch = audit::check_definition(order_processing::order_saga(), id_of(log), log);
-    EXPECT_FALSE(mismatch) << name << ": seq " << mismatch->seq << "\n expected " << mismatch->expected << "\n recorded "
-                           << mismatch->recorded;
+    EXPECT_FALSE(mismatch) << name << ": seq " << mismatch->seq << "\n expected " << mismatch->expected
+                           << "\n recorded " << mismatch->recorded;
   }
 }
 
 TEST(audit, a_renamed_step_is_flagged_at_its_first_request) {
   // The same saga with "reserve_inventory" renamed: a deploy that would strand running sagas.
-  const auto renamed = define<order>("order", 1)
-      .step("create_order").invoke("orders", "create_order", [](const order& o) { return order_processing::create_order{o.order_id, o.customer, o.amount_cents}; })
-      .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
-      .step("reserve_stock").invoke("inventory", "reserve_inventory", [](const order& o) { return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity}; })
-      .compensate("inventory", "release_inventory", [](const order& o) { return order_processing::order_ref{o.order_id}; })
-      .build();
+  const auto renamed =
+      define<order>("order", 1)
+          .step("create_order")
+          .invoke("orders", "create_order",
+                  [](const order& o) {
+                    return order_processing::create_order{o.order_id, o.customer, o.amount_cents};
+                  })
+          .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+          .step("reserve_stock")
+          .invoke("inventory", "reserve_inventory",
+                  [](const order& o) {
+                    return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity};
+                  })
+          .compensate("inventory", "release_inventory",
+                      [](const order& o) { return order_processing::order_ref{o.order_id}; })
+          .build();
   const auto log = golden("order_completed");
   const auto mismatch = audit::check_definition(renamed, id_of(log), log);
   ASSERT_TRUE(mismatch);
@@ -75,12 +85,22 @@ TEST(audit, a_renamed_step_is_flagged_at_its_first_request) {
 }
 
 TEST(audit, reordered_steps_are_flagged) {
-  const auto reordered = define<order>("order", 1)
-      .step("reserve_inventory").invoke("inventory", "reserve_inventory", [](const order& o) { return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity}; })
-      .compensate("inventory", "release_inventory", [](const order& o) { return order_processing::order_ref{o.order_id}; })
-      .step("create_order").invoke("orders", "create_order", [](const order& o) { return order_processing::create_order{o.order_id, o.customer, o.amount_cents}; })
-      .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
-      .build();
+  const auto reordered =
+      define<order>("order", 1)
+          .step("reserve_inventory")
+          .invoke("inventory", "reserve_inventory",
+                  [](const order& o) {
+                    return order_processing::reserve_inventory{o.order_id, o.sku, o.quantity};
+                  })
+          .compensate("inventory", "release_inventory",
+                      [](const order& o) { return order_processing::order_ref{o.order_id}; })
+          .step("create_order")
+          .invoke("orders", "create_order",
+                  [](const order& o) {
+                    return order_processing::create_order{o.order_id, o.customer, o.amount_cents};
+                  })
+          .compensate("orders", "cancel_order", [](const order& o) { return order_processing::order_ref{o.order_id}; })
+          .build();
   const auto log = golden("order_card_declined");
   const auto mismatch = audit::check_definition(reordered, id_of(log), log);
   ASSERT_TRUE(mismatch);

@@ -32,7 +32,8 @@ TEST(json, canonical_form_sorts_keys_and_normalizes_numbers) {
   EXPECT_EQ(canonical_json(R"({"b":1,"a":2})"), R"({"a":2,"b":1})");
   EXPECT_EQ(canonical_json("1e3"), "1000");
   EXPECT_EQ(canonical_json("0.1"), "0.1");
-  EXPECT_EQ(canonical_json(canonical_json(R"({"k":[1,2,{"b":"x","a":"y"}]})")), canonical_json(R"({"k":[1,2,{"a":"y","b":"x"}]})"));
+  EXPECT_EQ(canonical_json(canonical_json(R"({"k":[1,2,{"b":"x","a":"y"}]})")),
+            canonical_json(R"({"k":[1,2,{"a":"y","b":"x"}]})"));
 }
 
 TEST(json, errors_name_the_offset_and_duplicate_keys) {
@@ -110,8 +111,10 @@ TEST(event_codec, decode_errors_name_type_and_field) {
     return "(no error)";
   };
   EXPECT_EQ(message("nope", 1, "{}"), "unknown event type 'nope'");
-  EXPECT_EQ(message("step_timed_out", 9, "{}"), "event step_timed_out: unsupported schema version 9 (this build reads 1)");
-  EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":1})"), "event step_timed_out: field 'command_id' is missing");
+  EXPECT_EQ(message("step_timed_out", 9, "{}"),
+            "event step_timed_out: unsupported schema version 9 (this build reads 1)");
+  EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":1})"),
+            "event step_timed_out: field 'command_id' is missing");
   EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":-1,"command_id":"c"})"),
             "event step_timed_out: field 'attempt' must be an unsigned 32-bit integer");
   EXPECT_NE(message("step_timed_out", 1, "{").find("event step_timed_out: invalid JSON"), std::string::npos);

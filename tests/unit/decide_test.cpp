@@ -24,8 +24,8 @@ step_requested request(const scenario& s, const std::string& step, std::uint32_t
 }
 compensation_requested undo(const scenario& s, const std::string& step, std::uint32_t attempt, std::uint64_t cmd_seq,
                             const std::string& service, time_point deadline) {
-  return compensation_requested{step,          attempt, s.command_id(cmd_seq), service, "undo_" + step,
-                                payload("undo_" + step), deadline};
+  return compensation_requested{
+      step, attempt, s.command_id(cmd_seq), service, "undo_" + step, payload("undo_" + step), deadline};
 }
 triggers::reply ok(const std::string& command_id, std::uint32_t attempt = 1, const std::string& note = "") {
   return triggers::reply{command_id, attempt, outcome::success, R"({"note":")" + note + R"("})", ""};
@@ -51,9 +51,8 @@ TEST(decide, start_records_the_start_and_requests_the_first_step) {
   scenario s(saga_test::linear());
   s.at(t0);
   const auto def = saga_test::linear();
-  EXPECT_EQ(s.then(triggers::start{input, "key-1"},
-                   {saga_started{"linear", 1, def.fingerprint(), input, "key-1"},
-                    request(s, "a", 1, 2, "svc_a", t0 + ms(1000))}),
+  EXPECT_EQ(s.then(triggers::start{input, "key-1"}, {saga_started{"linear", 1, def.fingerprint(), input, "key-1"},
+                                                     request(s, "a", 1, 2, "svc_a", t0 + ms(1000))}),
             "");
 }
 
@@ -62,18 +61,19 @@ TEST(decide, start_is_refused_twice_and_for_invalid_input) {
   s.apply(triggers::start{input, ""});
   EXPECT_NE(s.when(triggers::start{input, ""}).rejected.find("has already started"), std::string::npos);
   scenario fresh(saga_test::linear());
-  EXPECT_NE(fresh.when(triggers::start{"{not json", ""}).rejected.find("saga input is not valid JSON"), std::string::npos);
+  EXPECT_NE(fresh.when(triggers::start{"{not json", ""}).rejected.find("saga input is not valid JSON"),
+            std::string::npos);
 }
 
 TEST(decide, replies_move_the_saga_forward_merging_data_and_it_completes) {
   scenario s = linear_after_b();
   EXPECT_EQ(s.state().data, R"({"name":"n","trail":["A","B"]})");
   ASSERT_EQ(s.history().size(), 6u);
-  EXPECT_EQ(saga::testing::describe(s.history()[5].body), saga::testing::describe(request(s, "c", 1, 6, "svc_c", t0 + ms(1000))));
+  EXPECT_EQ(saga::testing::describe(s.history()[5].body),
+            saga::testing::describe(request(s, "c", 1, 6, "svc_c", t0 + ms(1000))));
   s.apply(ok(s.command_id(6)));
-  EXPECT_EQ(s.then(ok(s.command_id(8)),
-                   {step_succeeded{"d", 1, s.command_id(8), R"({"note":""})", std::nullopt},
-                    saga_completed{R"({"name":"n","trail":["A","B"]})"}}),
+  EXPECT_EQ(s.then(ok(s.command_id(8)), {step_succeeded{"d", 1, s.command_id(8), R"({"note":""})", std::nullopt},
+                                         saga_completed{R"({"name":"n","trail":["A","B"]})"}}),
             "");
 }
 
@@ -85,14 +85,12 @@ TEST(decide, a_failure_compensates_completed_steps_in_reverse_order) {
                     undo(s, "b", 1, 9, "svc_b", t0 + ms(1000))}),
             "");
   s.apply(failed(s.command_id(6), "address invalid"));
-  EXPECT_EQ(s.then(ok(s.command_id(9)),
-                   {compensation_succeeded{"b", 1, s.command_id(9), R"({"note":""})"},
-                    undo(s, "a", 1, 11, "svc_a", t0 + ms(1000))}),
+  EXPECT_EQ(s.then(ok(s.command_id(9)), {compensation_succeeded{"b", 1, s.command_id(9), R"({"note":""})"},
+                                         undo(s, "a", 1, 11, "svc_a", t0 + ms(1000))}),
             "");
   s.apply(ok(s.command_id(9)));
-  EXPECT_EQ(s.then(ok(s.command_id(11)),
-                   {compensation_succeeded{"a", 1, s.command_id(11), R"({"note":""})"},
-                    saga_compensated{"step 'c' failed after 1 attempt: address invalid"}}),
+  EXPECT_EQ(s.then(ok(s.command_id(11)), {compensation_succeeded{"a", 1, s.command_id(11), R"({"note":""})"},
+                                          saga_compensated{"step 'c' failed after 1 attempt: address invalid"}}),
             "");
 }
 
@@ -120,7 +118,9 @@ TEST(decide, jitter_is_drawn_from_the_context_and_recorded) {
   const auto da = a.when(transient(a.command_id(2), "busy"));
   const auto db = b.when(transient(b.command_id(2), "busy"));
   EXPECT_NE(std::get<retry_scheduled>(da.events[1].body).seed, std::get<retry_scheduled>(db.events[1].body).seed);
-  EXPECT_EQ(saga::testing::diff(a.when(transient(a.command_id(2), "busy")).events, {da.events[0].body, da.events[1].body}), "");
+  EXPECT_EQ(
+      saga::testing::diff(a.when(transient(a.command_id(2), "busy")).events, {da.events[0].body, da.events[1].body}),
+      "");
 }
 
 TEST(decide, timeouts_resend_with_the_same_id_then_fail_and_compensate_the_uncertain_step) {
@@ -130,7 +130,8 @@ TEST(decide, timeouts_resend_with_the_same_id_then_fail_and_compensate_the_uncer
   s.at(t0 + ms(1000));
   const decision d = s.apply(triggers::timer{"a", false, 1, triggers::timer_kind::deadline});
   ASSERT_EQ(d.events.size(), 2u);
-  EXPECT_EQ(saga::testing::describe(d.events[0].body), saga::testing::describe(step_timed_out{"a", 1, s.command_id(2)}));
+  EXPECT_EQ(saga::testing::describe(d.events[0].body),
+            saga::testing::describe(step_timed_out{"a", 1, s.command_id(2)}));
   const auto due = std::get<retry_scheduled>(d.events[1].body).due;
   s.at(due);
   s.apply(triggers::timer{"a", false, 2, triggers::timer_kind::retry});
@@ -290,18 +291,19 @@ TEST(decide, failure_in_one_branch_waits_for_the_other_then_undoes_in_reverse_co
   scenario s(saga_test::diamond());
   s.at(t0);
   s.apply(triggers::start{input, ""});
-  s.apply(ok(s.command_id(2)));                // a; b@4 and c@5 requested
+  s.apply(ok(s.command_id(2)));  // a; b@4 and c@5 requested
   const decision fail_b = s.apply(failed(s.command_id(4), "no"));
   ASSERT_EQ(fail_b.events.size(), 2u);  // step_failed, compensation_started; c still in flight
   const decision c_done = s.apply(ok(s.command_id(5)));
   EXPECT_EQ(saga::testing::diff(c_done.events, {step_succeeded{"c", 1, s.command_id(5), R"({"note":""})", std::nullopt},
-                                          compensation_requested{"c", 1, s.command_id(9), "svc", "undo_c",
-                                                                 payload("undo_c"), t0 + ms(1000)}}),
+                                                compensation_requested{"c", 1, s.command_id(9), "svc", "undo_c",
+                                                                       payload("undo_c"), t0 + ms(1000)}}),
             "");
   const decision c_undone = s.apply(ok(s.command_id(9)));
   EXPECT_EQ(std::get<compensation_requested>(c_undone.events[1].body).step, "a");
   const decision a_undone = s.apply(ok(s.command_id(11)));
-  EXPECT_EQ(saga::testing::describe(a_undone.events.back().body), saga::testing::describe(saga_compensated{"step 'b' failed after 1 attempt: no"}));
+  EXPECT_EQ(saga::testing::describe(a_undone.events.back().body),
+            saga::testing::describe(saga_compensated{"step 'b' failed after 1 attempt: no"}));
 }
 
 TEST(decide, a_finished_saga_emits_nothing_more) {
@@ -325,11 +327,12 @@ TEST(decide, a_reply_that_cannot_be_merged_compensates_instead_of_crashing) {
 }
 
 TEST(decide, a_throwing_payload_builder_parks_the_saga_with_the_reason) {
-  const auto def = define<saga_test::data>("thrower", 1)
-                       .step("x")
-                       .invoke("s", "t", [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("boom"); })
-                       .no_compensation()
-                       .build();
+  const auto def =
+      define<saga_test::data>("thrower", 1)
+          .step("x")
+          .invoke("s", "t", [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("boom"); })
+          .no_compensation()
+          .build();
   scenario s(def);
   const decision d = s.apply(triggers::start{input, ""});
   EXPECT_EQ(s.state().status, saga_status::stuck);
@@ -340,10 +343,18 @@ TEST(decide, a_throwing_payload_builder_parks_the_saga_with_the_reason) {
 TEST(decide, a_saga_keeps_its_definition_version) {
   scenario s(saga_test::linear());
   s.apply(triggers::start{input, ""});
-  const auto v2 = define<saga_test::data>("linear", 2).step("a").invoke("s", "t", saga_test::payload_for("a")).no_compensation().build();
+  const auto v2 = define<saga_test::data>("linear", 2)
+                      .step("a")
+                      .invoke("s", "t", saga_test::payload_for("a"))
+                      .no_compensation()
+                      .build();
   const decision d = decide(v2, s.state(), ok(s.command_id(2)), decide_context{});
   EXPECT_NE(d.rejected.find("runs definition linear v1, not linear v2"), std::string::npos);
-  const auto changed = define<saga_test::data>("linear", 1).step("a").invoke("s", "t", saga_test::payload_for("a")).no_compensation().build();
+  const auto changed = define<saga_test::data>("linear", 1)
+                           .step("a")
+                           .invoke("s", "t", saga_test::payload_for("a"))
+                           .no_compensation()
+                           .build();
   EXPECT_NE(decide(changed, s.state(), ok(s.command_id(2)), decide_context{}).rejected.find("without a version bump"),
             std::string::npos);
 }

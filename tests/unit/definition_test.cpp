@@ -40,22 +40,35 @@ TEST(definition, explicit_dependencies_allow_parallel_steps) {
 TEST(definition, fingerprint_changes_with_structure_and_not_otherwise) {
   EXPECT_EQ(saga_test::linear().fingerprint(), saga_test::linear().fingerprint());
   EXPECT_NE(saga_test::linear().fingerprint(), saga_test::diamond().fingerprint());
-  const auto renamed = define<data>("linear", 1).step("a2").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
-  const auto original = define<data>("linear", 1).step("a").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
+  const auto renamed =
+      define<data>("linear", 1).step("a2").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
+  const auto original =
+      define<data>("linear", 1).step("a").invoke("svc_a", "do_a", payload_for("a")).no_compensation().build();
   EXPECT_NE(renamed.fingerprint(), original.fingerprint());
 }
 
 TEST(definition, rejects_duplicate_step_names) {
   EXPECT_EQ(build_error([] {
-              return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).no_compensation()
-                  .step("x").invoke("a", "b", payload_for("x")).no_compensation().build();
+              return define<data>("s", 1)
+                  .step("x")
+                  .invoke("a", "b", payload_for("x"))
+                  .no_compensation()
+                  .step("x")
+                  .invoke("a", "b", payload_for("x"))
+                  .no_compensation()
+                  .build();
             }),
             "saga 's': duplicate step name 'x'");
 }
 
 TEST(definition, rejects_unknown_dependency) {
   EXPECT_EQ(build_error([] {
-              return define<data>("s", 1).step("x").after("nope").invoke("a", "b", payload_for("x")).no_compensation().build();
+              return define<data>("s", 1)
+                  .step("x")
+                  .after("nope")
+                  .invoke("a", "b", payload_for("x"))
+                  .no_compensation()
+                  .build();
             }),
             "saga 's': step 'x' depends on unknown step 'nope'");
 }
@@ -63,36 +76,57 @@ TEST(definition, rejects_unknown_dependency) {
 TEST(definition, rejects_cycles_naming_them) {
   EXPECT_EQ(build_error([] {
               return define<data>("s", 1)
-                  .step("x").after("z").invoke("a", "b", payload_for("x")).no_compensation()
-                  .step("y").after("x").invoke("a", "b", payload_for("y")).no_compensation()
-                  .step("z").after("y").invoke("a", "b", payload_for("z")).no_compensation()
+                  .step("x")
+                  .after("z")
+                  .invoke("a", "b", payload_for("x"))
+                  .no_compensation()
+                  .step("y")
+                  .after("x")
+                  .invoke("a", "b", payload_for("y"))
+                  .no_compensation()
+                  .step("z")
+                  .after("y")
+                  .invoke("a", "b", payload_for("z"))
+                  .no_compensation()
                   .build();
             }),
             "saga 's': dependency cycle: x -> z -> y -> x");
-  EXPECT_EQ(build_error([] {
-              return define<data>("s", 1).step("x").after("x").invoke("a", "b", payload_for("x")).no_compensation().build();
-            }),
-            "saga 's': step 'x' depends on itself");
+  EXPECT_EQ(
+      build_error([] {
+        return define<data>("s", 1).step("x").after("x").invoke("a", "b", payload_for("x")).no_compensation().build();
+      }),
+      "saga 's': step 'x' depends on itself");
 }
 
 TEST(definition, rejects_missing_invoke_and_missing_compensation_decision) {
   EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").no_compensation().build(); }),
             "saga 's': step 'x' has no invoke(...)");
-  EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).build(); }),
-            "saga 's': step 'x' declares no compensation; add compensate(...), no_compensation(), pivot() or retriable()");
-  EXPECT_EQ(build_error([] { return define<data>("s", 1).step("x").invoke("", "b", payload_for("x")).no_compensation().build(); }),
+  EXPECT_EQ(
+      build_error([] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).build(); }),
+      "saga 's': step 'x' declares no compensation; add compensate(...), no_compensation(), pivot() or retriable()");
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1).step("x").invoke("", "b", payload_for("x")).no_compensation().build();
+            }),
             "saga 's': step 'x' has no target service");
 }
 
 TEST(definition, rejects_compensation_on_pivot_or_retriable) {
   EXPECT_EQ(build_error([] {
-              return define<data>("s", 1).step("x").pivot().invoke("a", "b", payload_for("x"))
-                  .compensate("a", "u", payload_for("u")).build();
+              return define<data>("s", 1)
+                  .step("x")
+                  .pivot()
+                  .invoke("a", "b", payload_for("x"))
+                  .compensate("a", "u", payload_for("u"))
+                  .build();
             }),
             "saga 's': step 'x' is pivot and cannot have a compensation");
   EXPECT_EQ(build_error([] {
-              return define<data>("s", 1).step("x").compensate("a", "u", payload_for("u")).retriable()
-                  .invoke("a", "b", payload_for("x")).build();
+              return define<data>("s", 1)
+                  .step("x")
+                  .compensate("a", "u", payload_for("u"))
+                  .retriable()
+                  .invoke("a", "b", payload_for("x"))
+                  .build();
             }),
             "saga 's': step 'x' is retriable and cannot have a compensation");
 }
@@ -100,16 +134,26 @@ TEST(definition, rejects_compensation_on_pivot_or_retriable) {
 TEST(definition, rejects_pivot_that_strands_a_compensatable_step) {
   EXPECT_EQ(build_error([] {
               return define<data>("s", 1)
-                  .step("x").invoke("a", "b", payload_for("x")).compensate("a", "u", payload_for("u"))
-                  .step("p").after({}).pivot().invoke("a", "b", payload_for("p"))
+                  .step("x")
+                  .invoke("a", "b", payload_for("x"))
+                  .compensate("a", "u", payload_for("u"))
+                  .step("p")
+                  .after({})
+                  .pivot()
+                  .invoke("a", "b", payload_for("p"))
                   .build();
             }),
             "saga 's': pivot 'p' is not ordered after compensatable step 'x', which it would strand; add it to the "
             "pivot's after(...)");
   EXPECT_EQ(build_error([] {
               return define<data>("s", 1)
-                  .step("p").pivot().invoke("a", "b", payload_for("p"))
-                  .step("q").pivot().invoke("a", "b", payload_for("q")).build();
+                  .step("p")
+                  .pivot()
+                  .invoke("a", "b", payload_for("p"))
+                  .step("q")
+                  .pivot()
+                  .invoke("a", "b", payload_for("q"))
+                  .build();
             }),
             "saga 's': steps 'p' and 'q' are both pivots; a saga has one");
 }
@@ -117,16 +161,24 @@ TEST(definition, rejects_pivot_that_strands_a_compensatable_step) {
 TEST(definition, rejects_bad_retry_policies_and_misuse) {
   retry_policy p;
   p.max_attempts = 0;
-  EXPECT_EQ(build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build(); }),
-            "saga 's': step 'x': max_attempts must be at least 1");
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "saga 's': step 'x': max_attempts must be at least 1");
   p = retry_policy{};
   p.jitter = 1.5;
-  EXPECT_EQ(build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build(); }),
-            "saga 's': step 'x': jitter must be between 0 and 1");
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "saga 's': step 'x': jitter must be between 0 and 1");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).invoke("a", "b", payload_for("x")).build(); }),
             "saga 's': invoke() called before any step()");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).build(); }), "saga 's': has no steps");
-  EXPECT_EQ(build_error([] { return define<data>("", 1).step("x").invoke("a", "b", payload_for("x")).no_compensation().build(); }),
+  EXPECT_EQ(build_error([] {
+              return define<data>("", 1).step("x").invoke("a", "b", payload_for("x")).no_compensation().build();
+            }),
             "saga type name is empty");
 }
 

@@ -14,7 +14,9 @@ namespace {
 
 constexpr const char* input = R"({"name":"n","trail":[]})";
 
-storage::stored_reply ok_note(const std::string& note) { return {outcome::success, R"({"note":")" + note + R"("})", ""}; }
+storage::stored_reply ok_note(const std::string& note) {
+  return {outcome::success, R"({"note":")" + note + R"("})", ""};
+}
 
 TEST(driver, runs_a_saga_through_in_process_participants_to_completion) {
   driver d;
@@ -86,7 +88,8 @@ TEST(memory_event_store, optimistic_appends_conflict_and_the_chain_verifies) {
   EXPECT_FALSE(storage::verify_chain(log));
   EXPECT_EQ(log[1].prev_hash, log[0].hash);
   // A second writer with a stale expected seq loses.
-  storage::append_request stale{id, "linear", 1, {event{2, {}, events::cancel_requested{"x", "y"}}}, saga_status::running, 0, {}};
+  storage::append_request stale{
+      id, "linear", 1, {event{2, {}, events::cancel_requested{"x", "y"}}}, saga_status::running, 0, {}};
   try {
     (void)store.append(stale);
     FAIL();

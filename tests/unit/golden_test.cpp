@@ -33,14 +33,15 @@ event from_line(const std::string& line) {
   e.seq = std::stoull(json_member(line, "seq"));
   e.at = time_point(std::chrono::milliseconds(std::stoll(json_member(line, "at"))));
   const std::string type = json_member(line, "type");
-  e.body = decode(type.substr(1, type.size() - 2), static_cast<std::uint32_t>(std::stoul(json_member(line, "schema_version"))),
-                  json_member(line, "payload"));
+  e.body =
+      decode(type.substr(1, type.size() - 2),
+             static_cast<std::uint32_t>(std::stoul(json_member(line, "schema_version"))), json_member(line, "payload"));
   return e;
 }
 
 std::string state_summary(const saga_state& s) {
-  return canonical_json(R"({"status":")" + std::string(to_string(s.status)) + R"(","data":)" + s.data +
-                        R"(,"steps":)" + std::to_string(s.steps.size()) + "}");
+  return canonical_json(R"({"status":")" + std::string(to_string(s.status)) + R"(","data":)" + s.data + R"(,"steps":)" +
+                        std::to_string(s.steps.size()) + "}");
 }
 
 order sample() {
@@ -72,12 +73,15 @@ std::vector<golden_case> cases() {
     return ok();
   };
   std::vector<golden_case> out;
-  out.push_back({"order_completed", {{"orders", all_ok}, {"inventory", all_ok}, {"payments", all_ok}, {"shipping", all_ok}}, {}});
+  out.push_back(
+      {"order_completed", {{"orders", all_ok}, {"inventory", all_ok}, {"payments", all_ok}, {"shipping", all_ok}}, {}});
   out.push_back({"order_card_declined",
                  {{"orders", all_ok},
                   {"inventory", all_ok},
-                  {"payments", [](const transport::command_message& c) {
-                     if (c.command_type == "charge_payment") return storage::stored_reply{outcome::failure, "{}", "card declined"};
+                  {"payments",
+                   [](const transport::command_message& c) {
+                     if (c.command_type == "charge_payment")
+                       return storage::stored_reply{outcome::failure, "{}", "card declined"};
                      return ok();
                    }}},
                  {}});
@@ -94,14 +98,19 @@ std::vector<golden_case> cases() {
   out.push_back({"order_refund_stuck_then_skipped",
                  {{"orders", all_ok},
                   {"inventory", all_ok},
-                  {"payments", [](const transport::command_message& c) {
-                     if (c.command_type == "refund_payment") return storage::stored_reply{outcome::failure, "{}", "ledger closed"};
+                  {"payments",
+                   [](const transport::command_message& c) {
+                     if (c.command_type == "refund_payment")
+                       return storage::stored_reply{outcome::failure, "{}", "ledger closed"};
                      return ok(R"({"payment_id":"p-1"})");
                    }},
-                  {"shipping", [](const transport::command_message&) {
+                  {"shipping",
+                   [](const transport::command_message&) {
                      return storage::stored_reply{outcome::failure, "{}", "address invalid"};
                    }}},
-                 [](saga::testing::driver& d, const saga_id& id) { d.skip(id, "charge_payment", "refunded by hand, ticket 7", "ops"); }});
+                 [](saga::testing::driver& d, const saga_id& id) {
+                   d.skip(id, "charge_payment", "refunded by hand, ticket 7", "ops");
+                 }});
   return out;
 }
 

@@ -37,15 +37,28 @@ struct rig {
         if (silent.count(service) || silent.count(c.command_type)) return handled();
         const auto reply = storage::handle_command(inbox, c.command_id, c.compensates, [&](storage::transaction&) {
           ++handler_runs;
-          if (c.command_type == "charge_payment" && from_json<order_processing::charge_payment>(c.payload).customer.back() == '9')
+          if (c.command_type == "charge_payment" &&
+              from_json<order_processing::charge_payment>(c.payload).customer.back() == '9')
             return storage::stored_reply{outcome::failure, "{}", "card declined"};
-          if (c.command_type == "reserve_inventory") return storage::stored_reply{outcome::success, R"({"reservation_id":"r"})", ""};
-          if (c.command_type == "charge_payment") return storage::stored_reply{outcome::success, R"({"payment_id":"p"})", ""};
-          if (c.command_type == "ship_order") return storage::stored_reply{outcome::success, R"({"tracking_number":"t"})", ""};
+          if (c.command_type == "reserve_inventory")
+            return storage::stored_reply{outcome::success, R"({"reservation_id":"r"})", ""};
+          if (c.command_type == "charge_payment")
+            return storage::stored_reply{outcome::success, R"({"payment_id":"p"})", ""};
+          if (c.command_type == "ship_order")
+            return storage::stored_reply{outcome::success, R"({"tracking_number":"t"})", ""};
           return storage::stored_reply{};
         });
-        bus.send_reply(c.reply_to, transport::reply_message{c.command_id, c.saga, c.saga_type, c.step, c.attempt, reply.result,
-                                                            reply.payload, reply.reason, {}, {}},
+        bus.send_reply(c.reply_to,
+                       transport::reply_message{c.command_id,
+                                                c.saga,
+                                                c.saga_type,
+                                                c.step,
+                                                c.attempt,
+                                                reply.result,
+                                                reply.payload,
+                                                reply.reason,
+                                                {},
+                                                {}},
                        nullptr);
         handled();
       });
@@ -100,7 +113,8 @@ TEST(orchestrator, runs_many_sagas_concurrently_to_the_right_end) {
   o.run();
   std::vector<runtime::saga_handle> handles;
   for (int i = 0; i < 200; ++i) handles.push_back(o.start("order", to_json(make_order(i)), "k-" + std::to_string(i)));
-  ASSERT_TRUE(r.pump_until([&] { return std::all_of(handles.begin(), handles.end(), [](auto& h) { return ready(h.outcome); }); }));
+  ASSERT_TRUE(r.pump_until(
+      [&] { return std::all_of(handles.begin(), handles.end(), [](auto& h) { return ready(h.outcome); }); }));
   int completed = 0, compensated = 0;
   for (std::size_t i = 0; i < handles.size(); ++i) {
     const auto out = handles[i].outcome.get();
@@ -140,8 +154,8 @@ TEST(orchestrator, a_silent_participant_times_out_is_resent_with_the_same_id_the
   int charges = 0;
   for (const auto& c : r.bus.sent_commands())
     if (c.command_type == "charge_payment") ++charges, charge_ids.insert(c.command_id);
-  EXPECT_EQ(charges, 3);              // the default policy: 3 attempts
-  EXPECT_EQ(charge_ids.size(), 1u);   // all with the same command id
+  EXPECT_EQ(charges, 3);             // the default policy: 3 attempts
+  EXPECT_EQ(charge_ids.size(), 1u);  // all with the same command id
   EXPECT_EQ(h.outcome.get().status, saga_status::compensated);
   EXPECT_NE(h.outcome.get().reason.find("no reply to attempt 3"), std::string::npos);
 }

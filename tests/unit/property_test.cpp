@@ -85,12 +85,15 @@ class world {
     // The participant: the SDK's protocol (dedup + compensation fences) over an inbox whose handler draws
     // a random outcome the first time a command runs.
     bool ran = false;
-    const storage::stored_reply reply = storage::handle_command(inbox_, c.command_id, c.compensates, [&](storage::transaction&) {
-      const auto roll = rng_() % 100;
-      if (calm || roll < 70) return storage::stored_reply{outcome::success, R"({"note":")" + c.step + R"("})", ""};
-      if (roll < (c.compensation ? 73u : 82u)) return storage::stored_reply{outcome::failure, "{}", "no"};
-      return storage::stored_reply{outcome::retryable_failure, "{}", "busy"};
-    }, &ran);
+    const storage::stored_reply reply = storage::handle_command(
+        inbox_, c.command_id, c.compensates,
+        [&](storage::transaction&) {
+          const auto roll = rng_() % 100;
+          if (calm || roll < 70) return storage::stored_reply{outcome::success, R"({"note":")" + c.step + R"("})", ""};
+          if (roll < (c.compensation ? 73u : 82u)) return storage::stored_reply{outcome::failure, "{}", "no"};
+          return storage::stored_reply{outcome::retryable_failure, "{}", "busy"};
+        },
+        &ran);
     if (ran && reply.result == outcome::success) ++applied_[c.command_id];
     const triggers::reply r{c.command_id, c.attempt, reply.result, reply.payload, reply.reason};
     if (!calm && chance(10)) return;  // reply lost
@@ -174,10 +177,12 @@ class world {
         // Nothing pending: everything was lost. A restart recovers it (resend + timers).
         crash();
         if (commands_.empty() && timers_.empty() && !is_terminal(state_.status) && state_.status != saga_status::stuck)
-          return fail("saga is " + std::string(to_string(state_.status)) + " with nothing pending: it can never finish");
+          return fail("saga is " + std::string(to_string(state_.status)) +
+                      " with nothing pending: it can never finish");
       }
     }
-    if (!is_terminal(state_.status)) fail("saga did not finish after the drain: " + std::string(to_string(state_.status)));
+    if (!is_terminal(state_.status))
+      fail("saga did not finish after the drain: " + std::string(to_string(state_.status)));
   }
 
   // --- invariants ---------------------------------------------------------------------------------------
@@ -204,9 +209,11 @@ class world {
       }
       if (pivot_succeeded_) fail("compensation after the pivot succeeded");
     }
-    if (const auto* s = std::get_if<step_succeeded>(&e.body); s && def_.pivot() && def_.steps()[*def_.pivot()].name == s->step)
+    if (const auto* s = std::get_if<step_succeeded>(&e.body);
+        s && def_.pivot() && def_.steps()[*def_.pivot()].name == s->step)
       pivot_succeeded_ = true;
-    if (std::holds_alternative<compensation_started>(e.body) && pivot_succeeded_) fail("compensation started after the pivot");
+    if (std::holds_alternative<compensation_started>(e.body) && pivot_succeeded_)
+      fail("compensation started after the pivot");
   }
 
   void final_checks() {
@@ -235,7 +242,8 @@ class world {
         const auto* sd = def_.find(meta.step);
         if (!sd->compensation) continue;
         if (compensated[meta.step] != 1 && !skipped.count(meta.step))
-          fail("step " + meta.step + " was applied but compensated " + std::to_string(compensated[meta.step]) + " times");
+          fail("step " + meta.step + " was applied but compensated " + std::to_string(compensated[meta.step]) +
+               " times");
       }
       for (const auto& [step, n] : compensated)
         if (n > 1) fail("step " + step + " compensated " + std::to_string(n) + " times");
@@ -278,7 +286,8 @@ TEST(property, ten_thousand_random_schedules_keep_every_invariant) {
     stuck_then_resolved += w.operator_actions() > 0;
     crashed += w.crashes() > 0;
     ASSERT_EQ(w.failure, "") << "schedule seed " << seed << " on definition "
-                             << definitions[seed % definitions.size()].type() << "\n" << w.dump();
+                             << definitions[seed % definitions.size()].type() << "\n"
+                             << w.dump();
   }
   // The schedules must really cover both endings, operator actions and crash recovery.
   EXPECT_GT(outcomes[saga_status::completed], static_cast<int>(schedules / 20));

@@ -33,13 +33,17 @@ TEST(evolve, illegal_logs_are_typed_errors_naming_state_and_event) {
             "saga " + id.to_string() + ": event seq 3 does not follow seq 1");
   EXPECT_EQ(illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, step_timed_out{"s", 1, "c"})}),
             "saga " + id.to_string() + " (running) cannot apply step_timed_out at seq 2: unknown step 's'");
-  EXPECT_EQ(illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, saga_completed{"{}"}), at(3, saga_compensated{""})}),
-            "saga " + id.to_string() + " is completed; saga_compensated at seq 3 follows its end");
-  EXPECT_EQ(illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, step_requested{"s", 2, "c", "v", "x", "{}", {}})}),
-            "saga " + id.to_string() + " (running) cannot apply step_requested at seq 2: first request of step 's' is not attempt 1");
+  EXPECT_EQ(
+      illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, saga_completed{"{}"}), at(3, saga_compensated{""})}),
+      "saga " + id.to_string() + " is completed; saga_compensated at seq 3 follows its end");
+  EXPECT_EQ(
+      illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, step_requested{"s", 2, "c", "v", "x", "{}", {}})}),
+      "saga " + id.to_string() +
+          " (running) cannot apply step_requested at seq 2: first request of step 's' is not attempt 1");
   EXPECT_EQ(illegal({at(1, saga_started{"t", 1, "f", "{}", ""}), at(2, step_requested{"s", 1, "c", "v", "x", "{}", {}}),
                      at(3, step_succeeded{"s", 1, "other", "{}", std::nullopt})}),
-            "saga " + id.to_string() + " (running) cannot apply step_succeeded at seq 3: command id other is not the current one (c)");
+            "saga " + id.to_string() +
+                " (running) cannot apply step_succeeded at seq 3: command id other is not the current one (c)");
 }
 
 TEST(evolve, incremental_fold_equals_all_at_once) {
@@ -76,7 +80,7 @@ TEST(effects, requests_send_commands_and_arm_deadlines_and_finishing_wakes_the_a
 TEST(effects, recovery_resends_in_flight_commands_with_the_same_ids_and_rearms_timers) {
   scenario s(saga_test::diamond(3));
   s.apply(triggers::start{input, ""});
-  s.apply(triggers::reply{s.command_id(2), 1, triggers::outcome::success, "{}", ""});       // b@4, c@5 in flight
+  s.apply(triggers::reply{s.command_id(2), 1, triggers::outcome::success, "{}", ""});              // b@4, c@5 in flight
   s.apply(triggers::reply{s.command_id(5), 1, triggers::outcome::retryable_failure, "", "busy"});  // c waits for retry
   const auto fx = recovery_effects(fold(s.state().id, s.history()));
   ASSERT_EQ(fx.size(), 3u);

@@ -19,6 +19,8 @@ command_message command_message::from(const effects::send_command& e, std::strin
   return m;
 }
 
-triggers::reply reply_message::to_trigger() const { return triggers::reply{command_id, attempt, result, payload, reason}; }
+triggers::reply reply_message::to_trigger() const {
+  return triggers::reply{command_id, attempt, result, payload, reason};
+}
 
 }  // namespace saga::transport

@@ -50,7 +50,8 @@ struct operator_action {
 };
 }  // namespace triggers
 
-using trigger = std::variant<triggers::start, triggers::reply, triggers::timer, triggers::cancel, triggers::operator_action>;
+using trigger =
+    std::variant<triggers::start, triggers::reply, triggers::timer, triggers::cancel, triggers::operator_action>;
 
 // Everything a decision may depend on besides state and definition: the time, and entropy for retry jitter.
 struct decide_context {
@@ -68,6 +69,7 @@ struct decision {
 
 // Decides what happens when `t` meets `state` under `def`. Pure: the same inputs always give the same events.
 // Never throws for a trigger that does not fit (it is ignored or rejected with a reason).
-[[nodiscard]] decision decide(const definition& def, const saga_state& state, const trigger& t, const decide_context& ctx);
+[[nodiscard]] decision decide(const definition& def, const saga_state& state, const trigger& t,
+                              const decide_context& ctx);
 
 }  // namespace saga

@@ -34,12 +34,12 @@ enum class step_kind {
 
 // How often and how patiently an action (a step or a compensation) is attempted.
 struct retry_policy {
-  std::uint32_t max_attempts = 3;        // attempts in all, the first one included (>= 1)
-  duration initial_backoff{100};         // wait before the second attempt
-  duration max_backoff{10'000};          // cap on any wait
-  double multiplier = 2.0;               // growth of the wait per attempt (>= 1)
-  double jitter = 0.2;                   // +/- fraction of the wait drawn from the seed in the event (0..1)
-  duration timeout{30'000};              // how long one attempt may wait for its reply
+  std::uint32_t max_attempts = 3;  // attempts in all, the first one included (>= 1)
+  duration initial_backoff{100};   // wait before the second attempt
+  duration max_backoff{10'000};    // cap on any wait
+  double multiplier = 2.0;         // growth of the wait per attempt (>= 1)
+  double jitter = 0.2;             // +/- fraction of the wait drawn from the seed in the event (0..1)
+  duration timeout{30'000};        // how long one attempt may wait for its reply
 
   // The wait before attempt `next_attempt` (>= 2), jittered by `seed`; pure and deterministic.
   [[nodiscard]] duration backoff(std::uint32_t next_attempt, std::uint64_t seed) const noexcept;
@@ -65,8 +65,8 @@ struct step_definition {
   std::vector<std::string> after;       // names of the steps that must succeed first
   std::vector<std::size_t> depends_on;  // the same, as indexes into definition::steps()
   action_definition invoke;
-  reply_merger on_reply;                         // may be empty: the reply does not change the data
-  std::optional<action_definition> compensation; // absent for pivot and retriable steps (and no-op ones)
+  reply_merger on_reply;                          // may be empty: the reply does not change the data
+  std::optional<action_definition> compensation;  // absent for pivot and retriable steps (and no-op ones)
 };
 
 // An immutable, validated saga definition. Cheap to copy (shared).
@@ -141,7 +141,8 @@ class definition_builder {
   // The current step sends `command_type` to `service` with the payload `build(data)` returns.
   template <class F>
   definition_builder& invoke(std::string service, std::string command_type, F build) {
-    if (auto* s = current("invoke")) s->invoke = make_action(std::move(service), std::move(command_type), std::move(build));
+    if (auto* s = current("invoke"))
+      s->invoke = make_action(std::move(service), std::move(command_type), std::move(build));
     return *this;
   }
   // Merges the current step's reply into the saga data: `merge(Data&, const Reply&)`.

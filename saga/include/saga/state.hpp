@@ -41,15 +41,15 @@ enum class step_phase {
 
 // One participant command in progress: a step's forward action or its compensation.
 struct action_state {
-  std::uint32_t attempt = 0;     // attempts made so far (the current one included)
-  std::uint32_t budget_from = 1; // first attempt of the current retry budget (an operator retry resets it)
-  std::string command_id;        // the same for every attempt
+  std::uint32_t attempt = 0;      // attempts made so far (the current one included)
+  std::uint32_t budget_from = 1;  // first attempt of the current retry budget (an operator retry resets it)
+  std::string command_id;         // the same for every attempt
   std::string service;
   std::string command_type;
   std::string payload;
   time_point deadline{};   // reply due by (running)
   time_point retry_due{};  // next attempt due at (retry wait)
-  bool rejected = false;  // the participant answered a definite (non-retryable) failure, which it stored
+  bool rejected = false;   // the participant answered a definite (non-retryable) failure, which it stored
 
   friend bool operator==(const action_state&, const action_state&) = default;
 };
@@ -73,11 +73,11 @@ struct saga_state {
   std::string idempotency_key;
   saga_status status = saga_status::not_started;
   saga_status stuck_from = saga_status::not_started;  // what it was doing when it got stuck
-  std::uint64_t seq = 0;  // last applied event
+  std::uint64_t seq = 0;                              // last applied event
   time_point started_at{};
   time_point updated_at{};
   std::string input;
-  std::string data;    // current saga data (JSON)
+  std::string data;          // current saga data (JSON)
   std::string reason;        // why it is compensating or compensated
   std::string stuck_reason;  // why it is stuck (cleared when an operator acts)
   std::string failed_step;

@@ -56,7 +56,8 @@ std::string metrics::prometheus() const {
   counter(out, "saga_retries_scheduled_total", "Retries scheduled after a failure or timeout.", retries_scheduled);
   counter(out, "saga_appends_total", "Appends to the event store.", appends);
   counter(out, "saga_events_appended_total", "Events appended.", events_appended);
-  counter(out, "saga_append_conflicts_total", "Appends that lost to another writer and were re-decided.", append_conflicts);
+  counter(out, "saga_append_conflicts_total", "Appends that lost to another writer and were re-decided.",
+          append_conflicts);
   counter(out, "saga_append_retries_total", "Appends retried because the store was unavailable.", append_retries);
   counter(out, "saga_replies_ignored_total", "Replies ignored as duplicate, stale or unknown.", replies_ignored);
   counter(out, "saga_triggers_rejected_total", "Triggers refused (e.g. cancel after the pivot).", triggers_rejected);

@@ -32,9 +32,7 @@ struct job {
   done_fn done;
 };
 
-double ms_since(steady::time_point t0) {
-  return std::chrono::duration<double, std::milli>(steady::now() - t0).count();
-}
+double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
 }  // namespace
 
 // The actor of one saga: its cached state and its queue, touched only on its strand.
@@ -125,7 +123,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       e->queue.pop_front();
       process(e, std::move(j));
     }
-    if (!e->busy && e->queue.empty() && e->state && (is_terminal(e->state->status) || e->state->status == saga_status::stuck)) {
+    if (!e->busy && e->queue.empty() && e->state &&
+        (is_terminal(e->state->status) || e->state->status == saga_status::stuck)) {
       std::lock_guard lock(entries_mutex);
       if (auto it = entries.find(e->id); it != entries.end() && it->second == e && e->queue.empty() && !e->busy)
         entries.erase(it);
@@ -156,13 +155,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     e->state.reset();
     e->reloaded_after_error = true;
     auto timer = std::make_shared<asio::steady_timer>(io, options.store_retry_backoff);
-    timer->async_wait([self = shared_from_this(), e, timer, j = std::move(j)](const boost::system::error_code&) mutable {
-      asio::post(e->strand, [self, e, j = std::move(j)]() mutable {
-        e->busy = false;
-        e->queue.push_front(std::move(j));
-        self->pump(e);
-      });
-    });
+    timer->async_wait(
+        [self = shared_from_this(), e, timer, j = std::move(j)](const boost::system::error_code&) mutable {
+          asio::post(e->strand, [self, e, j = std::move(j)]() mutable {
+            e->busy = false;
+            e->queue.push_front(std::move(j));
+            self->pump(e);
+          });
+        });
   }
 
   void process(const std::shared_ptr<entry>& e, job j) {
@@ -189,16 +189,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (d.events.empty()) return finish_job(j, d);
       saga_state after = *e->state;
       for (const auto& ev : d.events) apply(after, ev);
-      storage::append_request request{e->id,  def->type(), e->state->seq, d.events, after.status,
-                                      bus.reply_partition(def->type(), e->id).value_or(0), {}};
+      storage::append_request request{e->id,    def->type(),  e->state->seq,
+                                      d.events, after.status, bus.reply_partition(def->type(), e->id).value_or(0),
+                                      {}};
       e->busy = true;
       ++appends_in_flight;
       const auto t0 = steady::now();
-      auto pending = std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
-      store.async_append(std::move(request), [self = shared_from_this(), e, pending, t0](std::exception_ptr err,
-                                                                                        storage::append_result) {
-        asio::post(e->strand, [self, e, pending, err, t0] { self->appended(e, *pending, err, t0); });
-      });
+      auto pending =
+          std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
+      store.async_append(std::move(request),
+                         [self = shared_from_this(), e, pending, t0](std::exception_ptr err, storage::append_result) {
+                           asio::post(e->strand, [self, e, pending, err, t0] { self->appended(e, *pending, err, t0); });
+                         });
     } catch (...) {
       if (j.done) j.done(decision{}, std::current_exception());
     }
@@ -346,7 +348,8 @@ void orchestrator::add(definition def) {
   if (impl_->accepting) throw std::logic_error("add definitions before run()");
   auto& versions = impl_->definitions[def.type()];
   if (versions.count(def.version()))
-    throw std::invalid_argument("definition " + def.type() + " v" + std::to_string(def.version()) + " is already registered");
+    throw std::invalid_argument("definition " + def.type() + " v" + std::to_string(def.version()) +
+                                " is already registered");
   versions.emplace(def.version(), std::move(def));
 }
 
@@ -375,8 +378,9 @@ void orchestrator::run() {
     });
   }
   // Transports that do not partition never call on_partitions_assigned: this process owns every saga.
-  if (!s.bus.reply_partition(s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
-                             saga_id::from_words(0, 0)))
+  if (!s.bus.reply_partition(
+          s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
+          saga_id::from_words(0, 0)))
     s.recover({});
 }
 

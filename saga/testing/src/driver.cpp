@@ -34,8 +34,8 @@ void driver::serve(const std::string& service,
                                      transport::command_message command, transport::handled_callback handled) {
     const auto stored = storage::handle_command(*box, command.command_id, command.compensates,
                                                 [&](storage::transaction&) { return handler(command); });
-    transport::reply_message reply{command.command_id, command.saga, command.saga_type, command.step,
-                                   command.attempt,    stored.result, stored.payload,   stored.reason,
+    transport::reply_message reply{command.command_id,  command.saga,  command.saga_type, command.step,
+                                   command.attempt,     stored.result, stored.payload,    stored.reason,
                                    command.traceparent, now_};
     transport_.send_reply(command.reply_to, reply, nullptr);
     handled();

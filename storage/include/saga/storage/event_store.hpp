@@ -17,7 +17,8 @@ namespace saga::storage {
 // Base of every storage error; `retryable()` says whether the same call may succeed later.
 class store_error : public std::runtime_error {
  public:
-  explicit store_error(const std::string& what, bool retryable = false) : std::runtime_error(what), retryable_(retryable) {}
+  explicit store_error(const std::string& what, bool retryable = false)
+      : std::runtime_error(what), retryable_(retryable) {}
   // True when trying again (after a reload, or later) can help.
   [[nodiscard]] bool retryable() const noexcept { return retryable_; }
 
@@ -32,7 +33,9 @@ class concurrency_conflict : public store_error {
       : store_error("concurrency conflict on saga " + saga.to_string() + ": expected seq " + std::to_string(expected) +
                         ", log is at " + std::to_string(actual),
                     true),
-        saga_(saga), expected_(expected), actual_(actual) {}
+        saga_(saga),
+        expected_(expected),
+        actual_(actual) {}
   [[nodiscard]] const saga_id& saga() const noexcept { return saga_; }
   [[nodiscard]] std::uint64_t expected() const noexcept { return expected_; }
   [[nodiscard]] std::uint64_t actual() const noexcept { return actual_; }
@@ -46,8 +49,8 @@ class concurrency_conflict : public store_error {
 class duplicate_idempotency_key : public store_error {
  public:
   duplicate_idempotency_key(const std::string& type, const std::string& key, const saga_id& existing)
-      : store_error("saga type '" + type + "' already has a saga with idempotency key '" + key + "': " +
-                    existing.to_string()),
+      : store_error("saga type '" + type + "' already has a saga with idempotency key '" + key +
+                    "': " + existing.to_string()),
         existing_(existing) {}
   [[nodiscard]] const saga_id& existing() const noexcept { return existing_; }
 
@@ -98,8 +101,8 @@ struct append_request {
   std::uint64_t expected_seq = 0;
   std::vector<event> events;
   saga_status status_after = saga_status::running;  // the saga's status once these events apply
-  std::int32_t partition = 0;                        // the reply partition that owns the saga
-  std::string metadata;                              // extra canonical JSON object merged into each event's metadata
+  std::int32_t partition = 0;                       // the reply partition that owns the saga
+  std::string metadata;                             // extra canonical JSON object merged into each event's metadata
 };
 
 struct append_result {
@@ -134,7 +137,8 @@ class event_store {
   // The saga's summary row, if it exists.
   [[nodiscard]] virtual std::optional<saga_summary> find(const saga_id& saga) = 0;
   // The saga of this type started with this idempotency key, if any.
-  [[nodiscard]] virtual std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) = 0;
+  [[nodiscard]] virtual std::optional<saga_id> find_by_idempotency_key(const std::string& type,
+                                                                       const std::string& key) = 0;
 };
 
 // Decodes a saga's stored events and folds them into its state.

@@ -5,10 +5,10 @@
 
 #include <functional>
 #include <mutex>
-#include <unordered_map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace saga::storage {

@@ -18,7 +18,8 @@ class memory_event_store final : public event_store {
   [[nodiscard]] std::vector<recorded_event> read_all(std::uint64_t from_position, std::size_t limit) override;
   [[nodiscard]] std::vector<saga_summary> list_unfinished(const partition_filter& filter) override;
   [[nodiscard]] std::optional<saga_summary> find(const saga_id& saga) override;
-  [[nodiscard]] std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override;
+  [[nodiscard]] std::optional<saga_id> find_by_idempotency_key(const std::string& type,
+                                                               const std::string& key) override;
 
   // Every saga's summary (tests).
   [[nodiscard]] std::vector<saga_summary> list_all();

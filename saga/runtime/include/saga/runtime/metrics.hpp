@@ -17,10 +17,14 @@ class histogram {
   // The q-quantile (0..1) in milliseconds, or 0 without observations.
   [[nodiscard]] double quantile(double q) const noexcept;
   [[nodiscard]] std::uint64_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
-  [[nodiscard]] double sum_ms() const noexcept { return static_cast<double>(sum_us_.load(std::memory_order_relaxed)) / 1000.0; }
+  [[nodiscard]] double sum_ms() const noexcept {
+    return static_cast<double>(sum_us_.load(std::memory_order_relaxed)) / 1000.0;
+  }
   // Upper bound of bucket i in milliseconds.
   [[nodiscard]] static double bound(std::size_t i) noexcept;
-  [[nodiscard]] std::uint64_t bucket(std::size_t i) const noexcept { return buckets_[i].load(std::memory_order_relaxed); }
+  [[nodiscard]] std::uint64_t bucket(std::size_t i) const noexcept {
+    return buckets_[i].load(std::memory_order_relaxed);
+  }
 
  private:
   std::array<std::atomic<std::uint64_t>, bucket_count> buckets_{};

@@ -36,14 +36,14 @@ class overloaded : public std::runtime_error {
 };
 
 struct orchestrator_options {
-  std::size_t threads = 2;                     // worker threads (sagas run concurrently, each one serialized)
-  std::size_t max_in_flight = 10'000;          // sagas started here and not finished yet; start() waits beyond
-  duration start_timeout{30'000};              // how long start() waits for room (then throws overloaded)
-  duration store_retry_backoff{200};           // wait before retrying an append after store_unavailable
+  std::size_t threads = 2;             // worker threads (sagas run concurrently, each one serialized)
+  std::size_t max_in_flight = 10'000;  // sagas started here and not finished yet; start() waits beyond
+  duration start_timeout{30'000};      // how long start() waits for room (then throws overloaded)
+  duration store_retry_backoff{200};   // wait before retrying an append after store_unavailable
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
-  std::shared_ptr<runtime::clock> clock;       // default: system_clock
-  std::function<std::uint64_t()> entropy;      // ids and jitter; default: std::random_device-seeded generator
-  std::function<void(const std::string&)> log; // debug lines (ignored replies, retries); default: none
+  std::shared_ptr<runtime::clock> clock;                              // default: system_clock
+  std::function<std::uint64_t()> entropy;       // ids and jitter; default: std::random_device-seeded generator
+  std::function<void(const std::string&)> log;  // debug lines (ignored replies, retries); default: none
 };
 
 // The orchestrator. Register definitions, call run(), then start sagas. Thread-safe.

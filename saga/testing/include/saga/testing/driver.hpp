@@ -27,7 +27,8 @@ class driver {
   // Registers a definition (by its type).
   void add(definition def);
   // Serves `service` with an in-process participant: `handler` runs once per command id (memory inbox dedup).
-  void serve(const std::string& service, std::function<storage::stored_reply(const transport::command_message&)> handler);
+  void serve(const std::string& service,
+             std::function<storage::stored_reply(const transport::command_message&)> handler);
 
   // Starts a saga of `type`; returns its id, or the existing id for a known idempotency key.
   // Throws std::invalid_argument with the reason when the start is refused.
