@@ -1,0 +1,18 @@
+# Writes every ```cpp block of README.md, in order, into one C++ file (-DREADME=… -DOUT=…).
+file(READ "${README}" text)
+string(REPLACE ";" "@SEMICOLON@" text "${text}")  # CMake lists split on ';'
+string(REGEX MATCHALL "```cpp\n[^`]*```" blocks "${text}")
+set(out "// Generated from README.md by tests/readme/extract.cmake: every C++ block, in order.\n")
+set(n 0)
+foreach(block IN LISTS blocks)
+  string(REGEX REPLACE "^```cpp\n" "" block "${block}")
+  string(REGEX REPLACE "```$" "" block "${block}")
+  math(EXPR n "${n} + 1")
+  string(APPEND out "// ---- README block ${n}\n${block}\n")
+endforeach()
+if(n EQUAL 0)
+  message(FATAL_ERROR "no ```cpp blocks found in ${README}")
+endif()
+string(REPLACE "@SEMICOLON@" ";" out "${out}")
+file(WRITE "${OUT}.tmp" "${out}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different "${OUT}.tmp" "${OUT}")
