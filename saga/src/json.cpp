@@ -103,6 +103,37 @@ std::string json_member(std::string_view object_text, std::string_view name) {
   return detail::canonical_text(it->value);
 }
 
+namespace {
+const rapidjson::Value& member_of(rapidjson::Document& doc, std::string_view object_text, std::string_view name) {
+  detail::parse_json(doc, object_text);
+  if (!doc.IsObject()) throw json_error("expected a JSON object");
+  const auto it = doc.FindMember(rapidjson::Value(name.data(), static_cast<rapidjson::SizeType>(name.size())));
+  if (it == doc.MemberEnd()) throw json_error("missing member \"" + std::string(name) + "\"");
+  return it->value;
+}
+}  // namespace
+
+std::string json_string_member(std::string_view object_text, std::string_view name) {
+  rapidjson::Document doc;
+  const auto& v = member_of(doc, object_text, name);
+  if (!v.IsString()) throw json_error("member \"" + std::string(name) + "\" must be a string");
+  return {v.GetString(), v.GetStringLength()};
+}
+
+std::uint64_t json_uint_member(std::string_view object_text, std::string_view name) {
+  rapidjson::Document doc;
+  const auto& v = member_of(doc, object_text, name);
+  if (!v.IsUint64()) throw json_error("member \"" + std::string(name) + "\" must be an unsigned integer");
+  return v.GetUint64();
+}
+
+std::string json_quote(std::string_view text) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+  writer.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
+  return {buffer.GetString(), buffer.GetSize()};
+}
+
 namespace detail {
 
 std::string wrap_for_decoding(std::string_view text) {

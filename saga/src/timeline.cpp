@@ -1,5 +1,6 @@
 #include "saga/timeline.hpp"
 
+#include <cctype>
 #include <cstdio>
 #include <ctime>
 #include <map>
@@ -15,6 +16,46 @@ std::string format_time(time_point t) {
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(((ms % 1000) + 1000) % 1000));
   return buf;
+}
+
+std::optional<time_point> parse_time(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  if (text.find_first_not_of("0123456789") == std::string_view::npos && text.size() <= 15) {
+    return time_point(std::chrono::milliseconds(std::stoll(std::string(text))));
+  }
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0, consumed = 0;
+  const std::string t(text);
+  if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &consumed) != 6 || consumed != 19)
+    return std::nullopt;
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60) return std::nullopt;
+  std::size_t i = 19;
+  std::int64_t millis = 0;
+  if (i < t.size() && t[i] == '.') {
+    int digits = 0;
+    for (++i; i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])); ++i, ++digits)
+      if (digits < 3) millis = millis * 10 + (t[i] - '0');
+    if (digits == 0) return std::nullopt;
+    for (; digits < 3; ++digits) millis *= 10;
+  }
+  std::int64_t offset_minutes = 0;
+  if (i < t.size() && (t[i] == 'Z' || t[i] == 'z')) {
+    ++i;
+  } else if (i < t.size() && (t[i] == '+' || t[i] == '-')) {
+    int oh = 0, om = 0;
+    if (t.size() != i + 6 || std::sscanf(t.c_str() + i + 1, "%2d:%2d", &oh, &om) != 2) return std::nullopt;
+    offset_minutes = (t[i] == '-' ? -1 : 1) * (oh * 60 + om);
+    i += 6;
+  } else {
+    return std::nullopt;
+  }
+  if (i != t.size()) return std::nullopt;
+  const auto days = std::chrono::sys_days(std::chrono::year(y) / std::chrono::month(static_cast<unsigned>(mo)) /
+                                          std::chrono::day(static_cast<unsigned>(d)));
+  if (!(std::chrono::year(y) / std::chrono::month(static_cast<unsigned>(mo)) / std::chrono::day(static_cast<unsigned>(d))).ok())
+    return std::nullopt;
+  return time_point(std::chrono::duration_cast<std::chrono::milliseconds>(days.time_since_epoch()) +
+                    std::chrono::hours(h) + std::chrono::minutes(mi - offset_minutes) + std::chrono::seconds(s) +
+                    std::chrono::milliseconds(millis));
 }
 
 namespace {

@@ -38,6 +38,14 @@ append_result event_store::append(append_request request) {
   return future.get();
 }
 
+std::vector<saga_summary> event_store::list(const saga_query&) {
+  throw store_error("this event store cannot list sagas");
+}
+
+std::vector<std::pair<saga_status, std::uint64_t>> event_store::count_by_status(const std::string&) {
+  throw store_error("this event store cannot count sagas by status");
+}
+
 saga_state fold_recorded(const saga_id& saga, std::span<const recorded_event> log) {
   saga_state state;
   state.id = saga;

@@ -86,6 +86,31 @@ std::vector<saga_summary> memory_event_store::list_all() {
   return out;
 }
 
+std::vector<saga_summary> memory_event_store::list(const saga_query& q) {
+  std::lock_guard lock(mutex_);
+  std::vector<saga_summary> out;
+  for (const auto& [id, s] : summaries_) {
+    if (!q.type.empty() && s.type != q.type) continue;
+    if (q.status && s.status != *q.status) continue;
+    if (q.started_from && s.started_at < *q.started_from) continue;
+    if (q.started_to && s.started_at > *q.started_to) continue;
+    out.push_back(s);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.started_at != b.started_at ? a.started_at < b.started_at : a.id < b.id;
+  });
+  if (out.size() > q.limit) out.resize(q.limit);
+  return out;
+}
+
+std::vector<std::pair<saga_status, std::uint64_t>> memory_event_store::count_by_status(const std::string& type) {
+  std::lock_guard lock(mutex_);
+  std::map<saga_status, std::uint64_t> counts;
+  for (const auto& [id, s] : summaries_)
+    if (type.empty() || s.type == type) ++counts[s.status];
+  return {counts.begin(), counts.end()};
+}
+
 std::optional<saga_summary> memory_event_store::find(const saga_id& saga) {
   std::lock_guard lock(mutex_);
   if (auto it = summaries_.find(saga); it != summaries_.end()) return it->second;

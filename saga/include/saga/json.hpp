@@ -5,6 +5,7 @@
 
 #include <sstream>
 #include <stdexcept>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <typeinfo>
@@ -29,6 +30,13 @@ struct raw_json {
 
 // Member `name` of the JSON object `object_text`, as canonical JSON text; throws json_error when missing.
 [[nodiscard]] std::string json_member(std::string_view object_text, std::string_view name);
+
+// The string member `name` of a JSON object, unescaped; throws json_error when missing or not a string.
+[[nodiscard]] std::string json_string_member(std::string_view object_text, std::string_view name);
+// The unsigned integer member `name` of a JSON object; throws json_error when missing or not one.
+[[nodiscard]] std::uint64_t json_uint_member(std::string_view object_text, std::string_view name);
+// `text` as a quoted, escaped JSON string.
+[[nodiscard]] std::string json_quote(std::string_view text);
 
 namespace detail {
 [[nodiscard]] std::string wrap_for_decoding(std::string_view text);

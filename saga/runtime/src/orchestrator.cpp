@@ -30,6 +30,7 @@ struct job {
   trigger what;
   std::string type;  // the saga type, for start
   done_fn done;
+  bool reloaded = false;  // already decided once more on a state fresh from the store
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -116,6 +117,22 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     });
   }
 
+  // Timers are armed by this process for sagas it holds; a saga no longer held finished (or is stuck), where
+  // timers change nothing, so the timer is dropped without reading the store.
+  void submit_timer(const saga_id& id, const triggers::timer& t) {
+    std::shared_ptr<entry> e;
+    {
+      std::lock_guard lock(entries_mutex);
+      auto it = entries.find(id);
+      if (it == entries.end()) return;
+      e = it->second;
+    }
+    asio::post(e->strand, [self = shared_from_this(), e, t]() mutable {
+      e->queue.push_back(job{false, t, {}, {}});
+      self->pump(e);
+    });
+  }
+
   // Runs queued jobs one at a time; an append in flight holds the queue until it is durable.
   void pump(const std::shared_ptr<entry>& e) {
     while (!e->busy && !e->queue.empty()) {
@@ -131,7 +148,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
   }
 
-  bool load(const std::shared_ptr<entry>& e, job& j) {
+  // Returns false when the job was parked for a retry; `fresh` says whether the state came from the store now.
+  bool load(const std::shared_ptr<entry>& e, job& j, bool& fresh) {
+    fresh = !e->state;
     if (e->state) return true;
     try {
       e->state = storage::fold_recorded(e->id, store.load(e->id));
@@ -167,7 +186,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   void process(const std::shared_ptr<entry>& e, job j) {
     try {
-      if (!load(e, j)) return;
+      bool fresh = false;
+      if (!load(e, j, fresh)) return;
       if (j.recover) {
         ++stats.sagas_recovered;
         perform(e, recovery_effects(*e->state));
@@ -186,6 +206,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         return finish_job(j, d);
       }
       decision d = decide(*def, *e->state, j.what, decide_context{options.clock->now(), options.entropy()});
+      if (d.events.empty() && !d.ignored.empty() && !fresh && !j.reloaded && std::holds_alternative<triggers::reply>(j.what)) {
+        // A reply the cached state does not know: an operator tool may have appended and sent commands
+        // meanwhile, so decide once more on the log.
+        e->state.reset();
+        j.reloaded = true;
+        return process(e, std::move(j));
+      }
       if (d.events.empty()) return finish_job(j, d);
       saga_state after = *e->state;
       for (const auto& ev : d.events) apply(after, ev);
@@ -271,7 +298,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         });
       } else if (const auto* timer = std::get_if<effects::arm_timer>(&f)) {
         options.clock->schedule(timer->due, [self = weak_from_this(), saga = timer->saga, t = timer->timer] {
-          if (auto s = self.lock(); s && !s->stopped) s->submit(saga, job{false, t, {}, {}});
+          if (auto s = self.lock(); s && !s->stopped) s->submit_timer(saga, t);
         });
       } else if (const auto* done = std::get_if<effects::saga_finished>(&f)) {
         finished(e, *done);

@@ -86,9 +86,15 @@ decision driver::handle(const saga_id& id, const trigger& t) {
 }
 
 decision driver::process(const saga_id& id, const definition& def, const trigger& t) {
+  const std::uint64_t entropy = next_random(rng_);
   for (int attempt = 1;; ++attempt) {
+    const bool fresh = !states_.count(id);
     const saga_state& state = cached(id);
-    decision d = decide(def, state, t, decide_context{now_, next_random(rng_)});
+    decision d = decide(def, state, t, decide_context{now_, entropy});
+    if (d.events.empty() && !d.ignored.empty() && !fresh && attempt == 1 && std::holds_alternative<triggers::reply>(t)) {
+      states_.erase(id);  // the cached state may be stale (another writer appended): decide on the log
+      continue;
+    }
     if (!d.ignored.empty()) ignored_.push_back(d.ignored);
     if (d.events.empty()) return d;
     saga_state after = state;

@@ -118,6 +118,14 @@ struct partition_filter {
   [[nodiscard]] bool matches(std::int32_t p) const noexcept;
 };
 
+// Which sagas a listing returns (every field optional).
+struct saga_query {
+  std::string type;                    // empty: any type
+  std::optional<saga_status> status;   // any status when absent
+  std::optional<time_point> started_from, started_to;  // inclusive bounds on the start time
+  std::size_t limit = 1000;
+};
+
 // The event store. Implementations are thread-safe.
 class event_store {
  public:
@@ -139,6 +147,11 @@ class event_store {
   // The saga of this type started with this idempotency key, if any.
   [[nodiscard]] virtual std::optional<saga_id> find_by_idempotency_key(const std::string& type,
                                                                        const std::string& key) = 0;
+  // Sagas matching `query`, oldest start first, from the instances table (no event scan). Throws store_error
+  // when the store cannot list (the default: not supported by this store).
+  [[nodiscard]] virtual std::vector<saga_summary> list(const saga_query& query);
+  // How many sagas (of `type`, or all when empty) are in each status, from the instances table.
+  [[nodiscard]] virtual std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type);
 };
 
 // Decodes a saga's stored events and folds them into its state.

@@ -20,6 +20,8 @@ class memory_event_store final : public event_store {
   [[nodiscard]] std::optional<saga_summary> find(const saga_id& saga) override;
   [[nodiscard]] std::optional<saga_id> find_by_idempotency_key(const std::string& type,
                                                                const std::string& key) override;
+  [[nodiscard]] std::vector<saga_summary> list(const saga_query& query) override;
+  [[nodiscard]] std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type) override;
 
   // Every saga's summary (tests).
   [[nodiscard]] std::vector<saga_summary> list_all();

@@ -1,0 +1,31 @@
+// saga/storage/export.hpp — JSON Lines export of stored events, with hashes, that an auditor verifies offline.
+#pragma once
+
+#include "saga/storage/hash_chain.hpp"
+
+#include <istream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace saga::storage {
+
+// One stored event as one JSON Lines record: saga, seq, position, type, schema_version, payload, metadata,
+// recorded_at (RFC 3339), prev_hash, hash.
+[[nodiscard]] std::string to_json_line(const recorded_event& e);
+// Parses one record; throws json_error naming the field that is missing or malformed.
+[[nodiscard]] recorded_event from_json_line(std::string_view line);
+
+// What verifying an export found.
+struct export_report {
+  std::size_t records = 0;
+  std::size_t sagas = 0;
+  std::vector<chain_break> breaks;  // one per broken saga (first bad seq), in order of first appearance
+  std::vector<std::string> errors;  // unreadable lines, "line N: why"
+  [[nodiscard]] bool ok() const noexcept { return breaks.empty() && errors.empty(); }
+};
+
+// Reads an export (records of many sagas, in global order) and verifies every saga's chain without a database.
+[[nodiscard]] export_report verify_export(std::istream& in);
+
+}  // namespace saga::storage

@@ -1,0 +1,483 @@
+#include "saga/cli.hpp"
+
+#include "saga/audit.hpp"
+#include "saga/effects.hpp"
+#include "saga/json.hpp"
+#include "saga/storage/export.hpp"
+#include "saga/storage/hash_chain.hpp"
+#include "saga/timeline.hpp"
+
+#include <fstream>
+#include <future>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+
+namespace saga::cli {
+
+std::string redact(const std::string& url) {
+  const auto scheme = url.find("://");
+  const auto at = url.find('@');
+  if (scheme == std::string::npos || at == std::string::npos || at < scheme) return url;
+  const auto colon = url.find(':', scheme + 3);
+  if (colon == std::string::npos || colon > at) return url;
+  return url.substr(0, colon + 1) + "***" + url.substr(at);
+}
+
+namespace {
+
+constexpr const char* usage = R"(usage: sagactl [--db URL] COMMAND [options]
+
+commands:
+  migrate                               apply the database migrations
+  list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--counts] [--json]
+                                        sagas by type, status (running|compensating|completed|compensated|stuck)
+                                        and start time; --counts: how many in each status
+  show SAGA_ID [--json]                 the saga's timeline and current state
+  replay SAGA_ID [--at SEQ|TIME] [--json]
+                                        the state as it was at that point, rebuilt by folding the log
+  replay (SAGA_ID|--all) --verify-definition
+                                        report any event the registered definition would not have produced
+  verify [--saga SAGA_ID | --all | --file EXPORT.jsonl]
+                                        recompute hash chains, check seq gaps and order
+  export [--saga SAGA_ID | --since POSITION]
+                                        JSON Lines of events in global order, with hashes
+  retry SAGA_ID [--reason R] [--operator NAME]
+  skip SAGA_ID --step STEP --reason R [--operator NAME]
+  cancel SAGA_ID --reason R [--operator NAME]
+                                        operator actions, recorded as events through the saga's decide path
+
+The database is --db URL or $SAGA_PG_URL. TIME is RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch.
+Exit status: 0 ok, 1 failure or finding, 2 usage error.
+)";
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Parsed command line: one command, positional arguments and --options (flags have the value "").
+struct command_line {
+  std::string command;
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;
+
+  [[nodiscard]] bool has(const std::string& o) const { return options.count(o) > 0; }
+  [[nodiscard]] std::string get(const std::string& o, const std::string& fallback = {}) const {
+    auto it = options.find(o);
+    return it == options.end() ? fallback : it->second;
+  }
+};
+
+const std::set<std::string> flags = {"--json", "--counts", "--all", "--verify-definition", "--help"};
+const std::set<std::string> valued = {"--db", "--type", "--status", "--from", "--to", "--limit", "--at", "--saga",
+                                      "--file", "--since", "--reason", "--operator", "--step"};
+
+command_line parse(const std::vector<std::string>& args) {
+  command_line c;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) == 0) {
+      if (flags.count(a)) {
+        c.options[a] = "";
+      } else if (valued.count(a)) {
+        if (i + 1 >= args.size()) throw usage_error("option " + a + " needs a value");
+        c.options[a] = args[++i];
+      } else {
+        throw usage_error("unknown option " + a);
+      }
+    } else if (c.command.empty()) {
+      c.command = a;
+    } else {
+      c.positional.push_back(a);
+    }
+  }
+  return c;
+}
+
+saga_id parse_id(const std::string& text) {
+  const auto id = saga_id::parse(text);
+  if (!id) throw usage_error("'" + text + "' is not a saga id (expected a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e)");
+  return *id;
+}
+
+time_point parse_when(const std::string& text, const char* option) {
+  const auto t = parse_time(text);
+  if (!t)
+    throw usage_error(std::string("malformed time for ") + option + " '" + text +
+                      "': expected RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch");
+  return *t;
+}
+
+std::optional<saga_status> parse_status(const std::string& text) {
+  for (auto s : {saga_status::running, saga_status::compensating, saga_status::completed, saga_status::compensated,
+                 saga_status::stuck})
+    if (text == to_string(s)) return s;
+  return std::nullopt;
+}
+
+std::uint64_t parse_number(const std::string& text, const char* what) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 18)
+    throw usage_error(std::string("malformed ") + what + " '" + text + "': expected a whole number");
+  return std::stoull(text);
+}
+
+std::vector<event> decode_log(const std::vector<storage::recorded_event>& log) {
+  std::vector<event> out;
+  out.reserve(log.size());
+  for (const auto& r : log) out.push_back(r.to_event());
+  return out;
+}
+
+std::string summary_json(const storage::saga_summary& s) {
+  return "{\"id\":" + json_quote(s.id.to_string()) + ",\"type\":" + json_quote(s.type) +
+         ",\"definition_version\":" + std::to_string(s.definition_version) + ",\"status\":" +
+         json_quote(to_string(s.status)) + ",\"last_seq\":" + std::to_string(s.last_seq) +
+         ",\"partition\":" + std::to_string(s.partition) + ",\"started_at\":" + json_quote(format_time(s.started_at)) +
+         ",\"updated_at\":" + json_quote(format_time(s.updated_at)) +
+         ",\"idempotency_key\":" + json_quote(s.idempotency_key) + "}";
+}
+
+std::string state_text(const saga_state& s) {
+  std::string out = "saga " + s.id.to_string() + "  " + s.type + " v" + std::to_string(s.definition_version) +
+                    "  status " + to_string(s.status) + "  at seq " + std::to_string(s.seq) + "\n";
+  if (!s.reason.empty()) out += "  reason: " + s.reason + "\n";
+  if (!s.stuck_reason.empty()) out += "  stuck at " + s.stuck_step + ": " + s.stuck_reason + "\n";
+  out += "  data: " + s.data + "\n";
+  for (const auto& st : s.steps)
+    out += "  step " + st.name + ": " + to_string(st.phase) + " (attempt " + std::to_string(st.forward.attempt) +
+           (st.compensation.attempt ? ", compensation attempt " + std::to_string(st.compensation.attempt) : "") + ")\n";
+  return out;
+}
+
+std::string state_json(const saga_state& s) {
+  std::string steps;
+  for (const auto& st : s.steps)
+    steps += std::string(steps.empty() ? "" : ",") + "{\"name\":" + json_quote(st.name) + ",\"phase\":" +
+             json_quote(to_string(st.phase)) + ",\"attempt\":" + std::to_string(st.forward.attempt) +
+             ",\"compensation_attempt\":" + std::to_string(st.compensation.attempt) + "}";
+  return "{\"id\":" + json_quote(s.id.to_string()) + ",\"type\":" + json_quote(s.type) + ",\"status\":" +
+         json_quote(to_string(s.status)) + ",\"seq\":" + std::to_string(s.seq) + ",\"reason\":" + json_quote(s.reason) +
+         ",\"stuck_reason\":" + json_quote(s.stuck_reason) + ",\"data\":" + (s.data.empty() ? "null" : s.data) +
+         ",\"steps\":[" + steps + "]}";
+}
+
+class session {
+ public:
+  session(const command_line& c, const environment& env, std::ostream& out) : c_(c), env_(env), out_(out) {}
+
+  int dispatch() {
+    const std::string& cmd = c_.command;
+    if (cmd == "migrate") return migrate();
+    if (cmd == "list") return list();
+    if (cmd == "show") return show();
+    if (cmd == "replay") return replay();
+    if (cmd == "verify") return verify();
+    if (cmd == "export") return export_events();
+    if (cmd == "retry" || cmd == "skip" || cmd == "cancel") return act();
+    throw usage_error("unknown command '" + cmd + "'");
+  }
+
+ private:
+  std::string url() const {
+    const std::string u = c_.get("--db", env_.default_url);
+    if (u.empty()) throw usage_error("no database: give --db URL or set SAGA_PG_URL");
+    return u;
+  }
+
+  storage::event_store& store() {
+    if (!store_) {
+      try {
+        store_ = env_.open_store(url());
+      } catch (const storage::store_error& e) {
+        throw failure("cannot open the event store at " + redact(url()) + ": " + e.what());
+      }
+    }
+    return *store_;
+  }
+
+  saga_id one_id() const {
+    if (c_.positional.size() != 1) throw usage_error(c_.command + " needs exactly one SAGA_ID");
+    return parse_id(c_.positional[0]);
+  }
+
+  std::vector<storage::recorded_event> load_existing(const saga_id& id) {
+    auto log = store().load(id);
+    if (log.empty()) throw failure("no saga " + id.to_string());
+    return log;
+  }
+
+  const definition* definition_for(const std::string& type, std::uint32_t version) const {
+    for (const auto& d : env_.definitions)
+      if (d.type() == type && d.version() == version) return &d;
+    return nullptr;
+  }
+
+  int migrate() {
+    if (!env_.migrate) throw failure("this sagactl was built without migrations");
+    out_ << env_.migrate(url()) << "\n";
+    return 0;
+  }
+
+  int list() {
+    if (c_.has("--counts")) {
+      const auto counts = store().count_by_status(c_.get("--type"));
+      if (c_.has("--json")) {
+        std::string body;
+        for (const auto& [status, n] : counts)
+          body += std::string(body.empty() ? "" : ",") + json_quote(to_string(status)) + ":" + std::to_string(n);
+        out_ << "{" << body << "}\n";
+      } else {
+        for (const auto& [status, n] : counts) out_ << to_string(status) << "\t" << n << "\n";
+      }
+      return 0;
+    }
+    storage::saga_query q;
+    q.type = c_.get("--type");
+    if (c_.has("--status")) {
+      q.status = parse_status(c_.get("--status"));
+      if (!q.status)
+        throw usage_error("unknown status '" + c_.get("--status") +
+                          "': expected running, compensating, completed, compensated or stuck");
+    }
+    if (c_.has("--from")) q.started_from = parse_when(c_.get("--from"), "--from");
+    if (c_.has("--to")) q.started_to = parse_when(c_.get("--to"), "--to");
+    if (c_.has("--limit")) q.limit = parse_number(c_.get("--limit"), "--limit");
+    const auto sagas = store().list(q);
+    for (const auto& s : sagas) {
+      if (c_.has("--json"))
+        out_ << summary_json(s) << "\n";
+      else
+        out_ << s.id.to_string() << "  " << s.type << " v" << s.definition_version << "  " << to_string(s.status)
+             << "  seq " << s.last_seq << "  started " << format_time(s.started_at) << "\n";
+    }
+    return 0;
+  }
+
+  int show() {
+    const saga_id id = one_id();
+    const auto log = load_existing(id);
+    const auto events = decode_log(log);
+    const saga_state state = fold(id, events);
+    if (c_.has("--json")) {
+      out_ << "{\"state\":" << state_json(state) << ",\"events\":[";
+      for (std::size_t i = 0; i < log.size(); ++i) out_ << (i ? "," : "") << storage::to_json_line(log[i]);
+      out_ << "]}\n";
+      return 0;
+    }
+    out_ << format_timeline(events) << "\n" << state_text(state);
+    return 0;
+  }
+
+  int replay() {
+    if (c_.has("--verify-definition")) return verify_definitions();
+    const saga_id id = one_id();
+    const auto events = decode_log(load_existing(id));
+    saga_state state;
+    if (!c_.has("--at")) {
+      state = fold(id, events);
+    } else {
+      const std::string at = c_.get("--at");
+      const bool is_seq = at.find_first_not_of("0123456789") == std::string::npos && at.size() < 13;
+      state = is_seq ? audit::state_at_seq(id, events, parse_number(at, "--at"))
+                     : audit::state_at_time(id, events, parse_when(at, "--at"));
+    }
+    out_ << (c_.has("--json") ? state_json(state) + "\n" : state_text(state));
+    return 0;
+  }
+
+  int verify_definitions() {
+    std::vector<saga_id> ids;
+    if (c_.has("--all")) {
+      storage::saga_query q;
+      q.limit = static_cast<std::size_t>(-1);
+      for (const auto& s : store().list(q)) ids.push_back(s.id);
+    } else {
+      ids.push_back(one_id());
+    }
+    std::size_t mismatches = 0, unchecked = 0;
+    for (const auto& id : ids) {
+      const auto events = decode_log(load_existing(id));
+      const saga_state st = fold(id, events);
+      const definition* def = definition_for(st.type, st.definition_version);
+      if (!def) {
+        ++unchecked;
+        out_ << id.to_string() << ": no registered definition " << st.type << " v" << st.definition_version << "\n";
+        continue;
+      }
+      if (const auto m = audit::check_definition(*def, id, events)) {
+        ++mismatches;
+        out_ << id.to_string() << ": seq " << m->seq << " differs\n  definition decides: " << m->expected
+             << "\n  log holds:          " << m->recorded << "\n";
+      }
+    }
+    out_ << ids.size() - mismatches - unchecked << " of " << ids.size()
+         << " sagas replay exactly under the registered definitions\n";
+    return mismatches || unchecked ? 1 : 0;
+  }
+
+  void report_break(const storage::chain_break& b) {
+    out_ << "BROKEN saga " << b.saga.to_string() << " at seq " << b.seq << ": " << b.why << "\n";
+  }
+
+  int verify() {
+    if (c_.has("--file")) {
+      std::ifstream in(c_.get("--file"));
+      if (!in) throw failure("cannot read " + c_.get("--file"));
+      const auto report = storage::verify_export(in);
+      for (const auto& e : report.errors) out_ << "UNREADABLE " << e << "\n";
+      for (const auto& b : report.breaks) report_break(b);
+      out_ << report.records << " events of " << report.sagas << " sagas checked; "
+           << (report.ok() ? "all chains verify" : "the export is NOT intact") << "\n";
+      return report.ok() ? 0 : 1;
+    }
+    std::vector<saga_id> ids;
+    if (c_.has("--saga")) {
+      ids.push_back(parse_id(c_.get("--saga")));
+    } else if (c_.has("--all")) {
+      storage::saga_query q;
+      q.limit = static_cast<std::size_t>(-1);
+      for (const auto& s : store().list(q)) ids.push_back(s.id);
+    } else {
+      throw usage_error("verify needs --saga SAGA_ID, --all or --file EXPORT");
+    }
+    std::size_t broken = 0, events = 0;
+    for (const auto& id : ids) {
+      const auto log = store().load(id);
+      const auto summary = store().find(id);
+      if (log.empty() && !summary) throw failure("no saga " + id.to_string());
+      events += log.size();
+      std::optional<storage::chain_break> b = storage::verify_chain(log);
+      // Rows removed from the end leave a valid chain: the instance row still knows where the log ended.
+      if (!b && summary && (log.empty() || log.back().seq != summary->last_seq))
+        b = storage::chain_break{id, log.empty() ? 1 : log.back().seq + 1,
+                                 "the log ends at seq " + std::to_string(log.empty() ? 0 : log.back().seq) +
+                                     " but the saga's row says " + std::to_string(summary->last_seq) +
+                                     " (events removed from the end)"};
+      if (b) {
+        ++broken;
+        report_break(*b);
+      }
+    }
+    out_ << events << " events of " << ids.size() << " sagas checked; " << broken << " broken\n";
+    return broken ? 1 : 0;
+  }
+
+  int export_events() {
+    if (c_.has("--saga")) {
+      for (const auto& r : load_existing(parse_id(c_.get("--saga")))) out_ << storage::to_json_line(r) << "\n";
+      return 0;
+    }
+    std::uint64_t from = c_.has("--since") ? parse_number(c_.get("--since"), "--since") : 1;
+    for (;;) {
+      const auto page = store().read_all(from, 10'000);
+      for (const auto& r : page) out_ << storage::to_json_line(r) << "\n";
+      if (page.size() < 10'000) return 0;
+      from = page.back().position + 1;
+    }
+  }
+
+  int act() {
+    const saga_id id = one_id();
+    const std::string who = c_.get("--operator", env_.user.empty() ? "unknown" : env_.user);
+    const std::string reason = c_.get("--reason");
+    trigger t;
+    if (c_.command == "cancel") {
+      if (reason.empty()) throw usage_error("cancel needs --reason R");
+      t = triggers::cancel{reason, who};
+    } else if (c_.command == "skip") {
+      if (reason.empty() || !c_.has("--step")) throw usage_error("skip needs --step STEP and --reason R");
+      t = triggers::operator_action{triggers::operator_verb::skip, c_.get("--step"), reason, who};
+    } else {
+      t = triggers::operator_action{triggers::operator_verb::retry, c_.get("--step"), reason, who};
+    }
+    std::mt19937_64 entropy(std::random_device{}());
+    for (int attempt = 1;; ++attempt) {
+      const auto events = decode_log(load_existing(id));
+      const saga_state state = fold(id, events);
+      const definition* def = definition_for(state.type, state.definition_version);
+      if (!def)
+        throw failure("saga " + id.to_string() + " runs " + state.type + " v" + std::to_string(state.definition_version) +
+                      ", which this sagactl does not have registered");
+      const time_point now = env_.now ? env_.now() : time_point{};
+      const decision d = decide(*def, state, t, decide_context{now, entropy()});
+      if (!d.rejected.empty()) throw failure("refused: " + d.rejected);
+      if (d.events.empty()) {
+        out_ << "nothing to do: " << d.ignored << "\n";
+        return 0;
+      }
+      saga_state after = state;
+      for (const auto& e : d.events) apply(after, e);
+      try {
+        (void)store().append(storage::append_request{id, def->type(), state.seq, d.events, after.status,
+                                                     store().find(id).value_or(storage::saga_summary{}).partition, {}});
+      } catch (const storage::concurrency_conflict&) {
+        if (attempt < 3) continue;  // the orchestrator moved the saga on meanwhile: decide again
+        throw;
+      }
+      for (const auto& e : d.events)
+        out_ << "recorded seq " << e.seq << " " << type_name(e.body) << "\n";
+      send_commands(after, d.events);
+      out_ << "saga " << id.to_string() << " is now " << to_string(after.status) << "\n";
+      return 0;
+    }
+  }
+
+  // The commands the action asked for; timeouts and later steps are the orchestrators' (they resume the saga
+  // when its replies arrive, and recover it on restart).
+  void send_commands(const saga_state& after, const std::vector<event>& appended) {
+    std::vector<effects::send_command> sends;
+    for (const auto& fx : effects_of(after, appended))
+      if (const auto* s = std::get_if<effects::send_command>(&fx)) sends.push_back(*s);
+    if (sends.empty()) return;
+    if (!env_.open_transport) {
+      out_ << "note: no transport configured; " << sends.size()
+           << " command(s) are sent when an orchestrator next recovers this saga\n";
+      return;
+    }
+    auto bus = env_.open_transport();
+    std::size_t sent = 0;
+    for (const auto& s : sends) {
+      std::promise<std::exception_ptr> done;
+      auto f = done.get_future();
+      const std::string reply_to = env_.reply_to ? env_.reply_to(s.saga_type) : s.saga_type;
+      bus->send_command(transport::command_message::from(s, reply_to, env_.now ? env_.now() : time_point{}),
+                        [&done](std::exception_ptr e) { done.set_value(e); });
+      if (!f.get()) ++sent;
+    }
+    bus->stop();
+    out_ << "sent " << sent << " of " << sends.size() << " command(s)\n";
+  }
+
+  const command_line& c_;
+  const environment& env_;
+  std::ostream& out_;
+  std::unique_ptr<storage::event_store> store_;
+};
+
+}  // namespace
+
+int run(const std::vector<std::string>& args, const environment& env, std::ostream& out, std::ostream& err) {
+  try {
+    const command_line c = parse(args);
+    if (c.command.empty() || c.command == "help" || c.has("--help")) {
+      out << usage;
+      return c.command.empty() && !c.has("--help") ? 2 : 0;
+    }
+    return session(c, env, out).dispatch();
+  } catch (const usage_error& e) {
+    err << "sagactl: " << e.what() << "\n(sagactl --help lists the commands)\n";
+    return 2;
+  } catch (const storage::store_unavailable& e) {
+    err << "sagactl: the database is unreachable: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    err << "sagactl: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace saga::cli
