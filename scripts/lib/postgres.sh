@@ -27,6 +27,11 @@ saga_pg_start() {
       { cat "$dir/initdb.log" >&2; return 1; }
   fi
   mkdir -p "$dir/sock" && [ -n "$SAGA_PG_RUNAS" ] && chown postgres:postgres "$dir/sock"
+  # A server left running in this data folder by an interrupted earlier run is ours: stop it first.
+  if _saga_pg "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    echo "note: stopping a server left running in $dir by an earlier run" >&2
+    _saga_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
   for try in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + (RANDOM % 30000) ))
     if _saga_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \

@@ -37,9 +37,9 @@ commands:
   show SAGA_ID [--json]                 the saga's timeline and current state
   replay SAGA_ID [--at SEQ|TIME] [--json]
                                         the state as it was at that point, rebuilt by folding the log
-  replay (SAGA_ID|--all) --verify-definition
+  replay (SAGA_ID | --all [--type T]) --verify-definition
                                         report any event the registered definition would not have produced
-  verify [--saga SAGA_ID | --all | --file EXPORT.jsonl]
+  verify [--saga SAGA_ID | --all [--type T] | --file EXPORT.jsonl]
                                         recompute hash chains, check seq gaps and order
   export [--saga SAGA_ID | --since POSITION]
                                         JSON Lines of events in global order, with hashes
@@ -293,6 +293,7 @@ class session {
     std::vector<saga_id> ids;
     if (c_.has("--all")) {
       storage::saga_query q;
+      q.type = c_.get("--type");
       q.limit = static_cast<std::size_t>(-1);
       for (const auto& s : store().list(q)) ids.push_back(s.id);
     } else {
@@ -339,10 +340,11 @@ class session {
       ids.push_back(parse_id(c_.get("--saga")));
     } else if (c_.has("--all")) {
       storage::saga_query q;
+      q.type = c_.get("--type");
       q.limit = static_cast<std::size_t>(-1);
       for (const auto& s : store().list(q)) ids.push_back(s.id);
     } else {
-      throw usage_error("verify needs --saga SAGA_ID, --all or --file EXPORT");
+      throw usage_error("verify needs --saga SAGA_ID, --all [--type T] or --file EXPORT");
     }
     std::size_t broken = 0, events = 0;
     for (const auto& id : ids) {

@@ -163,9 +163,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // The append that failed may have committed after all (or another writer moved the saga on): resend
       // what is pending and re-arm its timers; every resend carries the same command id.
       e->reloaded_after_error = false;
-      perform(e, recovery_effects(*e->state));
+      perform(e, with_grace(recovery_effects(*e->state)));
     }
     return true;
+  }
+
+  // Recovery resends what is in flight; each resend gets a fresh wait before its deadline fires.
+  std::vector<effect> with_grace(std::vector<effect> fx) const {
+    const time_point earliest = options.clock->now() + options.recovery_grace;
+    for (auto& f : fx)
+      if (auto* t = std::get_if<effects::arm_timer>(&f); t && t->timer.kind == triggers::timer_kind::deadline)
+        t->due = std::max(t->due, earliest);
+    return fx;
   }
 
   void retry_later(const std::shared_ptr<entry>& e, job j) {
@@ -190,7 +199,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (!load(e, j, fresh)) return;
       if (j.recover) {
         ++stats.sagas_recovered;
-        perform(e, recovery_effects(*e->state));
+        perform(e, with_grace(recovery_effects(*e->state)));
         if (j.done) j.done(decision{}, nullptr);
         return;
       }
@@ -319,10 +328,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     fulfil(e, saga_outcome{f.status, f.output, f.reason});
   }
 
-  void fulfil(const std::shared_ptr<entry>& e, const saga_outcome& outcome) {
+  void fulfil(const std::shared_ptr<entry>& e, saga_outcome outcome) {
     std::lock_guard lock(e->promise_mutex);
     if (e->counted) {
       e->counted = false;
+      outcome.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - e->started);
       stats.saga_latency.observe(ms_since(e->started));
       slots.release();
     }

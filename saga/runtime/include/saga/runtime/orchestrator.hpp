@@ -21,6 +21,7 @@ struct saga_outcome {
   saga_status status = saga_status::running;  // completed, compensated or stuck
   std::string output;                         // final data (completed)
   std::string reason;                         // why (compensated, stuck)
+  std::chrono::microseconds elapsed{0};       // from start() to this outcome (0 when not started by this process)
 };
 
 // A started saga: its id, and its outcome as a future.
@@ -40,6 +41,8 @@ struct orchestrator_options {
   std::size_t max_in_flight = 10'000;  // sagas started here and not finished yet; start() waits beyond
   duration start_timeout{30'000};      // how long start() waits for room (then throws overloaded)
   duration store_retry_backoff{200};   // wait before retrying an append after store_unavailable
+  // After recovery, a resent command's deadline is at least this far away (the downtime is not the participant's).
+  duration recovery_grace{30'000};
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
   std::shared_ptr<runtime::clock> clock;                              // default: system_clock
   std::function<std::uint64_t()> entropy;       // ids and jitter; default: std::random_device-seeded generator

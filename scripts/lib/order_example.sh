@@ -1,0 +1,32 @@
+# Runs the multi-process order example: the four participant services and the orchestrator as separate
+# processes over PostgreSQL and Kafka. Source it after common.sh, postgres.sh and kafka.sh, with SAGA_PG_URL and
+# SAGA_KAFKA_BROKERS set. Shared by scripts/demo and the integration test.
+# shellcheck shell=bash
+
+SAGA_PARTICIPANT_PIDS=()
+
+# saga_participants_start LOGDIR: starts one order-participant per service, logs in LOGDIR.
+saga_participants_start() {
+  local logs="$1" s
+  mkdir -p "$logs"
+  for s in orders inventory payments shipping; do
+    "$SAGA_BUILD/examples/order-participant" "$s" >"$logs/$s.log" 2>&1 &
+    SAGA_PARTICIPANT_PIDS+=($!)
+  done
+  # Each prints "ready" once it consumes its topic; a participant that died says why in its log.
+  for s in orders inventory payments shipping; do
+    for _ in $(seq 1 300); do
+      grep -q "ready" "$logs/$s.log" 2>/dev/null && break
+      sleep 0.1
+    done
+    grep -q "ready" "$logs/$s.log" || { echo "participant $s did not start:" >&2; cat "$logs/$s.log" >&2; return 1; }
+  done
+}
+
+# saga_participants_stop: stops the participants this shell started (by PID).
+saga_participants_stop() {
+  local p
+  for p in "${SAGA_PARTICIPANT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${SAGA_PARTICIPANT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  SAGA_PARTICIPANT_PIDS=()
+}

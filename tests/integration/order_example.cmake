@@ -1,0 +1,12 @@
+# The multi-process order example end to end (issue: order processing). Needs SAGA_PG_URL (scripts/test).
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev)
+  add_test(NAME order_example.multi_process_200_orders
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/order_example_test.sh ${PROJECT_BINARY_DIR})
+  set_tests_properties(order_example.multi_process_200_orders PROPERTIES LABELS integration TIMEOUT 600)
+endif()
+
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
+  add_test(NAME runtime.crash_torture_20_sigkills
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/crash_torture_test.sh ${PROJECT_BINARY_DIR} 20)
+  set_tests_properties(runtime.crash_torture_20_sigkills PROPERTIES LABELS integration TIMEOUT 1200)
+endif()
