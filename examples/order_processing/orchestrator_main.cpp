@@ -33,6 +33,7 @@ struct options {
   std::string run;
   bool resume_only = false;
   bool check_all = false;
+  bool until_idle = false;
   bool json = false;
 };
 
@@ -53,6 +54,7 @@ options parse(int argc, char** argv) {
     else if (a == "--resume-only") o.resume_only = true;
     else if (a == "--json") o.json = true;
     else if (a == "--check-all") o.check_all = true;
+    else if (a == "--until-idle") o.until_idle = true;
     else throw std::invalid_argument("unknown option " + a);
   }
   return o;
@@ -165,6 +167,9 @@ int main(int argc, char** argv) {
       latencies_ms.push_back(static_cast<double>(out.elapsed.count()) / 1000.0);
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // Stay until no saga is unfinished: sagas of another process that died are taken over with its partitions.
+    for (int i = 0; opt.until_idle && !interrupted && i < 1200 && !store.list_unfinished({}).empty(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (interrupted) {
       std::cout << "\ninterrupted: shutting down cleanly (unfinished sagas resume on the next start)\n";
       orchestrator.shutdown();
@@ -178,7 +183,8 @@ int main(int argc, char** argv) {
     std::cout << "  stuck        " << by_status[saga::saga_status::stuck] << "\n"
               << "  throughput   " << static_cast<long>(static_cast<double>(placed.size()) / seconds) << " sagas/s, "
               << static_cast<long>(static_cast<double>(m.events_appended.load()) / seconds) << " events/s appended ("
-              << seconds << " s)\n";
+              << seconds << " s)\n"
+              << "  recovered    " << m.sagas_recovered.load() << " unfinished sagas taken over from their logs\n";
     saga::storage::postgres_session session(url);
     books b;
     session.run([&](saga::storage::transaction& tx) { b = check_books(tx, endings); });

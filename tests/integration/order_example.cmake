@@ -10,3 +10,9 @@ if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/crash_torture_test.sh ${PROJECT_BINARY_DIR} 20)
   set_tests_properties(runtime.crash_torture_20_sigkills PROPERTIES LABELS integration TIMEOUT 1200)
 endif()
+
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
+  add_test(NAME runtime.scale_out_takeover
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/scale_out_test.sh ${PROJECT_BINARY_DIR})
+  set_tests_properties(runtime.scale_out_takeover PROPERTIES LABELS integration TIMEOUT 900)
+endif()
