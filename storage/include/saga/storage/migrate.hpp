@@ -1,0 +1,45 @@
+// saga/storage/migrate.hpp — applies the numbered SQL migrations (embedded at build time) to a PostgreSQL database.
+#pragma once
+
+#include "saga/storage/event_store.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace saga::storage {
+
+// One numbered schema change: `version` comes from the file name's number, `name` is the file name.
+struct migration {
+  std::uint32_t version = 0;
+  std::string name;  // e.g. "0001_event_log.sql"
+  std::string sql;   // the file's bytes, run as one transaction
+};
+
+// A migration that cannot be applied or no longer matches what was applied (names the file); retry does not help.
+class migration_error : public store_error {
+ public:
+  using store_error::store_error;
+};
+
+// What one migrate call did.
+struct migrate_result {
+  std::vector<std::string> applied;  // names applied by this call, in order (empty = the schema was up to date)
+};
+
+// The migrations compiled into this library (migrations/*.sql), ordered by version. Never fails.
+[[nodiscard]] const std::vector<migration>& bundled_migrations();
+
+// Applies the bundled migrations not yet applied, in order, one transaction each, under a PostgreSQL advisory lock
+// (concurrent callers wait and then find nothing to do). Throws migration_error when an applied migration's file
+// changed (checksum) or is missing, store_unavailable when the server cannot be reached (retry helps), store_error
+// when a migration's SQL fails.
+migrate_result migrate(const std::string& url);
+// Same with an explicit migration list (tools and tests); versions must be unique.
+migrate_result migrate(const std::string& url, std::span<const migration> migrations);
+
+// Lowercase hex SHA-256 of a migration's bytes, as recorded in saga_migrations.checksum.
+[[nodiscard]] std::string migration_checksum(const migration& m);
+
+}  // namespace saga::storage

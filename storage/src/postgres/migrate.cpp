@@ -1,0 +1,103 @@
+#include "saga/storage/migrate.hpp"
+
+#include "pg_detail.hpp"
+
+#include <algorithm>
+#include <map>
+
+namespace saga::storage {
+
+namespace {
+
+// Key of the session-level advisory lock every migrating process takes ("saga-mig").
+constexpr std::int64_t migrate_lock_key = 0x736167612d6d6967;
+
+// Holds pg_advisory_lock for its lifetime; closing the connection releases it too.
+class advisory_lock {
+ public:
+  explicit advisory_lock(pqxx::connection& conn) : conn_(conn) {
+    pqxx::nontransaction tx(conn_);
+    tx.exec_params("SELECT pg_advisory_lock($1)", migrate_lock_key);
+  }
+  ~advisory_lock() {
+    try {
+      pqxx::nontransaction tx(conn_);
+      tx.exec_params("SELECT pg_advisory_unlock($1)", migrate_lock_key);
+    } catch (...) {  // the lock goes away with the connection anyway
+    }
+  }
+  advisory_lock(const advisory_lock&) = delete;
+  advisory_lock& operator=(const advisory_lock&) = delete;
+
+ private:
+  pqxx::connection& conn_;
+};
+
+struct applied_row {
+  std::string name;
+  std::string checksum;
+};
+
+}  // namespace
+
+std::string migration_checksum(const migration& m) { return detail::sha256_hex(m.sql); }
+
+migrate_result migrate(const std::string& url) { return migrate(url, bundled_migrations()); }
+
+migrate_result migrate(const std::string& url, std::span<const migration> migrations) {
+  std::vector<const migration*> ordered;
+  for (const auto& m : migrations) ordered.push_back(&m);
+  std::sort(ordered.begin(), ordered.end(), [](auto* a, auto* b) { return a->version < b->version; });
+  for (std::size_t i = 1; i < ordered.size(); ++i)
+    if (ordered[i]->version == ordered[i - 1]->version)
+      throw migration_error("migrations " + ordered[i - 1]->name + " and " + ordered[i]->name + " share version " +
+                            std::to_string(ordered[i]->version));
+
+  migrate_result result;
+  auto conn = detail::connect(url, "migrate");
+  std::string current = "migrate";
+  try {
+    advisory_lock lock(*conn);
+    {
+      pqxx::work tx(*conn);
+      tx.exec(
+          "CREATE TABLE IF NOT EXISTS saga_migrations ("
+          " version integer PRIMARY KEY,"
+          " name text NOT NULL,"
+          " checksum text NOT NULL,"  // hex SHA-256 of the file's bytes
+          " applied_at timestamptz NOT NULL DEFAULT now())");
+      tx.commit();
+    }
+    std::map<std::uint32_t, applied_row> applied;
+    {
+      pqxx::nontransaction tx(*conn);
+      for (const auto& row : tx.exec("SELECT version, name, checksum FROM saga_migrations ORDER BY version"))
+        applied.emplace(row[0].as<std::uint32_t>(), applied_row{row[1].as<std::string>(), row[2].as<std::string>()});
+    }
+    for (const auto& [version, row] : applied) {
+      auto it = std::find_if(ordered.begin(), ordered.end(), [v = version](auto* m) { return m->version == v; });
+      if (it == ordered.end())
+        throw migration_error("migration " + row.name + " (version " + std::to_string(version) +
+                              ") is recorded as applied but its file is missing from this build");
+      const std::string checksum = migration_checksum(**it);
+      if ((*it)->name != row.name || checksum != row.checksum)
+        throw migration_error("migration " + (*it)->name + " was changed after it was applied as " + row.name +
+                              " (recorded checksum " + row.checksum + ", file now has " + checksum + ")");
+    }
+    for (const auto* m : ordered) {
+      if (applied.count(m->version)) continue;
+      current = "migrate: applying " + m->name;
+      pqxx::work tx(*conn);
+      tx.exec(m->sql);
+      tx.exec_params("INSERT INTO saga_migrations (version, name, checksum) VALUES ($1, $2, $3)", m->version, m->name,
+                     migration_checksum(*m));
+      tx.commit();
+      result.applied.push_back(m->name);
+    }
+  } catch (...) {
+    detail::rethrow_translated(current);
+  }
+  return result;
+}
+
+}  // namespace saga::storage

@@ -1,0 +1,173 @@
+#include "pg_detail.hpp"
+
+#include <openssl/evp.h>
+
+#include <array>
+#include <stdexcept>
+
+namespace saga::storage::detail {
+
+namespace {
+// The first line of a libpq message (the rest repeats the query or adds libpq noise).
+std::string first_line(std::string_view text) {
+  auto end = text.find('\n');
+  return std::string(text.substr(0, end));
+}
+std::string short_query(std::string_view query) {
+  constexpr std::size_t max = 160;
+  std::string q(query.substr(0, max));
+  for (auto& c : q)
+    if (c == '\n' || c == '\t') c = ' ';
+  if (query.size() > max) q += "...";
+  return q;
+}
+bool is_connection_state(const std::string& state) {
+  return state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" || state == "57P03";
+}
+}  // namespace
+
+std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing) {
+  try {
+    return std::make_unique<pqxx::connection>(url);
+  } catch (const std::exception& e) {
+    throw store_unavailable(std::string(doing) + ": cannot connect to PostgreSQL: " + first_line(e.what()));
+  }
+}
+
+void rethrow_translated(std::string_view doing) {
+  const std::string where(doing);
+  try {
+    throw;
+  } catch (const store_error&) {
+    throw;
+  } catch (const pqxx::in_doubt_error& e) {
+    throw store_unavailable(where + ": connection lost during COMMIT, outcome unknown: " + first_line(e.what()));
+  } catch (const pqxx::broken_connection& e) {
+    throw store_unavailable(where + ": connection to PostgreSQL lost: " + first_line(e.what()));
+  } catch (const pqxx::statement_completion_unknown& e) {
+    throw store_unavailable(where + ": connection lost, statement outcome unknown: " + first_line(e.what()));
+  } catch (const pqxx::transaction_rollback& e) {
+    throw store_error(where + ": the server rolled the transaction back (serialization failure or deadlock), retry: " +
+                          first_line(e.what()),
+                      true);
+  } catch (const pqxx::sql_error& e) {
+    const std::string state = e.sqlstate();
+    const std::string text = where + ": SQL state " + (state.empty() ? std::string("?") : state) + ": " +
+                             first_line(e.what()) + " [in: " + short_query(e.query()) + "]";
+    if (is_connection_state(state)) throw store_unavailable(text);
+    throw store_error(text, state == "40001" || state == "40P01");
+  } catch (const pqxx::failure& e) {
+    throw store_error(where + ": " + first_line(e.what()));
+  } catch (const pqxx::usage_error& e) {
+    throw store_error(where + ": libpqxx usage error: " + first_line(e.what()));
+  } catch (const pqxx::conversion_error& e) {
+    throw store_error(where + ": unexpected column value: " + first_line(e.what()));
+  }
+}
+
+bool connection_lost(const pqxx::connection* conn) noexcept {
+  // Only a plain SQL error (or an exception of ours) leaves the connection known-good; anything else from libpqxx
+  // (lost connection, in-doubt commit, a half-registered transaction after a failed BEGIN) retires it.
+  try {
+    throw;
+  } catch (const pqxx::sql_error& e) {
+    if (is_connection_state(e.sqlstate())) return true;
+  } catch (const pqxx::statement_completion_unknown&) {
+    return true;
+  } catch (const pqxx::transaction_rollback&) {
+    // rolled back by the server; the connection is fine
+  } catch (const pqxx::failure&) {
+    return true;
+  } catch (const pqxx::usage_error&) {
+    return true;
+  } catch (...) {
+  }
+  try {
+    return conn == nullptr || !conn->is_open();
+  } catch (...) {
+    return true;
+  }
+}
+
+void pg_array::add(std::string_view value) {
+  separate();
+  text_.push_back('"');
+  // Copy runs without quotes or backslashes in one go; escape the rest.
+  while (!value.empty()) {
+    const auto special = value.find_first_of("\"\\");
+    text_.append(value.substr(0, special));
+    if (special == std::string_view::npos) break;
+    text_.push_back('\\');
+    text_.push_back(value[special]);
+    value.remove_prefix(special + 1);
+  }
+  text_.push_back('"');
+}
+
+void pg_array::add(std::int64_t value) {
+  separate();
+  text_ += std::to_string(value);
+}
+
+void pg_array::add_null() {
+  separate();
+  text_ += "NULL";
+}
+
+std::string sha256_hex(std::string_view bytes) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int size = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 unavailable");
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(size * 2);
+  for (unsigned int i = 0; i < size; ++i) {
+    out.push_back(hex[digest[i] >> 4]);
+    out.push_back(hex[digest[i] & 0x0f]);
+  }
+  return out;
+}
+
+const char* status_text(saga_status status) {
+  if (status == saga_status::not_started) throw store_error("a saga's status after an append cannot be not_started");
+  return to_string(status);
+}
+
+saga_status parse_status(std::string_view text) {
+  for (auto s : {saga_status::running, saga_status::compensating, saga_status::completed, saga_status::compensated,
+                 saga_status::stuck})
+    if (text == to_string(s)) return s;
+  throw store_error("saga_instances.status holds an unknown status '" + std::string(text) + "'");
+}
+
+saga_id parse_saga_id(std::string_view text) {
+  auto id = saga_id::parse(text);
+  if (!id) throw store_error("not a saga id: '" + std::string(text) + "'");
+  return *id;
+}
+
+std::vector<transaction::row> work_transaction::exec(std::string_view sql,
+                                                     const std::vector<std::optional<std::string>>& params) {
+  try {
+    const pqxx::result result = tx_.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(params));
+    std::vector<row> rows;
+    rows.reserve(result.size());
+    for (const auto& r : result) {
+      row out;
+      out.reserve(r.size());
+      for (const auto& f : r) {
+        if (f.is_null())
+          out.emplace_back(std::nullopt);
+        else
+          out.emplace_back(std::string(f.c_str(), f.size()));
+      }
+      rows.push_back(std::move(out));
+    }
+    return rows;
+  } catch (...) {
+    rethrow_translated("transaction::exec");
+  }
+}
+
+}  // namespace saga::storage::detail

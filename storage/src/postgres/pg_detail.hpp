@@ -1,0 +1,66 @@
+// Internal helpers of saga::postgres: libpqxx stays in this folder's .cpp files and never reaches a public header.
+#pragma once
+
+#include "saga/storage/event_store.hpp"
+#include "saga/storage/inbox.hpp"
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace saga::storage::detail {
+
+// Opens a connection; throws store_unavailable when the server cannot be reached.
+[[nodiscard]] std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing);
+
+// Rethrows the exception being handled as a storage error: pqxx::in_doubt_error and lost connections become
+// store_unavailable, serialization failures and deadlocks retryable store_error, other SQL errors store_error with
+// the SQL state and statement. Other exceptions (store_error, the caller's own) propagate unchanged.
+// Call only inside a catch block.
+[[noreturn]] void rethrow_translated(std::string_view doing);
+
+// True when the exception being handled leaves the connection unusable or unknown (drop it, reconnect later).
+// Call only inside a catch block.
+[[nodiscard]] bool connection_lost(const pqxx::connection* conn) noexcept;
+
+// Builds the text of a PostgreSQL array literal ('{"a","b",NULL}'), for unnest()-based multi-row statements.
+class pg_array {
+ public:
+  pg_array() { text_.push_back('{'); }
+  void add(std::string_view value);
+  void add(std::int64_t value);
+  void add_null();
+  [[nodiscard]] std::string str() const { return text_ + "}"; }
+  [[nodiscard]] bool empty() const noexcept { return text_.size() == 1; }
+
+ private:
+  void separate() {
+    if (text_.size() > 1) text_.push_back(',');
+  }
+  std::string text_;
+};
+
+// Lowercase hex SHA-256.
+[[nodiscard]] std::string sha256_hex(std::string_view bytes);
+
+// `status` as stored in saga_instances.status; throws store_error for not_started.
+[[nodiscard]] const char* status_text(saga_status status);
+// Parses saga_instances.status; throws store_error naming the text when unknown.
+[[nodiscard]] saga_status parse_status(std::string_view text);
+// Parses a uuid column's text; throws store_error when it is not one.
+[[nodiscard]] saga_id parse_saga_id(std::string_view text);
+
+// The handler's window into a pqxx transaction: parameterized statements, rows as text, errors translated.
+class work_transaction final : public transaction {
+ public:
+  explicit work_transaction(pqxx::transaction_base& tx) : tx_(tx) {}
+  std::vector<row> exec(std::string_view sql, const std::vector<std::optional<std::string>>& params) override;
+
+ private:
+  pqxx::transaction_base& tx_;
+};
+
+}  // namespace saga::storage::detail

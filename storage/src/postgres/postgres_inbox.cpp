@@ -1,0 +1,157 @@
+#include "saga/storage/postgres_inbox.hpp"
+
+#include "pg_detail.hpp"
+
+#include "saga/json.hpp"
+
+#include <condition_variable>
+#include <mutex>
+
+namespace saga::storage {
+
+namespace {
+
+// Class id of the transaction-level advisory locks that serialize deliveries of one command id ("inbx").
+constexpr int inbox_lock_class = 0x696e6278;
+
+const char* outcome_text(triggers::outcome o) {
+  switch (o) {
+    case triggers::outcome::success: return "success";
+    case triggers::outcome::failure: return "failure";
+    case triggers::outcome::retryable_failure: break;
+  }
+  throw store_error("a retryable failure is never stored in the inbox");
+}
+
+stored_reply reply_from(const pqxx::row& row) {
+  stored_reply reply;
+  const std::string result = row[0].as<std::string>();
+  if (result == "success")
+    reply.result = triggers::outcome::success;
+  else if (result == "failure")
+    reply.result = triggers::outcome::failure;
+  else
+    throw store_error("saga_inbox.result holds an unknown outcome '" + result + "'");
+  reply.payload = row[1].is_null() ? std::string() : canonical_json(row[1].c_str());
+  reply.reason = row[2].as<std::string>();
+  return reply;
+}
+
+}  // namespace
+
+struct postgres_inbox::impl {
+  std::string url;
+  postgres_inbox_options options;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::unique_ptr<pqxx::connection>> idle;
+  std::size_t open = 0;
+
+  // A pooled connection, returned on destruction unless it broke.
+  class lease {
+   public:
+    explicit lease(impl& owner) : owner_(owner) {
+      std::unique_lock lock(owner_.mutex);
+      owner_.cv.wait(lock, [&] { return !owner_.idle.empty() || owner_.open < owner_.options.connections; });
+      if (!owner_.idle.empty()) {
+        conn_ = std::move(owner_.idle.back());
+        owner_.idle.pop_back();
+        return;
+      }
+      ++owner_.open;
+      lock.unlock();
+      try {
+        conn_ = detail::connect(owner_.url, "postgres_inbox");
+      } catch (...) {
+        release_slot();
+        throw;
+      }
+    }
+    ~lease() {
+      if (conn_ && conn_->is_open()) {
+        std::lock_guard lock(owner_.mutex);
+        owner_.idle.push_back(std::move(conn_));
+        owner_.cv.notify_one();
+      } else {
+        conn_.reset();
+        release_slot();
+      }
+    }
+    lease(const lease&) = delete;
+    lease& operator=(const lease&) = delete;
+    pqxx::connection& conn() { return *conn_; }
+    void drop() { conn_.reset(); }
+    [[nodiscard]] const pqxx::connection* get() const { return conn_.get(); }
+
+   private:
+    void release_slot() {
+      std::lock_guard lock(owner_.mutex);
+      --owner_.open;
+      owner_.cv.notify_one();
+    }
+    impl& owner_;
+    std::unique_ptr<pqxx::connection> conn_;
+  };
+};
+
+postgres_inbox::postgres_inbox(std::string url, postgres_inbox_options options) : impl_(std::make_unique<impl>()) {
+  impl_->url = std::move(url);
+  impl_->options = options;
+  if (impl_->options.connections == 0) impl_->options.connections = 1;
+}
+
+postgres_inbox::~postgres_inbox() = default;
+
+stored_reply postgres_inbox::process(const std::string& command_id,
+                                     const std::function<stored_reply(transaction&)>& work, bool* first_delivery) {
+  impl::lease lease(*impl_);
+  try {
+    pqxx::work tx(lease.conn());
+    // Waits while another delivery of this command id is inside its transaction.
+    tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))", inbox_lock_class, command_id);
+    // A new statement, so a reply committed by that other delivery is visible now.
+    const auto stored =
+        tx.exec_params("SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
+    if (!stored.empty()) {
+      if (first_delivery) *first_delivery = false;
+      auto reply = reply_from(stored[0]);
+      tx.commit();
+      return reply;
+    }
+    if (first_delivery) *first_delivery = true;
+    detail::work_transaction handler_tx(tx);
+    stored_reply reply = work(handler_tx);  // an exception aborts tx (and the handler's writes) on the way out
+    if (reply.result == triggers::outcome::retryable_failure) {
+      tx.abort();
+      return reply;
+    }
+    std::optional<std::string> payload;
+    if (!reply.payload.empty()) {
+      reply.payload = canonical_json(reply.payload);
+      payload = reply.payload;
+    }
+    tx.exec_params("INSERT INTO saga_inbox (command_id, result, payload, reason) VALUES ($1, $2, $3::jsonb, $4)",
+                   command_id, outcome_text(reply.result), payload, reply.reason);
+    tx.commit();
+    return reply;
+  } catch (...) {
+    if (detail::connection_lost(lease.get())) lease.drop();
+    detail::rethrow_translated("postgres_inbox: command " + command_id);
+  }
+}
+
+std::optional<stored_reply> postgres_inbox::find(const std::string& command_id) {
+  impl::lease lease(*impl_);
+  try {
+    pqxx::nontransaction tx(lease.conn());
+    const auto stored =
+        tx.exec_params("SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
+    if (stored.empty()) return std::nullopt;
+    return reply_from(stored[0]);
+  } catch (...) {
+    if (detail::connection_lost(lease.get())) lease.drop();
+    detail::rethrow_translated("postgres_inbox: find " + command_id);
+  }
+}
+
+}  // namespace saga::storage

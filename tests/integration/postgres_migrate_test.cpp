@@ -1,0 +1,154 @@
+// The migrations runner against a real server: idempotent, safe to run concurrently, refuses tampering.
+#include "postgres_support.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+namespace saga {
+namespace {
+
+using namespace pg_test;
+
+class postgres_migrate : public postgres_test {
+ protected:
+  [[nodiscard]] bool migrate_on_setup() const override { return false; }
+  std::vector<storage::migration> bundled() const {
+    return {storage::bundled_migrations().begin(), storage::bundled_migrations().end()};
+  }
+  std::size_t count(const std::string& sql) {
+    storage::postgres_session session(url_);
+    return std::stoul(*session.exec(sql).at(0).at(0));
+  }
+};
+
+TEST_F(postgres_migrate, bundled_migrations_are_embedded_in_order) {
+  const auto& all = storage::bundled_migrations();
+  ASSERT_GE(all.size(), 2u);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i].version, i + 1) << all[i].name;
+    EXPECT_FALSE(all[i].sql.empty()) << all[i].name;
+  }
+  EXPECT_EQ(all[0].name.substr(0, 5), "0001_");
+}
+
+TEST_F(postgres_migrate, first_run_applies_everything_and_a_second_run_is_a_no_op) {
+  const auto first = storage::migrate(url_);
+  ASSERT_EQ(first.applied.size(), storage::bundled_migrations().size());
+  for (std::size_t i = 0; i < first.applied.size(); ++i)
+    EXPECT_EQ(first.applied[i], storage::bundled_migrations()[i].name);
+  EXPECT_TRUE(storage::migrate(url_).applied.empty());
+  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size());
+  storage::postgres_session session(url_);
+  const auto rows = session.exec("SELECT name, checksum FROM saga_migrations WHERE version = 1");
+  EXPECT_EQ(*rows.at(0).at(1), storage::migration_checksum(storage::bundled_migrations()[0]));
+  // The tables exist and are usable.
+  EXPECT_EQ(count("SELECT count(*) FROM saga_events"), 0u);
+  EXPECT_EQ(count("SELECT count(*) FROM saga_instances"), 0u);
+  EXPECT_EQ(count("SELECT count(*) FROM saga_inbox"), 0u);
+}
+
+TEST_F(postgres_migrate, a_new_migration_is_applied_on_top) {
+  auto list = bundled();
+  (void)storage::migrate(url_, list);
+  list.push_back({99, "0099_extra.sql", "CREATE TABLE extra_table (id integer PRIMARY KEY);"});
+  const auto result = storage::migrate(url_, list);
+  ASSERT_EQ(result.applied, std::vector<std::string>{"0099_extra.sql"});
+  EXPECT_EQ(count("SELECT count(*) FROM extra_table"), 0u);
+}
+
+TEST_F(postgres_migrate, two_threads_migrating_at_once_both_succeed) {
+  std::vector<std::string> applied[4];
+  std::string errors[4];
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      try {
+        applied[i] = storage::migrate(url_).applied;
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  std::size_t total = 0;
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(errors[i], "");
+    total += applied[i].size();
+  }
+  EXPECT_EQ(total, storage::bundled_migrations().size()) << "each migration applied exactly once";
+  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size());
+}
+
+TEST_F(postgres_migrate, two_processes_migrating_at_once_both_succeed) {
+  constexpr int processes = 3;
+  std::vector<pid_t> children;
+  for (int i = 0; i < processes; ++i) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0) << "fork failed";
+    if (pid == 0) {
+      int code = 0;
+      try {
+        (void)storage::migrate(url_);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child migrate failed: %s\n", e.what());
+        code = 1;
+      }
+      ::_exit(code);
+    }
+    children.push_back(pid);
+  }
+  for (auto pid : children) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "a migrating process failed (see stderr)";
+  }
+  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size());
+  EXPECT_TRUE(storage::migrate(url_).applied.empty());
+}
+
+TEST_F(postgres_migrate, a_tampered_migration_is_refused_with_its_name) {
+  auto list = bundled();
+  (void)storage::migrate(url_, list);
+  list[0].sql += "\n-- edited after release\n";
+  try {
+    (void)storage::migrate(url_, list);
+    FAIL() << "a changed applied migration must be refused";
+  } catch (const storage::migration_error& e) {
+    EXPECT_NE(std::string(e.what()).find(list[0].name), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("changed"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.retryable());
+  }
+}
+
+TEST_F(postgres_migrate, an_applied_migration_missing_from_the_build_is_refused_with_its_name) {
+  auto list = bundled();
+  list.push_back({7, "0007_gone.sql", "SELECT 1;"});
+  (void)storage::migrate(url_, list);
+  list.pop_back();
+  try {
+    (void)storage::migrate(url_, list);
+    FAIL() << "a missing applied migration must be refused";
+  } catch (const storage::migration_error& e) {
+    EXPECT_NE(std::string(e.what()).find("0007_gone.sql"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(postgres_migrate, a_failing_migration_rolls_back_and_names_itself) {
+  auto list = bundled();
+  list.push_back({50, "0050_broken.sql", "CREATE TABLE half_done (id integer); SELECT no_such_column FROM half_done;"});
+  try {
+    (void)storage::migrate(url_, list);
+    FAIL() << "a broken migration must fail";
+  } catch (const storage::store_error& e) {
+    EXPECT_NE(std::string(e.what()).find("0050_broken.sql"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("42703"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(count("SELECT count(*) FROM pg_tables WHERE tablename = 'half_done' AND schemaname = current_schema()"),
+            0u);
+  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size());
+}
+
+}  // namespace
+}  // namespace saga

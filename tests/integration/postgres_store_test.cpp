@@ -1,0 +1,469 @@
+// PostgresEventStore against a real server: round trips, optimistic concurrency, group commit, idempotency keys,
+// append-only enforcement and tamper detection.
+#include "postgres_support.hpp"
+
+#include "saga/storage/hash_chain.hpp"
+#include "saga/storage/postgres_event_store.hpp"
+
+#include <barrier>
+#include <future>
+#include <set>
+#include <thread>
+
+namespace saga {
+namespace {
+
+using namespace pg_test;
+using storage::append_request;
+using storage::postgres_event_store;
+
+class postgres_store : public postgres_test {};
+
+TEST_F(postgres_store, every_event_type_round_trips_through_append_and_load) {
+  postgres_event_store store(url_);
+  const auto id = random_saga_id();
+  const auto bodies = every_event_type(id);
+  std::set<std::size_t> kinds;
+  for (const auto& b : bodies) kinds.insert(b.index());
+  ASSERT_EQ(kinds.size(), std::variant_size_v<event_body>) << "the test must cover every event type";
+
+  // First the start alone, then the rest one append at a time, then all read back.
+  std::vector<event> written;
+  std::uint64_t seq = 0;
+  for (const auto& body : bodies) {
+    append_request r;
+    r.saga = id;
+    r.saga_type = "order";
+    r.expected_seq = seq;
+    r.partition = 7;
+    r.metadata = R"({"trace_id":"t-1","causation_id":"c-)" + std::to_string(seq) + R"("})";
+    r.events.push_back(make_event(++seq, body));
+    written.push_back(r.events.back());
+    const auto result = store.append(r);
+    EXPECT_EQ(result.last_seq, seq);
+    EXPECT_GT(result.last_position, 0u);
+  }
+
+  const auto log = store.load(id);
+  ASSERT_EQ(log.size(), bodies.size());
+  std::uint64_t last_position = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    SCOPED_TRACE(std::string(type_name(written[i].body)));
+    const auto& r = log[i];
+    EXPECT_EQ(r.saga, id);
+    EXPECT_EQ(r.seq, i + 1);
+    EXPECT_GT(r.position, last_position);
+    last_position = r.position;
+    const auto expected = encode(written[i].body);
+    EXPECT_EQ(r.type, expected.type);
+    EXPECT_EQ(r.schema_version, expected.schema_version);
+    EXPECT_EQ(r.payload, expected.payload);
+    EXPECT_EQ(json_member(r.metadata, "trace_id"), "\"t-1\"");
+    const event back = r.to_event();
+    EXPECT_EQ(back.seq, written[i].seq);
+    EXPECT_EQ(back.at, written[i].at);
+    EXPECT_EQ(encode(back.body).payload, expected.payload);
+    EXPECT_EQ(back.body.index(), written[i].body.index());
+    EXPECT_GT(r.recorded_at.time_since_epoch().count(), 0);
+  }
+  EXPECT_EQ(storage::verify_chain(log), std::nullopt);
+
+  const auto summary = store.find(id);
+  ASSERT_TRUE(summary.has_value());
+  EXPECT_EQ(summary->type, "order");
+  EXPECT_EQ(summary->definition_version, 3u);
+  EXPECT_EQ(summary->last_seq, bodies.size());
+  EXPECT_EQ(summary->partition, 7);
+  EXPECT_EQ(summary->idempotency_key, "key-" + id.to_string());
+  EXPECT_EQ(summary->started_at, written.front().at);
+  EXPECT_EQ(summary->updated_at, written.back().at);
+
+  const auto all = store.read_all(log.front().position, 1000);
+  ASSERT_EQ(all.size(), log.size());
+  for (std::size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i].hash, log[i].hash);
+  EXPECT_EQ(store.read_all(log.front().position, 3).size(), 3u);
+  EXPECT_TRUE(store.load(random_saga_id()).empty());
+  EXPECT_FALSE(store.find(random_saga_id()).has_value());
+}
+
+TEST_F(postgres_store, concurrent_appenders_on_one_saga_exactly_one_wins_each_seq) {
+  postgres_event_store store(url_);
+  const auto id = random_saga_id();
+  store.append(start_request(id));
+  constexpr int writers = 8;
+  constexpr std::uint64_t rounds = 30;
+  std::barrier sync(writers);
+  std::vector<std::vector<std::uint64_t>> won(writers);
+  std::atomic<int> conflicts{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w)
+    threads.emplace_back([&, w] {
+      for (std::uint64_t round = 1; round <= rounds; ++round) {
+        sync.arrive_and_wait();  // everyone appends after seq `round` at once
+        try {
+          store.append(next_request(id, round, 1, "writer-" + std::to_string(w)));
+          won[w].push_back(round + 1);
+        } catch (const storage::concurrency_conflict& c) {
+          EXPECT_EQ(c.saga(), id);
+          EXPECT_EQ(c.expected(), round);
+          EXPECT_EQ(c.actual(), round + 1);
+          EXPECT_TRUE(c.retryable());
+          ++conflicts;
+        }
+        sync.arrive_and_wait();
+      }
+    });
+  for (auto& t : threads) t.join();
+  std::multiset<std::uint64_t> seqs;
+  for (const auto& w : won) seqs.insert(w.begin(), w.end());
+  for (std::uint64_t seq = 2; seq <= rounds + 1; ++seq) EXPECT_EQ(seqs.count(seq), 1u) << "seq " << seq;
+  EXPECT_EQ(conflicts.load(), static_cast<int>((writers - 1) * rounds));
+  const auto log = store.load(id);
+  ASSERT_EQ(log.size(), rounds + 1);
+  EXPECT_EQ(storage::verify_chain(log), std::nullopt);
+  EXPECT_EQ(store.find(id)->last_seq, rounds + 1);
+}
+
+TEST_F(postgres_store, a_thousand_sagas_from_32_threads_are_group_committed_gap_free_and_chained) {
+  postgres_event_store store(url_);
+  constexpr int threads_count = 32;
+  constexpr int sagas = 1000;
+  constexpr std::uint64_t appends_per_saga = 5;  // the start, then four single-event appends
+  std::vector<saga_id> ids(sagas);
+  for (auto& id : ids) id = random_saga_id();
+  std::atomic<int> next{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < threads_count; ++t)
+    threads.emplace_back([&] {
+      for (int i = next++; i < sagas; i = next++) {
+        try {
+          store.append(start_request(ids[i], "", 1));
+          for (std::uint64_t seq = 2; seq < appends_per_saga + 1; ++seq) store.append(next_request(ids[i], seq));
+        } catch (const std::exception& e) {
+          ++failures;
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  const auto stats = store.stats();
+  EXPECT_EQ(stats.appends, sagas * appends_per_saga);
+  EXPECT_LT(stats.batches, stats.appends) << "appends from many threads must share transactions";
+  for (const auto& id : ids) {
+    const auto log = store.load(id);
+    ASSERT_EQ(log.size(), appends_per_saga + 1);
+    for (std::size_t i = 0; i < log.size(); ++i) {
+      EXPECT_EQ(log[i].seq, i + 1);
+      if (i > 0) {
+        EXPECT_GT(log[i].position, log[i - 1].position);
+      }
+    }
+    const auto broken = storage::verify_chain(log);
+    EXPECT_EQ(broken, std::nullopt) << id.to_string() << " seq " << broken->seq << ": " << broken->why;
+  }
+  // The global order holds every event exactly once.
+  std::size_t total = 0;
+  std::uint64_t from = 0, last = 0;
+  for (;;) {
+    const auto page = store.read_all(from, 997);
+    if (page.empty()) break;
+    for (const auto& e : page) {
+      EXPECT_GT(e.position, last);
+      last = e.position;
+    }
+    total += page.size();
+    from = page.back().position + 1;
+  }
+  EXPECT_EQ(total, sagas * (appends_per_saga + 1));
+}
+
+TEST_F(postgres_store, a_new_saga_over_an_existing_one_and_a_wrong_seq_conflict) {
+  postgres_event_store store(url_);
+  const auto id = random_saga_id();
+  store.append(start_request(id, "", 2));
+  try {
+    store.append(start_request(id));
+    FAIL() << "starting an existing saga must conflict";
+  } catch (const storage::concurrency_conflict& c) {
+    EXPECT_EQ(c.expected(), 0u);
+    EXPECT_EQ(c.actual(), 3u);
+  }
+  EXPECT_THROW(store.append(next_request(id, 5)), storage::concurrency_conflict);
+  EXPECT_THROW(store.append(next_request(random_saga_id(), 1)), storage::concurrency_conflict);
+  // A malformed request fails alone with store_error, not retryable.
+  auto bad = next_request(id, 3);
+  bad.events.front().seq = 9;
+  try {
+    store.append(bad);
+    FAIL() << "a seq gap must be refused";
+  } catch (const storage::concurrency_conflict&) {
+    FAIL() << "not a conflict";
+  } catch (const storage::store_error& e) {
+    EXPECT_FALSE(e.retryable());
+  }
+  EXPECT_EQ(store.append(next_request(id, 3)).last_seq, 4u);
+}
+
+TEST_F(postgres_store, one_conflict_fails_only_its_own_append_in_a_batch) {
+  postgres_event_store store(url_);
+  const auto blocker = random_saga_id(), good1 = random_saga_id(), good2 = random_saga_id(), stale = random_saga_id();
+  for (const auto& id : {blocker, good1, good2, stale}) store.append(start_request(id));
+  store.append(next_request(stale, 1));
+  const auto batches_before = store.stats().batches;
+
+  std::vector<std::future<std::exception_ptr>> results;
+  auto submit = [&](append_request request) {
+    auto promise = std::make_shared<std::promise<std::exception_ptr>>();
+    results.push_back(promise->get_future());
+    store.async_append(std::move(request),
+                       [promise](std::exception_ptr error, storage::append_result) { promise->set_value(error); });
+  };
+  storage::postgres_session locker(url_), watcher(url_);
+  locker.run([&](storage::transaction& tx) {
+    // Hold the blocker saga's row: the writer's next batch (the blocker's append) waits for it mid-statement.
+    tx.exec("SELECT 1 FROM saga_instances WHERE id = $1::uuid FOR UPDATE", {blocker.to_string()});
+    const std::string xid = *tx.exec("SELECT mod(pg_current_xact_id()::text::numeric, 4294967296)::text")[0][0];
+    submit(next_request(blocker, 1));
+    while (*watcher.exec("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+                         " AND transactionid::text = $1",
+                         {xid})[0][0] == "0") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // waiting to observe the writer blocked
+    }
+    // The writer is stuck, so these three queue up and go out together as the next batch.
+    submit(next_request(good1, 1));
+    submit(next_request(stale, 1));
+    submit(next_request(good2, 1));
+  });
+  EXPECT_EQ(results[0].get(), nullptr);
+  EXPECT_EQ(results[1].get(), nullptr);
+  auto conflict = results[2].get();
+  ASSERT_NE(conflict, nullptr);
+  try {
+    std::rethrow_exception(conflict);
+  } catch (const storage::concurrency_conflict& c) {
+    EXPECT_EQ(c.saga(), stale);
+    EXPECT_EQ(c.actual(), 2u);
+  }
+  EXPECT_EQ(results[3].get(), nullptr);
+  EXPECT_EQ(store.stats().batches - batches_before, 2u) << "the three appends shared one transaction";
+  EXPECT_EQ(store.load(good1).size(), 2u);
+  EXPECT_EQ(store.load(good2).size(), 2u);
+  EXPECT_EQ(store.load(stale).size(), 2u);
+  for (const auto& id : {blocker, good1, good2, stale}) EXPECT_EQ(storage::verify_chain(store.load(id)), std::nullopt);
+}
+
+TEST_F(postgres_store, a_head_moved_by_another_store_is_a_conflict_then_appends_continue) {
+  postgres_event_store first(url_), second(url_);
+  const auto id = random_saga_id();
+  first.append(start_request(id));
+  second.append(next_request(id, 1));  // `first` still remembers seq 1 as the head
+  EXPECT_THROW(first.append(next_request(id, 1)), storage::concurrency_conflict);
+  EXPECT_EQ(first.append(next_request(id, 2)).last_seq, 3u);
+  EXPECT_EQ(second.append(next_request(id, 3)).last_seq, 4u);
+  const auto log = first.load(id);
+  ASSERT_EQ(log.size(), 4u);
+  EXPECT_EQ(storage::verify_chain(log), std::nullopt);
+}
+
+TEST_F(postgres_store, an_idempotency_key_returns_the_existing_saga) {
+  postgres_event_store store(url_);
+  const auto first = random_saga_id(), second = random_saga_id();
+  const std::string key = "checkout-" + std::to_string(random_word());
+  store.append(start_request(first, key));
+  try {
+    store.append(start_request(second, key));
+    FAIL() << "a second saga with the same key must be refused";
+  } catch (const storage::duplicate_idempotency_key& e) {
+    EXPECT_EQ(e.existing(), first);
+  }
+  EXPECT_TRUE(store.load(second).empty());
+  EXPECT_FALSE(store.find(second).has_value());
+  EXPECT_EQ(store.find_by_idempotency_key("order", key), first);
+  EXPECT_EQ(store.find_by_idempotency_key("order", "no-such-key"), std::nullopt);
+  EXPECT_EQ(store.find_by_idempotency_key("other-type", key), std::nullopt);
+  // Sagas without a key never collide.
+  store.append(start_request(random_saga_id()));
+  store.append(start_request(random_saga_id()));
+}
+
+TEST_F(postgres_store, concurrent_starts_with_one_key_yield_one_saga) {
+  postgres_event_store store(url_);
+  const std::string key = "k-" + std::to_string(random_word());
+  constexpr int starters = 16;
+  std::vector<saga_id> ids(starters);
+  for (auto& id : ids) id = random_saga_id();
+  std::vector<std::future<std::exception_ptr>> results;
+  for (const auto& id : ids) {
+    auto promise = std::make_shared<std::promise<std::exception_ptr>>();
+    results.push_back(promise->get_future());
+    store.async_append(start_request(id, key),
+                       [promise](std::exception_ptr e, storage::append_result) { promise->set_value(e); });
+  }
+  int winners = 0;
+  for (auto& r : results) {
+    auto error = r.get();
+    if (!error) {
+      ++winners;
+      continue;
+    }
+    EXPECT_THROW(std::rethrow_exception(error), storage::duplicate_idempotency_key);
+  }
+  EXPECT_EQ(winners, 1);
+  const auto owner = store.find_by_idempotency_key("order", key);
+  ASSERT_TRUE(owner.has_value());
+  for (const auto& id : ids) EXPECT_EQ(store.find(id).has_value(), id == *owner);
+}
+
+TEST_F(postgres_store, list_unfinished_follows_status_and_partition) {
+  postgres_event_store store(url_);
+  const auto a = random_saga_id(), b = random_saga_id(), c = random_saga_id();
+  store.append(start_request(a, "", 0, 1));
+  store.append(start_request(b, "", 0, 2));
+  store.append(start_request(c, "", 0, 1));
+  auto done = next_request(c, 1);
+  done.events.front().body = events::saga_completed{"{}"};
+  done.status_after = saga_status::completed;
+  done.partition = 1;
+  store.append(done);
+  auto stuck = next_request(b, 1);
+  stuck.events.front().body = events::saga_stuck{"reserve", false, "operator needed"};
+  stuck.status_after = saga_status::stuck;
+  store.append(stuck);
+
+  auto ids_of = [](const std::vector<storage::saga_summary>& list) {
+    std::set<saga_id> out;
+    for (const auto& s : list) out.insert(s.id);
+    return out;
+  };
+  EXPECT_EQ(ids_of(store.list_unfinished({})), (std::set<saga_id>{a, b}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{1}})), (std::set<saga_id>{a}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{2, 3}})), (std::set<saga_id>{b}));
+  EXPECT_EQ(store.find(b)->status, saga_status::stuck);
+  EXPECT_EQ(store.find(c)->status, saga_status::completed);
+}
+
+TEST_F(postgres_store, list_and_count_by_status_read_the_instances_table) {
+  postgres_event_store store(url_);
+  std::vector<saga_id> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(random_saga_id());
+    auto start = start_request(ids.back());
+    start.events.front().at = at_ms(1'700'000'000'000 + i * 1000);
+    store.append(start);
+  }
+  auto done = next_request(ids[1], 1);
+  done.events.front().body = events::saga_completed{"{}"};
+  done.status_after = saga_status::completed;
+  store.append(done);
+  auto other_type = start_request(random_saga_id());
+  other_type.saga_type = "refund";
+  store.append(other_type);
+
+  const auto all_orders = store.list({"order", std::nullopt, std::nullopt, std::nullopt, 100});
+  ASSERT_EQ(all_orders.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(all_orders[i].id, ids[i]) << "oldest start first";
+  EXPECT_EQ(store.list({"", std::nullopt, std::nullopt, std::nullopt, 100}).size(), 6u);
+  const auto completed = store.list({"order", saga_status::completed, std::nullopt, std::nullopt, 100});
+  ASSERT_EQ(completed.size(), 1u);
+  EXPECT_EQ(completed[0].id, ids[1]);
+  const auto window = store.list({"order", std::nullopt, at_ms(1'700'000'001'000), at_ms(1'700'000'003'000), 100});
+  ASSERT_EQ(window.size(), 3u);
+  EXPECT_EQ(window.front().id, ids[1]);
+  EXPECT_EQ(window.back().id, ids[3]);
+  EXPECT_EQ(store.list({"order", std::nullopt, std::nullopt, std::nullopt, 2}).size(), 2u);
+
+  using counts = std::vector<std::pair<saga_status, std::uint64_t>>;
+  EXPECT_EQ(store.count_by_status("order"), (counts{{saga_status::running, 4}, {saga_status::completed, 1}}));
+  EXPECT_EQ(store.count_by_status(""), (counts{{saga_status::running, 5}, {saga_status::completed, 1}}));
+  EXPECT_EQ(store.count_by_status("nothing"), counts{});
+}
+
+TEST_F(postgres_store, update_delete_and_truncate_of_events_are_refused) {
+  postgres_event_store store(url_);
+  const auto id = random_saga_id();
+  store.append(start_request(id, "", 2));
+  storage::postgres_session sql(url_);
+  for (const std::string statement : {"UPDATE saga_events SET payload = '{}'::jsonb WHERE saga_id = $1::uuid",
+                                      "DELETE FROM saga_events WHERE saga_id = $1::uuid"}) {
+    try {
+      sql.exec(statement, {id.to_string()});
+      ADD_FAILURE() << "must be refused: " << statement;
+    } catch (const storage::store_error& e) {
+      EXPECT_NE(std::string(e.what()).find("append-only"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("23001"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    sql.exec("TRUNCATE saga_events");
+    ADD_FAILURE() << "TRUNCATE must be refused";
+  } catch (const storage::store_error& e) {
+    EXPECT_NE(std::string(e.what()).find("append-only: TRUNCATE"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(store.load(id).size(), 3u);
+  EXPECT_EQ(storage::verify_chain(store.load(id)), std::nullopt);
+}
+
+TEST_F(postgres_store, a_row_altered_behind_the_trigger_is_caught_by_chain_verification) {
+  postgres_event_store store(url_);
+  const auto id = random_saga_id();
+  const auto other = random_saga_id();
+  store.append(start_request(id, "", 3));
+  store.append(start_request(other, "", 3));
+  storage::postgres_session sql(url_);
+  // An attacker with owner rights switches the trigger off, edits seq 3's payload and switches it back on.
+  sql.run([&](storage::transaction& tx) {
+    tx.exec("ALTER TABLE saga_events DISABLE TRIGGER saga_events_append_only");
+    tx.exec(
+        "UPDATE saga_events SET payload = payload || jsonb_build_object('service', $2::text)"
+        " WHERE saga_id = $1::uuid AND seq = 3",
+        {id.to_string(), std::string("attacker")});
+    tx.exec("ALTER TABLE saga_events ENABLE TRIGGER saga_events_append_only");
+  });
+  const auto broken = storage::verify_chain(store.load(id));
+  ASSERT_TRUE(broken.has_value());
+  EXPECT_EQ(broken->saga, id);
+  EXPECT_EQ(broken->seq, 3u);
+  EXPECT_NE(broken->why.find("altered"), std::string::npos) << broken->why;
+  EXPECT_EQ(storage::verify_chain(store.load(other)), std::nullopt);
+
+  // Removing an event (trigger off again) is caught as a gap at that seq.
+  sql.run([&](storage::transaction& tx) {
+    tx.exec("ALTER TABLE saga_events DISABLE TRIGGER saga_events_append_only");
+    tx.exec("DELETE FROM saga_events WHERE saga_id = $1::uuid AND seq = 2", {other.to_string()});
+    tx.exec("ALTER TABLE saga_events ENABLE TRIGGER saga_events_append_only");
+  });
+  const auto gap = storage::verify_chain(store.load(other));
+  ASSERT_TRUE(gap.has_value());
+  EXPECT_EQ(gap->saga, other);
+  EXPECT_EQ(gap->seq, 2u);
+}
+
+TEST_F(postgres_store, the_destructor_fails_or_finishes_every_queued_append) {
+  std::vector<std::future<std::exception_ptr>> results;
+  {
+    postgres_event_store store(url_);
+    for (int i = 0; i < 200; ++i) {
+      auto promise = std::make_shared<std::promise<std::exception_ptr>>();
+      results.push_back(promise->get_future());
+      store.async_append(start_request(random_saga_id()),
+                         [promise](std::exception_ptr e, storage::append_result) { promise->set_value(e); });
+    }
+  }
+  for (auto& r : results) {
+    ASSERT_EQ(r.wait_for(std::chrono::seconds(0)), std::future_status::ready)
+        << "every callback ran before the destructor returned";
+    if (auto error = r.get()) {
+      EXPECT_THROW(std::rethrow_exception(error), storage::store_unavailable);
+    }
+  }
+}
+
+TEST_F(postgres_store, an_unreachable_server_is_store_unavailable) {
+  EXPECT_THROW(postgres_event_store("postgresql://saga@127.0.0.1:1/saga?connect_timeout=2"),
+               storage::store_unavailable);
+}
+
+}  // namespace
+}  // namespace saga
