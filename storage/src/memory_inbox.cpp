@@ -36,9 +36,10 @@ stored_reply handle_command(inbox& box, const std::string& command_id, const std
     });
     if (forward.result != triggers::outcome::success) {
       // The forward command never took effect (and now never will): nothing to undo.
-      return box.process(command_id, [](transaction&) {
-        return stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""};
-      });
+      return box.process(
+          command_id,
+          [](transaction&) { return stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""}; },
+          ran);
     }
   }
   return box.process(command_id, work, ran);

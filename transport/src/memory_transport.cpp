@@ -11,28 +11,27 @@ bool take_failure(std::size_t& failures) {
 }  // namespace
 
 void memory_transport::send_command(const command_message& command, delivery_callback done) {
+  bool failed = false;
   {
     std::lock_guard lock(mutex_);
-    if (take_failure(failures_)) {
-      if (done) done(std::make_exception_ptr(transport_error("injected send failure")));
-      return;
+    failed = take_failure(failures_);
+    if (!failed) {
+      commands_.push_back(command);
+      log_.push_back(command);
     }
-    commands_.push_back(command);
-    log_.push_back(command);
   }
-  if (done) done(nullptr);
+  // Callbacks run outside the lock: they may send again.
+  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure")) : nullptr);
 }
 
 void memory_transport::send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) {
+  bool failed = false;
   {
     std::lock_guard lock(mutex_);
-    if (take_failure(failures_)) {
-      if (done) done(std::make_exception_ptr(transport_error("injected send failure")));
-      return;
-    }
-    replies_.emplace_back(reply_to, reply);
+    failed = take_failure(failures_);
+    if (!failed) replies_.emplace_back(reply_to, reply);
   }
-  if (done) done(nullptr);
+  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure")) : nullptr);
 }
 
 void memory_transport::on_reply(const std::string& saga_type, reply_handler handler) {
@@ -94,6 +93,19 @@ std::vector<command_message> memory_transport::sent_commands() const {
 void memory_transport::fail_next_send(std::size_t count) {
   std::lock_guard lock(mutex_);
   failures_ += count;
+}
+
+void memory_transport::dead_letter(const command_message& command, const std::string& reason, delivery_callback done) {
+  {
+    std::lock_guard lock(mutex_);
+    dead_letters_.emplace_back(command, reason);
+  }
+  if (done) done(nullptr);
+}
+
+std::vector<std::pair<command_message, std::string>> memory_transport::dead_letters() const {
+  std::lock_guard lock(mutex_);
+  return dead_letters_;
 }
 
 }  // namespace saga::transport

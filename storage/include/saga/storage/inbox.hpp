@@ -52,7 +52,8 @@ class inbox {
 //    ("compensated before it ran") is stored for it, so a late duplicate can never apply it, and the compensation
 //    answers success without running `work` — there is nothing to undo; if it was rejected, likewise; if it
 //    succeeded, `work` runs once for the compensation's own command id.
-// `ran`, when given, is set to whether `work` ran.
+// `ran`, when given, is set to whether this delivery was the first (its reply was produced now, by `work` or by
+// the fence, rather than read back from the inbox).
 stored_reply handle_command(inbox& box, const std::string& command_id, const std::string& compensates,
                             const std::function<stored_reply(transaction&)>& work, bool* ran = nullptr);
 

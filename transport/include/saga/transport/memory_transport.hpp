@@ -18,6 +18,8 @@ class memory_transport final : public transport {
   void on_reply(const std::string& saga_type, reply_handler handler) override;
   void on_command(const std::string& service, command_handler handler) override;
   void send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) override;
+  // Records `command` with `reason` in dead_letters() (never fails).
+  void dead_letter(const command_message& command, const std::string& reason, delivery_callback done) override;
 
   // Delivers queued messages to handlers until none is deliverable; returns how many were delivered.
   std::size_t pump();
@@ -27,6 +29,8 @@ class memory_transport final : public transport {
   [[nodiscard]] std::vector<command_message> sent_commands() const;
   // Makes the next send_command/send_reply fail with a retryable transport_error (fault injection).
   void fail_next_send(std::size_t count = 1);
+  // Commands parked by dead_letter(), with their reasons, in order.
+  [[nodiscard]] std::vector<std::pair<command_message, std::string>> dead_letters() const;
 
  private:
   mutable std::mutex mutex_;
@@ -35,6 +39,7 @@ class memory_transport final : public transport {
   std::map<std::string, command_handler> command_handlers_;
   std::map<std::string, reply_handler> reply_handlers_;
   std::vector<command_message> log_;
+  std::vector<std::pair<command_message, std::string>> dead_letters_;
   std::size_t failures_ = 0;
 };
 

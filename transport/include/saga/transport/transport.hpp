@@ -3,9 +3,12 @@
 
 #include "saga/transport/message.hpp"
 
+#include <cstdint>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <stdexcept>
+#include <vector>
 
 namespace saga::transport {
 
@@ -29,6 +32,16 @@ using handled_callback = std::function<void()>;
 using command_handler = std::function<void(command_message, handled_callback)>;
 using reply_handler = std::function<void(reply_message, handled_callback)>;
 
+// One partition of a topic this process consumes; `name` is the saga type (reply topics) or service (command topics).
+struct topic_partition {
+  std::string topic;
+  std::int32_t partition = 0;
+  std::string name;
+  friend bool operator==(const topic_partition&, const topic_partition&) = default;
+};
+// Told which partitions were just assigned to (or revoked from) this process.
+using partitions_callback = std::function<void(const std::vector<topic_partition>&)>;
+
 // A transport. Implementations are thread-safe; handlers may run on the transport's own threads.
 class transport {
  public:
@@ -41,6 +54,29 @@ class transport {
   virtual void on_command(const std::string& service, command_handler handler) = 0;
   // Participant side: sends a reply back to `reply_to`.
   virtual void send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) = 0;
+
+  // Additive hooks (defaults keep simple transports simple).
+  // Parks `command` in the dead-letter place of its service with `reason`; `done` reports whether it was stored.
+  // Default: fails with a non-retryable transport_error (this transport has no dead-letter place).
+  virtual void dead_letter(const command_message& command, const std::string& reason, delivery_callback done) {
+    (void)command;
+    (void)reason;
+    if (done) done(std::make_exception_ptr(transport_error("this transport has no dead-letter place", false)));
+  }
+  // Called (on the transport's thread) with the partitions this process now owns, so an orchestrator can recover
+  // the sagas of those partitions; set before registering handlers. Default: never called (owns everything).
+  virtual void on_partitions_assigned(partitions_callback callback) { (void)callback; }
+  // Called after the partitions' in-flight messages were handled and committed, before another process gets them.
+  virtual void on_partitions_revoked(partitions_callback callback) { (void)callback; }
+  // The partition of the reply topic of `saga_type` that carries `saga`'s replies; nullopt when the transport does
+  // not partition (everything is owned by this process) or the partition count is not known yet (retry later).
+  [[nodiscard]] virtual std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) {
+    (void)saga_type;
+    (void)saga;
+    return std::nullopt;
+  }
+  // Stops receiving: finishes and commits in-flight messages, flushes sends. Idempotent; never throws.
+  virtual void stop() noexcept {}
 };
 
 }  // namespace saga::transport

@@ -1,0 +1,147 @@
+// The participant helper over the in-memory transport and inbox: dedup, stored replies, dead letters, retries.
+#include "saga/transport/memory_transport.hpp"
+#include "saga/transport/participant.hpp"
+
+#include <gtest/gtest.h>
+
+namespace st = saga::transport;
+
+namespace {
+
+st::command_message command(std::string type, std::uint64_t n = 1) {
+  st::command_message c;
+  c.saga = saga::saga_id::from_words(7, n);
+  c.command_id = c.saga.to_string() + ":1";
+  c.saga_type = "order";
+  c.step = "reserve";
+  c.attempt = 1;
+  c.service = "inventory";
+  c.command_type = std::move(type);
+  c.payload = "{}";
+  c.reply_to = "order";
+  return c;
+}
+
+struct kafka_participant_memory : ::testing::Test {
+  st::memory_transport transport;
+  saga::storage::memory_inbox inbox;
+  std::vector<st::reply_message> replies;
+  int runs = 0;
+  int throws_left = 0;
+  std::unique_ptr<st::participant> p;
+  std::vector<std::string> log;
+
+  void SetUp() override {
+    st::participant_options o;
+    o.service = "inventory";
+    o.max_handler_failures = 2;
+    o.retry_backoff = std::chrono::milliseconds(0);
+    o.log = [this](st::log_level, std::string_view line) { log.emplace_back(line); };
+    p = std::make_unique<st::participant>(transport, inbox, o);
+    p->handle("reserve", [this](const st::command_message& c, saga::storage::transaction&) {
+      ++runs;
+      if (throws_left > 0) {
+        --throws_left;
+        throw std::runtime_error("database hiccup");
+      }
+      return st::success(R"({"id":")" + c.command_id + R"("})");
+    });
+    p->handle("busy", [this](const st::command_message&, saga::storage::transaction&) {
+      ++runs;
+      return st::retryable("locked");
+    });
+    p->start();
+    transport.on_reply("order", [this](st::reply_message r, st::handled_callback h) {
+      replies.push_back(std::move(r));
+      h();
+    });
+  }
+  void send(const st::command_message& c) {
+    transport.send_command(c, nullptr);
+    transport.pump();
+  }
+};
+
+}  // namespace
+
+TEST_F(kafka_participant_memory, first_delivery_runs_the_handler_and_repeats_get_the_stored_reply) {
+  auto c = command("reserve");
+  for (int i = 0; i < 3; ++i) send(c);
+  EXPECT_EQ(runs, 1);
+  ASSERT_EQ(replies.size(), 3u);
+  for (const auto& r : replies) {
+    EXPECT_EQ(r.command_id, c.command_id);
+    EXPECT_EQ(r.saga, c.saga);
+    EXPECT_EQ(r.step, "reserve");
+    EXPECT_EQ(r.attempt, 1u);
+    EXPECT_EQ(r.result, saga::triggers::outcome::success);
+    EXPECT_EQ(r.payload, R"({"id":")" + c.command_id + R"("})");
+  }
+  EXPECT_EQ(p->stats().executed, 1u);
+  EXPECT_EQ(p->stats().duplicates, 2u);
+  EXPECT_EQ(p->stats().replies_sent, 3u);
+}
+
+TEST_F(kafka_participant_memory, unknown_command_type_is_dead_lettered_and_the_next_one_is_processed) {
+  send(command("teleport", 1));
+  send(command("reserve", 2));
+  auto dead = transport.dead_letters();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].first.command_type, "teleport");
+  EXPECT_EQ(dead[0].second, "unknown command type 'teleport' for service inventory (known: busy, reserve)");
+  EXPECT_EQ(p->stats().dead_lettered, 1u);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].command_id, command("reserve", 2).command_id);
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log[0].find("dead letter"), std::string::npos);
+}
+
+TEST_F(kafka_participant_memory, a_handler_that_throws_is_retried_then_dead_lettered) {
+  throws_left = 2;  // two failures are within max_handler_failures
+  send(command("reserve", 1));
+  EXPECT_EQ(runs, 3);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(transport.dead_letters().empty());
+
+  runs = 0;
+  throws_left = 100;
+  send(command("reserve", 2));
+  EXPECT_EQ(runs, 3);  // more than 2 failures: parked
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_EQ(transport.dead_letters()[0].second, "handler for reserve threw 3 times; last: database hiccup");
+  EXPECT_EQ(replies.size(), 1u);
+}
+
+TEST_F(kafka_participant_memory, retryable_answers_store_nothing_so_a_resend_runs_again) {
+  auto c = command("busy");
+  send(c);
+  send(c);
+  EXPECT_EQ(runs, 2);
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(replies[1].result, saga::triggers::outcome::retryable_failure);
+  EXPECT_EQ(replies[1].reason, "locked");
+  EXPECT_FALSE(inbox.find(c.command_id));
+}
+
+TEST_F(kafka_participant_memory, a_failed_reply_send_is_retried) {
+  transport.send_command(command("reserve"), nullptr);
+  transport.fail_next_send(2);  // the first two reply sends fail
+  transport.pump();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(p->stats().reply_failures, 2u);
+}
+
+TEST(kafka_participant, rejects_bad_registrations) {
+  st::memory_transport t;
+  saga::storage::memory_inbox inbox;
+  EXPECT_THROW(st::participant(t, inbox, {}), std::invalid_argument);
+  st::participant_options o;
+  o.service = "s";
+  st::participant p(t, inbox, o);
+  EXPECT_THROW(p.start(), std::logic_error);
+  auto h = [](const st::command_message&, saga::storage::transaction&) { return st::success(); };
+  p.handle("a", h);
+  EXPECT_THROW(p.handle("a", h), std::invalid_argument);
+  p.start();
+  EXPECT_THROW(p.handle("b", h), std::logic_error);
+}

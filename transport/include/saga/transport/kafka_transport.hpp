@@ -1,0 +1,143 @@
+// saga/transport/kafka_transport.hpp — the Kafka transport (librdkafka underneath; no Kafka types leak out).
+#pragma once
+
+#include "saga/transport/envelope.hpp"
+#include "saga/transport/log.hpp"
+#include "saga/transport/transport.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace saga::transport {
+
+// How a kafka_transport connects and behaves. Defaults suit the embedded broker and a LAN cluster alike.
+struct kafka_config {
+  // "host:port,host:port"; from_env() takes SAGA_KAFKA_BROKERS.
+  std::string bootstrap_servers;
+  // Topic names are "<prefix>.<service>.commands" and "<prefix>.<saga type>.replies" unless overridden below.
+  std::string topic_prefix = "saga";
+  // client.id of both clients (shows in broker logs and metrics).
+  std::string client_id = "saga";
+  // Consumer group of this process's role (e.g. "orders-orchestrator", "inventory"); needed to receive anything.
+  std::string group_id;
+  // ce_source of what this process sends.
+  std::string source = "/saga";
+  // linger.ms: how long the producer waits to fill a batch. 1 ms costs ~1 ms of latency and keeps batching under
+  // load; 0 sends every message in its own request when the queue is idle.
+  int linger_ms = 1;
+  // fetch.wait.max.ms: how long a broker may hold a fetch when no data is there. The embedded (mock) broker always
+  // holds it this long, so it bounds the one-way latency there (1 ms → ~3 ms round trip; librdkafka's 500 ms default
+  // → ~1 s). A real cluster answers as soon as data arrives: use 100–500 ms there to save idle requests.
+  int fetch_wait_max_ms = 1;
+  // queue.buffering.max.messages: the producer's bound. When full, sends block up to `enqueue_timeout`, then fail
+  // with a retryable transport_error (back-pressure reaches the caller; nothing is dropped silently).
+  int max_queued_messages = 100000;
+  std::chrono::milliseconds enqueue_timeout{5000};
+  // Received messages not yet handled, per process; beyond it the poll thread waits for handled() calls.
+  std::size_t max_unhandled = 10000;
+  // How often handled offsets are committed (asynchronously; synchronously on revoke and stop).
+  std::chrono::milliseconds commit_interval{50};
+  // How long a revoke (or stop) waits for in-flight messages to be handled before giving their partitions up.
+  std::chrono::milliseconds revoke_timeout{30000};
+  // Extra librdkafka properties (SASL, TLS, …) for both clients; keys "producer.X" / "consumer.X" go to one only.
+  // Applied last, so they override everything above.
+  std::map<std::string, std::string> properties;
+  // Topic naming overrides (empty = the defaults above).
+  std::function<std::string(const std::string& service)> command_topic;
+  std::function<std::string(const std::string& saga_type)> reply_topic;
+  // Dead-letter topic = original topic + this suffix.
+  std::string dead_letter_suffix = ".dlq";
+  // Where log lines go (default: stderr, info and above).
+  logger log;
+
+  // A config for the cluster named by SAGA_KAFKA_BROKERS; throws transport_error(non-retryable) when it is unset.
+  [[nodiscard]] static kafka_config from_env(std::string group_id = {});
+};
+
+// A raw record as received (for dead-letter readers, tools and tests).
+struct raw_record {
+  std::string topic;
+  std::int32_t partition = 0;
+  std::int64_t offset = 0;
+  std::string key;
+  header_list headers;
+  std::string value;
+};
+using raw_handler = std::function<void(raw_record, handled_callback)>;
+
+// Counters of one transport (monotonic; read any time).
+struct kafka_stats {
+  std::uint64_t sent = 0;               // records accepted into the producer queue
+  std::uint64_t delivered = 0;          // records acknowledged by the cluster
+  std::uint64_t delivery_failures = 0;  // records the cluster did not take (reported to their callbacks)
+  std::uint64_t queue_full = 0;         // sends that found the queue full (waited or failed)
+  std::uint64_t received = 0;           // records handed to handlers
+  std::uint64_t dead_lettered = 0;      // records parked in a dead-letter topic by this transport (decode errors)
+  std::uint64_t commits = 0;            // offset commits issued
+};
+
+// Kafka implementation of `transport`. Every record is keyed by saga id (one saga stays in one partition, in
+// order); the producer is idempotent with acks=all. One consumer (group `group_id`) receives every topic this
+// process registered a handler for, on one poll thread; handlers run on that thread and may call `handled` from
+// any thread; offsets are committed only up to the first message not yet handled. Records that cannot be decoded
+// go to "<topic><dead_letter_suffix>" with the reason in header saga_dlq_reason, and the consumer moves on.
+class kafka_transport final : public transport {
+ public:
+  // Creates the producer (the consumer is created on the first registration). Throws transport_error
+  // (non-retryable) for an invalid config.
+  explicit kafka_transport(kafka_config config);
+  // Stops (see stop()).
+  ~kafka_transport() override;
+  kafka_transport(const kafka_transport&) = delete;
+  kafka_transport& operator=(const kafka_transport&) = delete;
+
+  // Sends to the command topic of command.service. `done` runs on the producer thread once the cluster
+  // acknowledged it or with the error (transport_error: retryable() says whether resending can help).
+  // Blocks up to enqueue_timeout while the producer queue is full, then fails `done` with a retryable error.
+  void send_command(const command_message& command, delivery_callback done) override;
+  // Subscribes to the reply topic of `saga_type`. Throws transport_error when group_id is empty.
+  void on_reply(const std::string& saga_type, reply_handler handler) override;
+  // Subscribes to the command topic of `service`. Throws transport_error when group_id is empty.
+  void on_command(const std::string& service, command_handler handler) override;
+  // Sends `reply` to topic `reply_to` (as given by the command); `done` as for send_command.
+  void send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) override;
+  // Sends `command` with header saga_dlq_reason to its command topic + dead_letter_suffix; `done` as above.
+  void dead_letter(const command_message& command, const std::string& reason, delivery_callback done) override;
+  // Sets the assignment callbacks (call before registering handlers).
+  void on_partitions_assigned(partitions_callback callback) override;
+  void on_partitions_revoked(partitions_callback callback) override;
+  // The reply-topic partition of `saga` (murmur2 of the key, as Java clients compute it); nullopt until the topic's
+  // partition count is known (after the first metadata answer; retry later).
+  [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
+  // Leaves the group (revoke: in-flight handled + committed, up to revoke_timeout) and flushes the producer.
+  void stop() noexcept override;
+
+  // Sends a raw record (tools and tests: arbitrary bytes); `done` as for send_command.
+  void send_raw(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,
+                delivery_callback done);
+  // Subscribes to `topic` receiving raw records (e.g. a dead-letter topic). Throws as on_command.
+  void on_raw(const std::string& topic, raw_handler handler);
+  // Waits until every record sent so far was acknowledged or failed; false on timeout (retry or give up).
+  [[nodiscard]] bool flush(std::chrono::milliseconds timeout);
+  // The topic names this transport uses.
+  [[nodiscard]] std::string command_topic(const std::string& service) const;
+  [[nodiscard]] std::string reply_topic(const std::string& saga_type) const;
+  [[nodiscard]] std::string dead_letter_topic(const std::string& topic) const;
+  // Counters so far.
+  [[nodiscard]] kafka_stats stats() const;
+  // The config in use.
+  [[nodiscard]] const kafka_config& config() const noexcept { return config_; }
+
+  struct impl;
+
+ private:
+  kafka_config config_;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace saga::transport

@@ -1,0 +1,92 @@
+// saga/transport/participant.hpp — the participant helper: dedupe by command id through an inbox, run the handler
+// in the inbox's transaction, send the (stored) reply, and only then mark the command handled.
+#pragma once
+
+#include "saga/storage/inbox.hpp"
+#include "saga/transport/log.hpp"
+#include "saga/transport/transport.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+namespace saga::transport {
+
+// Handler answers. Success carries the reply payload (JSON).
+[[nodiscard]] storage::stored_reply success(std::string payload = "{}");
+// A business failure: not retried; the orchestrator compensates. The reply and the handler's writes are stored.
+[[nodiscard]] storage::stored_reply failure(std::string reason, std::string payload = "{}");
+// A transient failure: nothing is stored (writes roll back); the orchestrator retries the step later.
+[[nodiscard]] storage::stored_reply retryable(std::string reason);
+
+// How a participant behaves.
+struct participant_options {
+  // The service whose commands it receives (topic "<prefix>.<service>.commands" on Kafka).
+  std::string service;
+  // A command whose handler throws more than this many times in a row goes to the dead-letter place.
+  std::uint32_t max_handler_failures = 3;
+  // Wait before re-running a handler that threw (doubles each time); blocks this service's consumer meanwhile.
+  std::chrono::milliseconds retry_backoff{20};
+  // How often a reply whose delivery failed is sent again before the command is left unhandled (it is then
+  // redelivered after a restart or rebalance and answered from the inbox).
+  std::uint32_t max_reply_attempts = 10;
+  // Where log lines go (default: stderr, info and above).
+  logger log;
+  // Test hook: runs after the inbox committed and before the reply is sent (e.g. to crash right there).
+  std::function<void(const command_message&, const storage::stored_reply&)> before_reply;
+};
+
+// Counters (monotonic).
+struct participant_stats {
+  std::uint64_t executed = 0;            // handler ran and its result was stored (first deliveries)
+  std::uint64_t duplicates = 0;          // repeats answered from the inbox without running anything
+  std::uint64_t retryable = 0;           // handler answered retryable (nothing stored)
+  std::uint64_t handler_exceptions = 0;  // handler runs that threw
+  std::uint64_t dead_lettered = 0;       // commands parked (unknown type, handler kept throwing)
+  std::uint64_t replies_sent = 0;        // replies the transport confirmed
+  std::uint64_t reply_failures = 0;      // reply sends that failed (each retried up to max_reply_attempts)
+};
+
+// A participant service's command loop. Usage: construct, handle(type, fn) for each command type, start().
+// The transport and inbox must outlive it, and the transport must be stopped before it is destroyed.
+class participant {
+ public:
+  // A handler: reads the command, writes through `tx` (committed with the reply), returns the answer.
+  // Throwing counts as a transient failure (rolled back, retried, then dead-lettered).
+  using handler = std::function<storage::stored_reply(const command_message& command, storage::transaction& tx)>;
+
+  // Throws std::invalid_argument when options.service is empty.
+  participant(transport& t, storage::inbox& inbox, participant_options options);
+  participant(const participant&) = delete;
+  participant& operator=(const participant&) = delete;
+
+  // Registers the handler of `command_type`; throws std::invalid_argument for an empty or duplicate type, or
+  // std::logic_error after start().
+  participant& handle(std::string command_type, handler h);
+  // Subscribes to the service's commands. Throws std::logic_error when called twice or with no handler, and
+  // whatever the transport throws when it cannot subscribe (transport_error: see retryable()).
+  void start();
+  // The whole per-command protocol (what start() wires to the transport); `handled` is called once the reply
+  // (or dead letter) was accepted by the transport. Never throws.
+  void process(command_message command, handled_callback handled) noexcept;
+  // Counters so far.
+  [[nodiscard]] participant_stats stats() const;
+
+ private:
+  void send_reply(command_message command, storage::stored_reply reply, handled_callback handled, std::uint32_t attempt);
+  void park(const command_message& command, const std::string& reason, handled_callback handled);
+  void say(log_level level, const std::string& line) const noexcept;
+
+  transport& transport_;
+  storage::inbox& inbox_;
+  participant_options options_;
+  std::map<std::string, handler> handlers_;
+  bool started_ = false;
+  std::atomic<std::uint64_t> executed_{0}, duplicates_{0}, retryable_{0}, handler_exceptions_{0}, dead_lettered_{0},
+      replies_sent_{0}, reply_failures_{0};
+};
+
+}  // namespace saga::transport

@@ -1,0 +1,299 @@
+#include "saga/transport/envelope.hpp"
+
+#include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
+
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+
+namespace saga::transport {
+
+namespace hn = header_names;
+
+namespace {
+
+void add(header_list& h, std::string_view name, std::string value) { h.emplace_back(std::string(name), std::move(value)); }
+
+void add_common(header_list& h, const std::string& id, std::string type, std::string_view source, time_point t) {
+  add(h, hn::spec_version, "1.0");
+  add(h, hn::id, id);
+  add(h, hn::type, std::move(type));
+  add(h, hn::source, std::string(source));
+  add(h, hn::time, format_rfc3339(t));
+  add(h, hn::content_type, "application/json");
+}
+
+// Reads required and optional headers, remembering the first problem.
+class reader {
+ public:
+  explicit reader(const header_list& h) : headers_(h) {}
+  std::string required(std::string_view name) {
+    auto v = find_header(headers_, name);
+    if (!v) {
+      fail("missing header " + std::string(name));
+      return {};
+    }
+    if (v->empty()) fail("empty header " + std::string(name));
+    return std::string(*v);
+  }
+  std::string optional(std::string_view name) {
+    auto v = find_header(headers_, name);
+    return v ? std::string(*v) : std::string();
+  }
+  void fail(std::string why) {
+    if (error_.empty()) error_ = std::move(why);
+  }
+  [[nodiscard]] bool ok() const noexcept { return error_.empty(); }
+  std::string error_;
+
+ private:
+  const header_list& headers_;
+};
+
+struct common_fields {
+  std::string id, type;
+  saga_id saga;
+  std::string saga_type, step, traceparent;
+  std::uint32_t attempt = 0;
+  time_point time{};
+};
+
+common_fields read_common(reader& r) {
+  common_fields c;
+  auto spec = r.required(hn::spec_version);
+  if (r.ok() && spec != "1.0") r.fail("bad header ce_specversion: '" + spec + "' (expected 1.0)");
+  c.id = r.required(hn::id);
+  c.type = r.required(hn::type);
+  auto saga_text = r.required(hn::saga_id);
+  if (r.ok()) {
+    if (auto id = saga_id::parse(saga_text)) {
+      c.saga = *id;
+    } else {
+      r.fail("bad header ce_sagaid: '" + saga_text + "' is not a UUID");
+    }
+  }
+  c.saga_type = r.required(hn::saga_type);
+  c.step = r.required(hn::step);
+  auto attempt = r.required(hn::attempt);
+  if (r.ok()) {
+    auto [end, ec] = std::from_chars(attempt.data(), attempt.data() + attempt.size(), c.attempt);
+    if (ec != std::errc() || end != attempt.data() + attempt.size())
+      r.fail("bad header ce_sagaattempt: '" + attempt + "' is not an unsigned 32-bit number");
+  }
+  if (auto t = r.optional(hn::time); !t.empty() && r.ok()) {
+    if (auto parsed = parse_rfc3339(t)) {
+      c.time = *parsed;
+    } else {
+      r.fail("bad header ce_time: '" + t + "' is not an RFC 3339 date-time");
+    }
+  }
+  c.traceparent = r.optional(hn::traceparent);
+  return c;
+}
+
+void check_json(reader& r, std::string_view value, bool allow_empty) {
+  if (!r.ok()) return;
+  if (value.empty()) {
+    if (!allow_empty) r.fail("empty value (expected a JSON payload)");
+    return;
+  }
+  // Validation only (no document is built): the payload is passed on as it is.
+  rapidjson::MemoryStream stream(value.data(), value.size());
+  rapidjson::BaseReaderHandler<> ignore;
+  rapidjson::Reader parser;
+  auto result = parser.Parse<rapidjson::kParseFullPrecisionFlag>(stream, ignore);
+  if (result.IsError()) {
+    r.fail("value is not JSON: " + std::string(rapidjson::GetParseError_En(result.Code())) + " at offset " +
+           std::to_string(result.Offset()));
+  } else if (stream.Tell() != value.size()) {
+    // Trailing non-whitespace after the document.
+    auto rest = value.substr(stream.Tell());
+    if (rest.find_first_not_of(" \t\r\n") != std::string_view::npos)
+      r.fail("value is not JSON: text after the document at offset " + std::to_string(stream.Tell()));
+  }
+}
+
+bool parse_digits(std::string_view s, std::size_t pos, std::size_t n, int& out) {
+  if (pos + n > s.size()) return false;
+  int v = 0;
+  for (std::size_t i = pos; i < pos + n; ++i) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    v = v * 10 + (s[i] - '0');
+  }
+  out = v;
+  return true;
+}
+
+}  // namespace
+
+std::optional<std::string_view> find_header(const header_list& headers, std::string_view name) {
+  for (const auto& [k, v] : headers)
+    if (k == name) return std::string_view(v);
+  return std::nullopt;
+}
+
+std::string_view outcome_name(triggers::outcome o) noexcept {
+  switch (o) {
+    case triggers::outcome::success: return "success";
+    case triggers::outcome::failure: return "failure";
+    case triggers::outcome::retryable_failure: return "retryable_failure";
+  }
+  return "unknown";
+}
+
+std::optional<triggers::outcome> parse_outcome(std::string_view text) noexcept {
+  if (text == "success") return triggers::outcome::success;
+  if (text == "failure") return triggers::outcome::failure;
+  if (text == "retryable_failure") return triggers::outcome::retryable_failure;
+  return std::nullopt;
+}
+
+std::string format_rfc3339(time_point t) {
+  using namespace std::chrono;
+  auto day = floor<days>(t);
+  year_month_day ymd{day};
+  hh_mm_ss hms{t - day};
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()), static_cast<int>(hms.hours().count()),
+                static_cast<int>(hms.minutes().count()), static_cast<int>(hms.seconds().count()),
+                static_cast<int>(hms.subseconds().count()));
+  return buf;
+}
+
+std::optional<time_point> parse_rfc3339(std::string_view s) {
+  using namespace std::chrono;
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+  if (!parse_digits(s, 0, 4, y) || s.size() < 19 || s[4] != '-' || !parse_digits(s, 5, 2, mo) || s[7] != '-' ||
+      !parse_digits(s, 8, 2, d) || (s[10] != 'T' && s[10] != 't') || !parse_digits(s, 11, 2, h) || s[13] != ':' ||
+      !parse_digits(s, 14, 2, mi) || s[16] != ':' || !parse_digits(s, 17, 2, sec))
+    return std::nullopt;
+  std::size_t pos = 19;
+  long long millis = 0;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    std::size_t digits = 0;
+    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
+      if (digits < 3) millis = millis * 10 + (s[pos] - '0');
+      ++digits;
+      ++pos;
+    }
+    if (digits == 0) return std::nullopt;
+    for (std::size_t i = digits; i < 3; ++i) millis *= 10;
+  }
+  minutes offset{0};
+  if (pos >= s.size()) return std::nullopt;
+  if (s[pos] == 'Z' || s[pos] == 'z') {
+    ++pos;
+  } else if (s[pos] == '+' || s[pos] == '-') {
+    int oh = 0, om = 0;
+    if (!parse_digits(s, pos + 1, 2, oh) || pos + 3 >= s.size() || s[pos + 3] != ':' || !parse_digits(s, pos + 4, 2, om))
+      return std::nullopt;
+    offset = hours{oh} + minutes{om};
+    if (s[pos] == '-') offset = -offset;
+    pos += 6;
+  } else {
+    return std::nullopt;
+  }
+  if (pos != s.size() || h > 23 || mi > 59 || sec > 60) return std::nullopt;
+  year_month_day ymd{year{y}, month{static_cast<unsigned>(mo)}, day{static_cast<unsigned>(d)}};
+  if (!ymd.ok()) return std::nullopt;
+  auto tp = sys_days{ymd} + hours{h} + minutes{mi} + seconds{sec} + milliseconds{millis} - offset;
+  return time_point{duration_cast<milliseconds>(tp.time_since_epoch())};
+}
+
+envelope encode(const command_message& c, std::string_view source) {
+  envelope e;
+  e.key = c.saga.to_string();
+  e.headers.reserve(16);
+  add_common(e.headers, c.command_id, c.command_type, source, c.time);
+  add(e.headers, hn::saga_id, e.key);
+  add(e.headers, hn::saga_type, c.saga_type);
+  add(e.headers, hn::step, c.step);
+  add(e.headers, hn::compensation, c.compensation ? "true" : "false");
+  add(e.headers, hn::attempt, std::to_string(c.attempt));
+  add(e.headers, hn::service, c.service);
+  add(e.headers, hn::reply_to, c.reply_to);
+  if (!c.compensates.empty()) add(e.headers, hn::compensates, c.compensates);
+  if (!c.traceparent.empty()) add(e.headers, hn::traceparent, c.traceparent);
+  e.value = c.payload;
+  return e;
+}
+
+envelope encode(const reply_message& r, std::string_view source) {
+  envelope e;
+  e.key = r.saga.to_string();
+  e.headers.reserve(14);
+  add_common(e.headers, r.command_id, std::string(reply_type), source, r.time);
+  add(e.headers, hn::saga_id, e.key);
+  add(e.headers, hn::saga_type, r.saga_type);
+  add(e.headers, hn::step, r.step);
+  add(e.headers, hn::attempt, std::to_string(r.attempt));
+  add(e.headers, hn::outcome, std::string(outcome_name(r.result)));
+  if (!r.reason.empty()) add(e.headers, hn::reason, r.reason);
+  if (!r.traceparent.empty()) add(e.headers, hn::traceparent, r.traceparent);
+  e.value = r.payload;
+  return e;
+}
+
+decoded<command_message> decode_command(const header_list& headers, std::string_view value) {
+  reader r(headers);
+  auto c = read_common(r);
+  command_message m;
+  auto compensation = r.required(hn::compensation);
+  if (r.ok()) {
+    if (compensation == "true") {
+      m.compensation = true;
+    } else if (compensation != "false") {
+      r.fail("bad header ce_sagacompensation: '" + compensation + "' (expected true or false)");
+    }
+  }
+  m.service = r.required(hn::service);
+  m.reply_to = r.required(hn::reply_to);
+  m.compensates = r.optional(hn::compensates);
+  if (r.ok() && m.compensation && m.compensates.empty()) r.fail("missing header " + std::string(hn::compensates) +
+                                                               " on a compensation");
+  check_json(r, value, false);
+  if (!r.ok()) return {std::nullopt, std::move(r.error_)};
+  m.command_id = std::move(c.id);
+  m.command_type = std::move(c.type);
+  m.saga = c.saga;
+  m.saga_type = std::move(c.saga_type);
+  m.step = std::move(c.step);
+  m.attempt = c.attempt;
+  m.traceparent = std::move(c.traceparent);
+  m.time = c.time;
+  m.payload = std::string(value);
+  return {std::move(m), {}};
+}
+
+decoded<reply_message> decode_reply(const header_list& headers, std::string_view value) {
+  reader r(headers);
+  auto c = read_common(r);
+  reply_message m;
+  if (r.ok() && c.type != reply_type) r.fail("bad header ce_type: '" + c.type + "' (expected saga.reply)");
+  auto outcome = r.required(hn::outcome);
+  if (r.ok()) {
+    if (auto o = parse_outcome(outcome)) {
+      m.result = *o;
+    } else {
+      r.fail("bad header ce_sagaoutcome: '" + outcome + "' (expected success, failure or retryable_failure)");
+    }
+  }
+  check_json(r, value, true);
+  if (!r.ok()) return {std::nullopt, std::move(r.error_)};
+  m.command_id = std::move(c.id);
+  m.saga = c.saga;
+  m.saga_type = std::move(c.saga_type);
+  m.step = std::move(c.step);
+  m.attempt = c.attempt;
+  m.reason = r.optional(hn::reason);
+  m.traceparent = std::move(c.traceparent);
+  m.time = c.time;
+  m.payload = std::string(value);
+  return {std::move(m), {}};
+}
+
+}  // namespace saga::transport

@@ -1,0 +1,711 @@
+#include "saga/transport/kafka_transport.hpp"
+
+#include <librdkafka/rdkafka.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <variant>
+
+namespace saga::transport {
+
+namespace {
+
+struct handle_deleter {
+  void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy(rk); }
+};
+struct conf_deleter {
+  void operator()(rd_kafka_conf_t* c) const noexcept { rd_kafka_conf_destroy(c); }
+};
+struct list_deleter {
+  void operator()(rd_kafka_topic_partition_list_t* l) const noexcept { rd_kafka_topic_partition_list_destroy(l); }
+};
+struct headers_deleter {
+  void operator()(rd_kafka_headers_t* h) const noexcept { rd_kafka_headers_destroy(h); }
+};
+struct topic_deleter {
+  void operator()(rd_kafka_topic_t* t) const noexcept { rd_kafka_topic_destroy(t); }
+};
+struct metadata_deleter {
+  void operator()(const rd_kafka_metadata_t* m) const noexcept { rd_kafka_metadata_destroy(m); }
+};
+struct error_deleter {
+  void operator()(rd_kafka_error_t* e) const noexcept { rd_kafka_error_destroy(e); }
+};
+using handle_ptr = std::unique_ptr<rd_kafka_t, handle_deleter>;
+using conf_ptr = std::unique_ptr<rd_kafka_conf_t, conf_deleter>;
+using list_ptr = std::unique_ptr<rd_kafka_topic_partition_list_t, list_deleter>;
+using headers_ptr = std::unique_ptr<rd_kafka_headers_t, headers_deleter>;
+using topic_ptr = std::unique_ptr<rd_kafka_topic_t, topic_deleter>;
+using metadata_ptr = std::unique_ptr<const rd_kafka_metadata_t, metadata_deleter>;
+using error_ptr = std::unique_ptr<rd_kafka_error_t, error_deleter>;
+
+void set(rd_kafka_conf_t* conf, const std::string& key, const std::string& value) {
+  char err[512];
+  if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
+    throw transport_error("kafka property " + key + "=" + value + ": " + err, false);
+}
+
+// Whether sending the record again later can help.
+bool retryable(rd_kafka_resp_err_t err) noexcept {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// librdkafka logs connection failures at LOG_ERR although it retries them; the error callback reports what
+// matters, so its log lines are capped at warning.
+log_level level_of_syslog(int level) noexcept {
+  if (level <= 4) return log_level::warning;
+  if (level <= 6) return log_level::info;
+  return log_level::debug;
+}
+
+header_list headers_of(const rd_kafka_message_t* m) {
+  header_list out;
+  rd_kafka_headers_t* h = nullptr;
+  if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR || !h) return out;
+  out.reserve(rd_kafka_header_cnt(h));
+  const char* name = nullptr;
+  const void* value = nullptr;
+  std::size_t size = 0;
+  for (std::size_t i = 0; rd_kafka_header_get_all(h, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i)
+    out.emplace_back(name, value ? std::string(static_cast<const char*>(value), size) : std::string());
+  return out;
+}
+
+using route_handler = std::variant<command_handler, reply_handler, raw_handler>;
+struct route {
+  std::string name;  // service / saga type / topic
+  route_handler handler;
+};
+
+struct partition_state {
+  std::uint64_t epoch = 0;
+  std::map<std::int64_t, bool> pending;  // offset -> handled
+  std::int64_t committable = -1;         // next offset to commit (all before it handled)
+  std::int64_t committed = -1;
+};
+
+}  // namespace
+
+struct kafka_transport::impl : std::enable_shared_from_this<impl> {
+  kafka_config cfg;
+  logger log;
+
+  handle_ptr producer;
+  std::thread producer_thread;
+  std::atomic<bool> producer_running{true};
+  std::mutex space_mutex;
+  std::condition_variable space_cv;
+  std::atomic<bool> stopped{false};
+
+  std::mutex mutex;  // everything below
+  std::condition_variable handled_cv;
+  handle_ptr consumer;
+  std::thread consumer_thread;
+  std::atomic<bool> consumer_running{false};
+  std::map<std::string, route> routes;  // by topic
+  partitions_callback assigned_cb, revoked_cb;
+  std::map<std::pair<std::string, std::int32_t>, partition_state> partitions;
+  std::atomic<std::size_t> unhandled{0};  // changed under `mutex`; read without it on the poll thread
+  std::uint64_t next_epoch = 1;
+  std::atomic<std::chrono::steady_clock::rep> last_commit{0};  // steady_clock ticks of the last commit
+  std::map<std::string, std::int32_t> partition_counts;
+
+  std::atomic<std::uint64_t> sent{0}, delivered{0}, delivery_failures{0}, queue_full{0}, received{0},
+      dead_lettered{0}, commits{0};
+
+  explicit impl(kafka_config c) : cfg(std::move(c)), log(cfg.log ? cfg.log : stderr_logger()) {}
+
+  void say(log_level level, const std::string& line) const noexcept {
+    try {
+      log(level, line);
+    } catch (...) {
+    }
+  }
+
+  // --- configuration -------------------------------------------------------------------------------------------
+  conf_ptr base_conf(const char* role) {
+    conf_ptr conf(rd_kafka_conf_new());
+    if (cfg.bootstrap_servers.empty()) throw transport_error("kafka_config.bootstrap_servers is empty", false);
+    set(conf.get(), "bootstrap.servers", cfg.bootstrap_servers);
+    set(conf.get(), "client.id", cfg.client_id);
+    set(conf.get(), "socket.nagle.disable", "true");
+    rd_kafka_conf_set_opaque(conf.get(), this);
+    rd_kafka_conf_set_log_cb(conf.get(), [](const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
+      auto* self = static_cast<impl*>(rd_kafka_opaque(rk));
+      self->say(level_of_syslog(level), std::string("kafka ") + fac + ": " + buf);
+    });
+    rd_kafka_conf_set_error_cb(conf.get(), [](rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+      auto* self = static_cast<impl*>(opaque);
+      auto e = static_cast<rd_kafka_resp_err_t>(err);
+      bool fatal = e == RD_KAFKA_RESP_ERR__FATAL;
+      std::string text = reason;
+      if (fatal) {
+        char buf[512];
+        rd_kafka_fatal_error(rk, buf, sizeof buf);
+        text = buf;
+      }
+      self->say(fatal ? log_level::error : log_level::warning,
+                std::string("kafka ") + rd_kafka_name(rk) + (fatal ? " fatal error: " : " error: ") + text);
+    });
+    (void)role;
+    return conf;
+  }
+
+  void apply_properties(rd_kafka_conf_t* conf, std::string_view role) {
+    for (const auto& [key, value] : cfg.properties) {
+      auto dot = key.find('.');
+      std::string_view first = dot == std::string::npos ? std::string_view() : std::string_view(key).substr(0, dot);
+      if (first == "producer" || first == "consumer") {
+        if (first == role) set(conf, key.substr(dot + 1), value);
+      } else {
+        set(conf, key, value);
+      }
+    }
+  }
+
+  void start_producer() {
+    auto conf = base_conf("producer");
+    set(conf.get(), "enable.idempotence", "true");
+    set(conf.get(), "acks", "all");
+    set(conf.get(), "linger.ms", std::to_string(cfg.linger_ms));
+    set(conf.get(), "queue.buffering.max.messages", std::to_string(cfg.max_queued_messages));
+    set(conf.get(), "partitioner", "murmur2_random");
+    rd_kafka_conf_set_dr_msg_cb(conf.get(), [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+      static_cast<impl*>(opaque)->on_delivery(m);
+    });
+    apply_properties(conf.get(), "producer");
+    char err[512];
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof err);
+    if (!rk) throw transport_error(std::string("cannot create kafka producer: ") + err, false);
+    conf.release();  // owned by rk now
+    producer.reset(rk);
+    producer_thread = std::thread([this] {
+      while (producer_running.load(std::memory_order_acquire)) rd_kafka_poll(producer.get(), 100);
+    });
+  }
+
+  // --- producing -----------------------------------------------------------------------------------------------
+  void on_delivery(const rd_kafka_message_t* m) {
+    std::unique_ptr<delivery_callback> done(static_cast<delivery_callback*>(m->_private));
+    std::exception_ptr error;
+    if (m->err) {
+      ++delivery_failures;
+      bool retry = retryable(m->err);
+      if (m->err == RD_KAFKA_RESP_ERR__FATAL || rd_kafka_fatal_error(producer.get(), nullptr, 0)) retry = false;
+      std::string topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "?";
+      error = std::make_exception_ptr(
+          transport_error("delivery to " + topic + " failed: " + rd_kafka_err2str(m->err), retry));
+    } else {
+      ++delivered;
+    }
+    space_cv.notify_all();
+    if (done && *done) {
+      try {
+        (*done)(error);
+      } catch (const std::exception& e) {
+        say(log_level::error, std::string("delivery callback threw: ") + e.what());
+      } catch (...) {
+        say(log_level::error, "delivery callback threw");
+      }
+    }
+  }
+
+  void fail(delivery_callback& done, const std::string& what, bool retry) {
+    if (!done) return;
+    try {
+      done(std::make_exception_ptr(transport_error(what, retry)));
+    } catch (...) {
+      say(log_level::error, "delivery callback threw");
+    }
+  }
+
+  void produce(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,
+               delivery_callback done) {
+    if (stopped.load()) return fail(done, "kafka transport stopped; cannot send to " + topic, false);
+    auto ctx = std::make_unique<delivery_callback>(std::move(done));
+    auto deadline = std::chrono::steady_clock::now() + cfg.enqueue_timeout;
+    const bool on_producer_thread = std::this_thread::get_id() == producer_thread.get_id();
+    for (;;) {
+      headers_ptr h(rd_kafka_headers_new(headers.size()));
+      for (const auto& [name, v] : headers)
+        rd_kafka_header_add(h.get(), name.data(), static_cast<ssize_t>(name.size()), v.data(),
+                            static_cast<ssize_t>(v.size()));
+      rd_kafka_resp_err_t err = rd_kafka_producev(
+          producer.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key.data(), key.size()),
+          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()), RD_KAFKA_V_HEADERS(h.get()),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(ctx.get()), RD_KAFKA_V_END);
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        (void)h.release();    // owned by the message now
+        (void)ctx.release();  // freed by on_delivery
+        ++sent;
+        return;
+      }
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        ++queue_full;
+        // The producer thread itself cannot wait: only it serves the deliveries that make room.
+        if (!on_producer_thread && std::chrono::steady_clock::now() < deadline) {
+          std::unique_lock lock(space_mutex);
+          // Deliveries notify; the cap covers the window between a delivery report and the slot being freed.
+          space_cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(5)));
+          continue;
+        }
+        return fail(*ctx, "kafka producer queue full (" + std::to_string(cfg.max_queued_messages) +
+                              " messages) sending to " + topic + "; retry later",
+                    true);
+      }
+      return fail(*ctx, "cannot send to " + topic + ": " + rd_kafka_err2str(err), retryable(err));
+    }
+  }
+
+  // --- consuming -----------------------------------------------------------------------------------------------
+  void ensure_consumer_locked() {
+    if (consumer) return;
+    if (cfg.group_id.empty()) throw transport_error("kafka_config.group_id is empty; it is needed to receive", false);
+    auto conf = base_conf("consumer");
+    set(conf.get(), "group.id", cfg.group_id);
+    set(conf.get(), "enable.auto.commit", "false");
+    set(conf.get(), "enable.auto.offset.store", "false");
+    set(conf.get(), "auto.offset.reset", "earliest");
+    set(conf.get(), "enable.partition.eof", "false");
+    set(conf.get(), "allow.auto.create.topics", "true");
+    set(conf.get(), "fetch.wait.max.ms", std::to_string(cfg.fetch_wait_max_ms));
+    rd_kafka_conf_set_rebalance_cb(conf.get(), [](rd_kafka_t* rk, rd_kafka_resp_err_t err,
+                                                  rd_kafka_topic_partition_list_t* parts, void* opaque) {
+      static_cast<impl*>(opaque)->on_rebalance(rk, err, parts);
+    });
+    rd_kafka_conf_set_offset_commit_cb(conf.get(), [](rd_kafka_t*, rd_kafka_resp_err_t err,
+                                                      rd_kafka_topic_partition_list_t* offsets, void* opaque) {
+      static_cast<impl*>(opaque)->on_committed(err, offsets);
+    });
+    apply_properties(conf.get(), "consumer");
+    char err[512];
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof err);
+    if (!rk) throw transport_error(std::string("cannot create kafka consumer: ") + err, false);
+    conf.release();
+    consumer.reset(rk);
+    rd_kafka_poll_set_consumer(rk);
+    consumer_running = true;
+    consumer_thread = std::thread([this] { consume_loop(); });
+  }
+
+  void subscribe_locked() {
+    list_ptr topics(rd_kafka_topic_partition_list_new(static_cast<int>(routes.size())));
+    for (const auto& [topic, r] : routes) rd_kafka_topic_partition_list_add(topics.get(), topic.c_str(), RD_KAFKA_PARTITION_UA);
+    if (auto err = rd_kafka_subscribe(consumer.get(), topics.get()))
+      throw transport_error(std::string("cannot subscribe: ") + rd_kafka_err2str(err), false);
+  }
+
+  void add_route(const std::string& topic, route r) {
+    std::lock_guard lock(mutex);
+    if (stopped.load()) throw transport_error("kafka transport stopped", false);
+    ensure_consumer_locked();
+    routes[topic] = std::move(r);
+    subscribe_locked();
+  }
+
+  void consume_loop() {
+    const int timeout = static_cast<int>(std::max<std::int64_t>(1, cfg.commit_interval.count()));
+    while (consumer_running.load(std::memory_order_acquire)) {
+      if (unhandled.load() >= cfg.max_unhandled) {
+        std::unique_lock lock(mutex);
+        handled_cv.wait_for(lock, cfg.commit_interval,
+                            [&] { return unhandled.load() < cfg.max_unhandled || !consumer_running.load(); });
+      }
+      commit_due(false);
+      if (!consumer_running.load(std::memory_order_acquire)) break;
+      if (unhandled.load() >= cfg.max_unhandled) continue;
+      rd_kafka_message_t* m = rd_kafka_consumer_poll(consumer.get(), timeout);
+      if (!m) continue;
+      std::unique_ptr<rd_kafka_message_t, void (*)(rd_kafka_message_t*)> guard(m, rd_kafka_message_destroy);
+      dispatch(m);
+    }
+    // Leaving the group runs the revoke (in-flight handled, offsets committed) on this thread.
+    if (auto err = rd_kafka_consumer_close(consumer.get()))
+      say(log_level::warning, std::string("kafka consumer close: ") + rd_kafka_err2str(err));
+  }
+
+  handled_callback make_handled(const std::string& topic, std::int32_t partition, std::int64_t offset) {
+    std::uint64_t epoch = 0;
+    {
+      std::lock_guard lock(mutex);
+      auto& st = partitions[{topic, partition}];
+      if (st.epoch == 0) st.epoch = next_epoch++;
+      epoch = st.epoch;
+      if (st.pending.emplace(offset, false).second) ++unhandled;
+    }
+    ++received;
+    return [weak = weak_from_this(), topic, partition, offset, epoch] {
+      if (auto self = weak.lock()) self->mark_handled(topic, partition, offset, epoch);
+    };
+  }
+
+  void mark_handled(const std::string& topic, std::int32_t partition, std::int64_t offset, std::uint64_t epoch) {
+    std::lock_guard lock(mutex);
+    auto it = partitions.find({topic, partition});
+    if (it == partitions.end() || it->second.epoch != epoch) return;  // revoked meanwhile: the next owner redoes it
+    auto& st = it->second;
+    auto p = st.pending.find(offset);
+    if (p == st.pending.end() || p->second) return;  // called twice
+    p->second = true;
+    --unhandled;
+    while (!st.pending.empty() && st.pending.begin()->second) {
+      st.committable = st.pending.begin()->first + 1;
+      st.pending.erase(st.pending.begin());
+    }
+    handled_cv.notify_all();
+  }
+
+  // Commits handled offsets; `sync` on revoke and close. `only` limits it to some partitions.
+  void commit_due(bool sync, const rd_kafka_topic_partition_list_t* only = nullptr) {
+    auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(cfg.commit_interval).count();
+    if (!sync && now - last_commit.load() < interval) return;  // the common case: no lock, no allocation
+    list_ptr list(rd_kafka_topic_partition_list_new(4));
+    {
+      std::lock_guard lock(mutex);
+      for (auto& [tp, st] : partitions) {
+        if (st.committable <= st.committed) continue;
+        if (only && !rd_kafka_topic_partition_list_find(only, tp.first.c_str(), tp.second)) continue;
+        rd_kafka_topic_partition_list_add(list.get(), tp.first.c_str(), tp.second)->offset = st.committable;
+        st.committed = st.committable;
+      }
+      last_commit = now;
+      if (list->cnt == 0) return;
+    }
+    ++commits;
+    auto err = rd_kafka_commit(consumer.get(), list.get(), sync ? 0 : 1);
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+      say(log_level::warning, std::string("kafka offset commit failed: ") + rd_kafka_err2str(err));
+      forget_commits(list.get());
+    }
+  }
+
+  void forget_commits(const rd_kafka_topic_partition_list_t* list) {
+    std::lock_guard lock(mutex);
+    for (int i = 0; i < list->cnt; ++i) {
+      auto it = partitions.find({list->elems[i].topic, list->elems[i].partition});
+      if (it != partitions.end()) it->second.committed = -1;  // commit again next time
+    }
+  }
+
+  void on_committed(rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* offsets) {
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__NO_OFFSET || !offsets) return;
+    say(log_level::warning, std::string("kafka offset commit failed: ") + rd_kafka_err2str(err));
+    forget_commits(offsets);
+  }
+
+  std::vector<topic_partition> describe(const rd_kafka_topic_partition_list_t* parts) {
+    std::vector<topic_partition> out;
+    std::lock_guard lock(mutex);
+    for (int i = 0; i < parts->cnt; ++i) {
+      topic_partition tp{parts->elems[i].topic, parts->elems[i].partition, {}};
+      if (auto r = routes.find(tp.topic); r != routes.end()) tp.name = r->second.name;
+      out.push_back(std::move(tp));
+    }
+    return out;
+  }
+
+  void notify(const partitions_callback& cb, const std::vector<topic_partition>& parts, const char* what) {
+    if (!cb || parts.empty()) return;
+    try {
+      cb(parts);
+    } catch (const std::exception& e) {
+      say(log_level::error, std::string("partitions ") + what + " callback threw: " + e.what());
+    } catch (...) {
+      say(log_level::error, std::string("partitions ") + what + " callback threw");
+    }
+  }
+
+  void on_rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts) {
+    const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    auto list = describe(parts);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      {
+        std::lock_guard lock(mutex);
+        for (const auto& tp : list) {
+          auto& st = partitions[{tp.topic, tp.partition}];
+          st = partition_state{};
+          st.epoch = next_epoch++;
+        }
+      }
+      if (cooperative) {
+        error_ptr e(rd_kafka_incremental_assign(rk, parts));
+        if (e) say(log_level::error, std::string("kafka incremental assign: ") + rd_kafka_error_string(e.get()));
+      } else if (auto e = rd_kafka_assign(rk, parts)) {
+        say(log_level::error, std::string("kafka assign: ") + rd_kafka_err2str(e));
+      }
+      say(log_level::info, "kafka " + cfg.group_id + ": assigned " + std::to_string(list.size()) + " partition(s)");
+      partitions_callback cb;
+      {
+        std::lock_guard lock(mutex);
+        cb = assigned_cb;
+      }
+      notify(cb, list, "assigned");
+      return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+      const bool lost = rd_kafka_assignment_lost(rk) != 0;
+      if (!lost) {
+        drain(parts);
+        commit_due(true, parts);
+      }
+      {
+        std::lock_guard lock(mutex);
+        for (const auto& tp : list) {
+          auto it = partitions.find({tp.topic, tp.partition});
+          if (it == partitions.end()) continue;
+          for (const auto& [off, done] : it->second.pending)
+            if (!done) --unhandled;
+          partitions.erase(it);
+        }
+        handled_cv.notify_all();
+      }
+      say(log_level::info, "kafka " + cfg.group_id + ": revoked " + std::to_string(list.size()) + " partition(s)" +
+                               (lost ? " (lost)" : ""));
+      partitions_callback cb;
+      {
+        std::lock_guard lock(mutex);
+        cb = revoked_cb;
+      }
+      notify(cb, list, "revoked");
+      if (cooperative) {
+        error_ptr e(rd_kafka_incremental_unassign(rk, parts));
+      } else {
+        rd_kafka_assign(rk, nullptr);
+      }
+      return;
+    }
+    say(log_level::error, std::string("kafka rebalance error: ") + rd_kafka_err2str(err));
+    rd_kafka_assign(rk, nullptr);
+  }
+
+  // Waits (bounded) until every received message of `parts` was handled.
+  void drain(const rd_kafka_topic_partition_list_t* parts) {
+    std::unique_lock lock(mutex);
+    auto busy = [&] {
+      for (int i = 0; i < parts->cnt; ++i) {
+        auto it = partitions.find({parts->elems[i].topic, parts->elems[i].partition});
+        if (it == partitions.end()) continue;
+        for (const auto& [off, done] : it->second.pending)
+          if (!done) return true;
+      }
+      return false;
+    };
+    if (!handled_cv.wait_for(lock, cfg.revoke_timeout, [&] { return !busy(); }))
+      say(log_level::warning, "kafka revoke: in-flight messages not handled within revoke_timeout; the next owner "
+                              "receives them again");
+  }
+
+  void dispatch(rd_kafka_message_t* m) {
+    if (m->err) {
+      if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        say(log_level::warning, std::string("kafka consume: ") + rd_kafka_message_errstr(m));
+      return;
+    }
+    std::string topic = rd_kafka_topic_name(m->rkt);
+    route_handler handler;
+    {
+      std::lock_guard lock(mutex);
+      auto it = routes.find(topic);
+      if (it != routes.end()) handler = it->second.handler;
+    }
+    auto handled = make_handled(topic, m->partition, m->offset);
+    if (std::holds_alternative<raw_handler>(handler) && !std::get<raw_handler>(handler)) {
+      say(log_level::warning, "kafka: record on " + topic + " without a handler; skipped");
+      handled();
+      return;
+    }
+    std::string_view value(m->payload ? static_cast<const char*>(m->payload) : "", m->len);
+    header_list headers = headers_of(m);
+    try {
+      if (auto* ch = std::get_if<command_handler>(&handler)) {
+        auto d = decode_command(headers, value);
+        if (!d) return poison(m, topic, std::move(headers), value, "cannot decode command: " + d.error, handled);
+        (*ch)(std::move(*d.message), handled);
+      } else if (auto* rh = std::get_if<reply_handler>(&handler)) {
+        auto d = decode_reply(headers, value);
+        if (!d) return poison(m, topic, std::move(headers), value, "cannot decode reply: " + d.error, handled);
+        (*rh)(std::move(*d.message), handled);
+      } else {
+        raw_record r{topic, m->partition, m->offset,
+                     m->key ? std::string(static_cast<const char*>(m->key), m->key_len) : std::string(),
+                     std::move(headers), std::string(value)};
+        std::get<raw_handler>(handler)(std::move(r), handled);
+      }
+    } catch (const std::exception& e) {
+      poison(m, topic, headers_of(m), value, std::string("handler threw: ") + e.what(), handled);
+    } catch (...) {
+      poison(m, topic, headers_of(m), value, "handler threw a non-standard exception", handled);
+    }
+  }
+
+  // Parks an undeliverable record in the dead-letter topic; it counts as handled once the DLQ has it.
+  void poison(const rd_kafka_message_t* m, const std::string& topic, header_list headers, std::string_view value,
+              const std::string& reason, const handled_callback& handled) {
+    ++dead_lettered;
+    auto dlq = topic + cfg.dead_letter_suffix;
+    say(log_level::warning, "dead letter: " + topic + "[" + std::to_string(m->partition) + "]@" +
+                                std::to_string(m->offset) + " -> " + dlq + ": " + reason);
+    headers.emplace_back(header_names::dlq_reason, reason);
+    headers.emplace_back(header_names::dlq_topic, topic);
+    headers.emplace_back(header_names::dlq_partition, std::to_string(m->partition));
+    headers.emplace_back(header_names::dlq_offset, std::to_string(m->offset));
+    std::string key = m->key ? std::string(static_cast<const char*>(m->key), m->key_len) : std::string();
+    produce(dlq, key, headers, std::string(value), [this, handled, dlq](std::exception_ptr error) {
+      if (!error) return handled();
+      try {
+        std::rethrow_exception(error);
+      } catch (const std::exception& e) {
+        say(log_level::error, "cannot park dead letter in " + dlq + " (offset stays uncommitted): " + e.what());
+      }
+    });
+  }
+
+  std::optional<std::int32_t> partition_count(const std::string& topic) {
+    {
+      std::lock_guard lock(mutex);
+      if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
+    }
+    topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
+    if (!t) return std::nullopt;
+    const rd_kafka_metadata_t* md = nullptr;
+    if (rd_kafka_metadata(producer.get(), 0, t.get(), &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR || !md)
+      return std::nullopt;
+    metadata_ptr guard(md);
+    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) return std::nullopt;
+    std::lock_guard lock(mutex);
+    return partition_counts[topic] = md->topics[0].partition_cnt;
+  }
+
+  void stop() noexcept {
+    if (stopped.exchange(true)) return;
+    try {
+      consumer_running = false;
+      handled_cv.notify_all();
+      if (consumer_thread.joinable()) consumer_thread.join();
+      if (producer) {
+        auto timeout = static_cast<int>(cfg.revoke_timeout.count());
+        if (rd_kafka_flush(producer.get(), timeout) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+          say(log_level::error, "kafka producer: records still unsent at stop; their callbacks get an error");
+          rd_kafka_purge(producer.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+          rd_kafka_poll(producer.get(), 100);
+        }
+      }
+      producer_running = false;
+      if (producer_thread.joinable()) producer_thread.join();
+    } catch (...) {
+      // joining a thread can only throw on a logic error; nothing left to do
+    }
+  }
+};
+
+kafka_config kafka_config::from_env(std::string group_id) {
+  const char* brokers = std::getenv("SAGA_KAFKA_BROKERS");
+  if (!brokers || !*brokers) throw transport_error("SAGA_KAFKA_BROKERS is not set (host:port,…)", false);
+  kafka_config c;
+  c.bootstrap_servers = brokers;
+  c.group_id = std::move(group_id);
+  return c;
+}
+
+kafka_transport::kafka_transport(kafka_config config) : config_(std::move(config)) {
+  impl_ = std::make_shared<impl>(config_);
+  impl_->start_producer();
+}
+
+kafka_transport::~kafka_transport() { stop(); }
+
+void kafka_transport::stop() noexcept {
+  if (impl_) impl_->stop();
+}
+
+std::string kafka_transport::command_topic(const std::string& service) const {
+  return config_.command_topic ? config_.command_topic(service) : config_.topic_prefix + "." + service + ".commands";
+}
+std::string kafka_transport::reply_topic(const std::string& saga_type) const {
+  return config_.reply_topic ? config_.reply_topic(saga_type) : config_.topic_prefix + "." + saga_type + ".replies";
+}
+std::string kafka_transport::dead_letter_topic(const std::string& topic) const { return topic + config_.dead_letter_suffix; }
+
+void kafka_transport::send_command(const command_message& command, delivery_callback done) {
+  auto e = encode(command, config_.source);
+  impl_->produce(command_topic(command.service), e.key, e.headers, e.value, std::move(done));
+}
+
+void kafka_transport::send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) {
+  auto e = encode(reply, config_.source);
+  impl_->produce(reply_to, e.key, e.headers, e.value, std::move(done));
+}
+
+void kafka_transport::dead_letter(const command_message& command, const std::string& reason, delivery_callback done) {
+  auto e = encode(command, config_.source);
+  auto topic = command_topic(command.service);
+  e.headers.emplace_back(header_names::dlq_reason, reason);
+  e.headers.emplace_back(header_names::dlq_topic, topic);
+  ++impl_->dead_lettered;
+  impl_->produce(dead_letter_topic(topic), e.key, e.headers, e.value, std::move(done));
+}
+
+void kafka_transport::send_raw(const std::string& topic, const std::string& key, const header_list& headers,
+                               const std::string& value, delivery_callback done) {
+  impl_->produce(topic, key, headers, value, std::move(done));
+}
+
+void kafka_transport::on_reply(const std::string& saga_type, reply_handler handler) {
+  impl_->add_route(reply_topic(saga_type), route{saga_type, std::move(handler)});
+}
+void kafka_transport::on_command(const std::string& service, command_handler handler) {
+  impl_->add_route(command_topic(service), route{service, std::move(handler)});
+}
+void kafka_transport::on_raw(const std::string& topic, raw_handler handler) {
+  impl_->add_route(topic, route{topic, std::move(handler)});
+}
+
+void kafka_transport::on_partitions_assigned(partitions_callback callback) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->assigned_cb = std::move(callback);
+}
+void kafka_transport::on_partitions_revoked(partitions_callback callback) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->revoked_cb = std::move(callback);
+}
+
+std::optional<std::int32_t> kafka_transport::reply_partition(const std::string& saga_type, const saga_id& saga) {
+  auto count = impl_->partition_count(reply_topic(saga_type));
+  if (!count) return std::nullopt;
+  auto key = saga.to_string();
+  return rd_kafka_msg_partitioner_murmur2(nullptr, key.data(), key.size(), *count, nullptr, nullptr);
+}
+
+bool kafka_transport::flush(std::chrono::milliseconds timeout) {
+  return rd_kafka_flush(impl_->producer.get(), static_cast<int>(timeout.count())) == RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+kafka_stats kafka_transport::stats() const {
+  return kafka_stats{impl_->sent.load(),     impl_->delivered.load(),     impl_->delivery_failures.load(),
+                     impl_->queue_full.load(), impl_->received.load(), impl_->dead_lettered.load(),
+                     impl_->commits.load()};
+}
+
+}  // namespace saga::transport
