@@ -19,10 +19,7 @@ std::string format_time(time_point t) {
 }
 
 std::optional<time_point> parse_time(std::string_view text) {
-  if (text.empty()) return std::nullopt;
-  if (text.find_first_not_of("0123456789") == std::string_view::npos && text.size() <= 15) {
-    return time_point(std::chrono::milliseconds(std::stoll(std::string(text))));
-  }
+  if (text.size() < 20) return std::nullopt;
   int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0, consumed = 0;
   const std::string t(text);
   if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &consumed) != 6 || consumed != 19)
@@ -51,7 +48,9 @@ std::optional<time_point> parse_time(std::string_view text) {
   if (i != t.size()) return std::nullopt;
   const auto days = std::chrono::sys_days(std::chrono::year(y) / std::chrono::month(static_cast<unsigned>(mo)) /
                                           std::chrono::day(static_cast<unsigned>(d)));
-  if (!(std::chrono::year(y) / std::chrono::month(static_cast<unsigned>(mo)) / std::chrono::day(static_cast<unsigned>(d))).ok())
+  if (!(std::chrono::year(y) / std::chrono::month(static_cast<unsigned>(mo)) /
+        std::chrono::day(static_cast<unsigned>(d)))
+           .ok())
     return std::nullopt;
   return time_point(std::chrono::duration_cast<std::chrono::milliseconds>(days.time_since_epoch()) +
                     std::chrono::hours(h) + std::chrono::minutes(mi - offset_minutes) + std::chrono::seconds(s) +

@@ -8,6 +8,27 @@
 
 namespace saga::storage {
 
+namespace {
+std::string to_hex(const unsigned char* digest, unsigned int size) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(size * 2);
+  for (unsigned int i = 0; i < size; ++i) {
+    out.push_back(hex[digest[i] >> 4]);
+    out.push_back(hex[digest[i] & 0x0f]);
+  }
+  return out;
+}
+}  // namespace
+
+std::string sha256_hex(std::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), digest, &size, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 unavailable");
+  return to_hex(digest, size);
+}
+
 std::string chain_hash(std::string_view prev_hash, std::string_view type, std::uint64_t seq, std::string_view payload,
                        std::string_view metadata) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
@@ -27,14 +48,7 @@ std::string chain_hash(std::string_view prev_hash, std::string_view type, std::u
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
   EVP_DigestFinal_ex(ctx.get(), digest, &size);
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(size * 2);
-  for (unsigned int i = 0; i < size; ++i) {
-    out.push_back(hex[digest[i] >> 4]);
-    out.push_back(hex[digest[i] & 0x0f]);
-  }
-  return out;
+  return to_hex(digest, size);
 }
 
 std::optional<chain_break> verify_chain(std::span<const recorded_event> log) {

@@ -93,7 +93,8 @@ TEST(kafka_envelope, a_compensation_names_the_command_it_undoes_and_a_forward_co
   EXPECT_EQ(bad.error, "missing header ce_sagacompensates on a compensation");
   c.compensation = false;
   auto e = st::encode(c, "/orders");
-  EXPECT_EQ(std::count_if(e.headers.begin(), e.headers.end(), [](const auto& h) { return h.first == hn::compensates; }), 0);
+  EXPECT_EQ(std::count_if(e.headers.begin(), e.headers.end(), [](const auto& h) { return h.first == hn::compensates; }),
+            0);
   auto d = st::decode_command(e.headers, e.value);
   ASSERT_TRUE(d) << d.error;
   EXPECT_EQ(d.message->compensates, "");
@@ -161,7 +162,8 @@ TEST(kafka_envelope, missing_command_headers_are_named) {
 
 TEST(kafka_envelope, missing_reply_headers_are_named) {
   auto e = st::encode(sample_reply(), "/p");
-  for (auto name : {hn::spec_version, hn::id, hn::type, hn::saga_id, hn::saga_type, hn::step, hn::attempt, hn::outcome}) {
+  for (auto name :
+       {hn::spec_version, hn::id, hn::type, hn::saga_id, hn::saga_type, hn::step, hn::attempt, hn::outcome}) {
     auto d = st::decode_reply(without(e.headers, name), e.value);
     ASSERT_FALSE(d) << name;
     EXPECT_EQ(d.error, "missing header " + std::string(name));
@@ -200,23 +202,9 @@ TEST(kafka_envelope, bad_header_values_are_named) {
             "bad header ce_type: 'order.created' (expected saga.reply)");
 }
 
-TEST(kafka_envelope, rfc3339_formats_and_parses) {
-  EXPECT_EQ(st::format_rfc3339(at(0)), "1970-01-01T00:00:00.000Z");
-  EXPECT_EQ(st::format_rfc3339(at(951782400123)), "2000-02-29T00:00:00.123Z");
-  for (long long ms : {0LL, 1LL, 951782400123LL, 1795412345678LL, 4102444799999LL})
-    EXPECT_EQ(st::parse_rfc3339(st::format_rfc3339(at(ms))), at(ms));
-  EXPECT_EQ(st::parse_rfc3339("2000-02-29T00:00:00Z"), at(951782400000));
-  EXPECT_EQ(st::parse_rfc3339("2000-02-29T00:00:00.1234567Z"), at(951782400123));
-  EXPECT_EQ(st::parse_rfc3339("2000-02-29T01:30:00+01:30"), at(951782400000));
-  EXPECT_EQ(st::parse_rfc3339("2000-02-28T22:00:00.5-02:00"), at(951782400500));
-  for (auto bad : {"", "2000-02-30T00:00:00Z", "2000-02-29 00:00:00Z", "2000-02-29T00:00:00", "2000-02-29T24:00:00Z",
-                   "2000-02-29T00:00:00.Z", "2000-02-29T00:00:00+0100", "2000-02-29T00:00:00Zjunk"})
-    EXPECT_FALSE(st::parse_rfc3339(bad)) << bad;
-}
-
 TEST(kafka_envelope, outcome_names_round_trip) {
-  for (auto o : {saga::triggers::outcome::success, saga::triggers::outcome::failure,
-                 saga::triggers::outcome::retryable_failure})
+  for (auto o :
+       {saga::triggers::outcome::success, saga::triggers::outcome::failure, saga::triggers::outcome::retryable_failure})
     EXPECT_EQ(st::parse_outcome(st::outcome_name(o)), o);
   EXPECT_FALSE(st::parse_outcome("SUCCESS"));
 }

@@ -3,6 +3,7 @@
 
 #include <saga/event.hpp>
 #include <saga/json.hpp>
+#include <saga/timeline.hpp>
 #include <saga/uuid.hpp>
 
 #include <gtest/gtest.h>
@@ -119,6 +120,22 @@ TEST(event_codec, decode_errors_name_type_and_field) {
             "event step_timed_out: field 'attempt' must be an unsigned 32-bit integer");
   EXPECT_NE(message("step_timed_out", 1, "{").find("event step_timed_out: invalid JSON"), std::string::npos);
   EXPECT_EQ(message("step_timed_out", 1, "[]"), "event step_timed_out: payload is not a JSON object");
+}
+
+TEST(time_text, rfc3339_formats_and_parses) {
+  const auto at = [](long long ms) { return time_point(std::chrono::milliseconds(ms)); };
+  EXPECT_EQ(format_time(at(0)), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(format_time(at(951782400123)), "2000-02-29T00:00:00.123Z");
+  for (long long ms : {0LL, 1LL, 951782400123LL, 1795412345678LL, 4102444799999LL})
+    EXPECT_EQ(parse_time(format_time(at(ms))), at(ms));
+  EXPECT_EQ(parse_time("2000-02-29T00:00:00Z"), at(951782400000));
+  EXPECT_EQ(parse_time("2000-02-29T00:00:00.1234567Z"), at(951782400123));
+  EXPECT_EQ(parse_time("2000-02-29T01:30:00+01:30"), at(951782400000));
+  EXPECT_EQ(parse_time("2000-02-28T22:00:00.5-02:00"), at(951782400500));
+  for (auto bad :
+       {"", "1700000000000", "2000-02-30T00:00:00Z", "2000-02-29 00:00:00Z", "2000-02-29T00:00:00",
+        "2000-02-29T24:00:00Z", "2000-02-29T00:00:00.Z", "2000-02-29T00:00:00+0100", "2000-02-29T00:00:00Zjunk"})
+    EXPECT_FALSE(parse_time(bad)) << bad;
 }
 
 TEST(event_codec, command_ids_are_derived_from_saga_and_seq) {

@@ -73,8 +73,8 @@ struct command_line {
 };
 
 const std::set<std::string> flags = {"--json", "--counts", "--all", "--verify-definition", "--help"};
-const std::set<std::string> valued = {"--db", "--type", "--status", "--from", "--to", "--limit", "--at", "--saga",
-                                      "--file", "--since", "--reason", "--operator", "--step"};
+const std::set<std::string> valued = {"--db",   "--type", "--status", "--from",   "--to",       "--limit", "--at",
+                                      "--saga", "--file", "--since",  "--reason", "--operator", "--step"};
 
 command_line parse(const std::vector<std::string>& args) {
   command_line c;
@@ -100,11 +100,14 @@ command_line parse(const std::vector<std::string>& args) {
 
 saga_id parse_id(const std::string& text) {
   const auto id = saga_id::parse(text);
-  if (!id) throw usage_error("'" + text + "' is not a saga id (expected a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e)");
+  if (!id)
+    throw usage_error("'" + text + "' is not a saga id (expected a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e)");
   return *id;
 }
 
 time_point parse_when(const std::string& text, const char* option) {
+  if (!text.empty() && text.size() <= 15 && text.find_first_not_of("0123456789") == std::string::npos)
+    return time_point(std::chrono::milliseconds(std::stoll(text)));
   const auto t = parse_time(text);
   if (!t)
     throw usage_error(std::string("malformed time for ") + option + " '" + text +
@@ -134,8 +137,8 @@ std::vector<event> decode_log(const std::vector<storage::recorded_event>& log) {
 
 std::string summary_json(const storage::saga_summary& s) {
   return "{\"id\":" + json_quote(s.id.to_string()) + ",\"type\":" + json_quote(s.type) +
-         ",\"definition_version\":" + std::to_string(s.definition_version) + ",\"status\":" +
-         json_quote(to_string(s.status)) + ",\"last_seq\":" + std::to_string(s.last_seq) +
+         ",\"definition_version\":" + std::to_string(s.definition_version) +
+         ",\"status\":" + json_quote(to_string(s.status)) + ",\"last_seq\":" + std::to_string(s.last_seq) +
          ",\"partition\":" + std::to_string(s.partition) + ",\"started_at\":" + json_quote(format_time(s.started_at)) +
          ",\"updated_at\":" + json_quote(format_time(s.updated_at)) +
          ",\"idempotency_key\":" + json_quote(s.idempotency_key) + "}";
@@ -156,13 +159,13 @@ std::string state_text(const saga_state& s) {
 std::string state_json(const saga_state& s) {
   std::string steps;
   for (const auto& st : s.steps)
-    steps += std::string(steps.empty() ? "" : ",") + "{\"name\":" + json_quote(st.name) + ",\"phase\":" +
-             json_quote(to_string(st.phase)) + ",\"attempt\":" + std::to_string(st.forward.attempt) +
+    steps += std::string(steps.empty() ? "" : ",") + "{\"name\":" + json_quote(st.name) +
+             ",\"phase\":" + json_quote(to_string(st.phase)) + ",\"attempt\":" + std::to_string(st.forward.attempt) +
              ",\"compensation_attempt\":" + std::to_string(st.compensation.attempt) + "}";
-  return "{\"id\":" + json_quote(s.id.to_string()) + ",\"type\":" + json_quote(s.type) + ",\"status\":" +
-         json_quote(to_string(s.status)) + ",\"seq\":" + std::to_string(s.seq) + ",\"reason\":" + json_quote(s.reason) +
-         ",\"stuck_reason\":" + json_quote(s.stuck_reason) + ",\"data\":" + (s.data.empty() ? "null" : s.data) +
-         ",\"steps\":[" + steps + "]}";
+  return "{\"id\":" + json_quote(s.id.to_string()) + ",\"type\":" + json_quote(s.type) +
+         ",\"status\":" + json_quote(to_string(s.status)) + ",\"seq\":" + std::to_string(s.seq) +
+         ",\"reason\":" + json_quote(s.reason) + ",\"stuck_reason\":" + json_quote(s.stuck_reason) +
+         ",\"data\":" + (s.data.empty() ? "null" : s.data) + ",\"steps\":[" + steps + "]}";
 }
 
 class session {
@@ -402,8 +405,8 @@ class session {
       const saga_state state = fold(id, events);
       const definition* def = definition_for(state.type, state.definition_version);
       if (!def)
-        throw failure("saga " + id.to_string() + " runs " + state.type + " v" + std::to_string(state.definition_version) +
-                      ", which this sagactl does not have registered");
+        throw failure("saga " + id.to_string() + " runs " + state.type + " v" +
+                      std::to_string(state.definition_version) + ", which this sagactl does not have registered");
       const time_point now = env_.now ? env_.now() : time_point{};
       const decision d = decide(*def, state, t, decide_context{now, entropy()});
       if (!d.rejected.empty()) throw failure("refused: " + d.rejected);
@@ -414,14 +417,18 @@ class session {
       saga_state after = state;
       for (const auto& e : d.events) apply(after, e);
       try {
-        (void)store().append(storage::append_request{id, def->type(), state.seq, d.events, after.status,
-                                                     store().find(id).value_or(storage::saga_summary{}).partition, {}});
+        (void)store().append(storage::append_request{id,
+                                                     def->type(),
+                                                     state.seq,
+                                                     d.events,
+                                                     after.status,
+                                                     store().find(id).value_or(storage::saga_summary{}).partition,
+                                                     {}});
       } catch (const storage::concurrency_conflict&) {
         if (attempt < 3) continue;  // the orchestrator moved the saga on meanwhile: decide again
         throw;
       }
-      for (const auto& e : d.events)
-        out_ << "recorded seq " << e.seq << " " << type_name(e.body) << "\n";
+      for (const auto& e : d.events) out_ << "recorded seq " << e.seq << " " << type_name(e.body) << "\n";
       send_commands(after, d.events);
       out_ << "saga " << id.to_string() << " is now " << to_string(after.status) << "\n";
       return 0;

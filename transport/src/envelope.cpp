@@ -1,5 +1,9 @@
 #include "saga/transport/envelope.hpp"
 
+#include "saga/timeline.hpp"
+
+#include <cereal/archives/json.hpp>  // first: configures rapidjson as everywhere else in saga
+
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
@@ -14,14 +18,16 @@ namespace hn = header_names;
 
 namespace {
 
-void add(header_list& h, std::string_view name, std::string value) { h.emplace_back(std::string(name), std::move(value)); }
+void add(header_list& h, std::string_view name, std::string value) {
+  h.emplace_back(std::string(name), std::move(value));
+}
 
 void add_common(header_list& h, const std::string& id, std::string type, std::string_view source, time_point t) {
   add(h, hn::spec_version, "1.0");
   add(h, hn::id, id);
   add(h, hn::type, std::move(type));
   add(h, hn::source, std::string(source));
-  add(h, hn::time, format_rfc3339(t));
+  add(h, hn::time, format_time(t));
   add(h, hn::content_type, "application/json");
 }
 
@@ -83,7 +89,7 @@ common_fields read_common(reader& r) {
       r.fail("bad header ce_sagaattempt: '" + attempt + "' is not an unsigned 32-bit number");
   }
   if (auto t = r.optional(hn::time); !t.empty() && r.ok()) {
-    if (auto parsed = parse_rfc3339(t)) {
+    if (auto parsed = parse_time(t)) {
       c.time = *parsed;
     } else {
       r.fail("bad header ce_time: '" + t + "' is not an RFC 3339 date-time");
@@ -115,17 +121,6 @@ void check_json(reader& r, std::string_view value, bool allow_empty) {
   }
 }
 
-bool parse_digits(std::string_view s, std::size_t pos, std::size_t n, int& out) {
-  if (pos + n > s.size()) return false;
-  int v = 0;
-  for (std::size_t i = pos; i < pos + n; ++i) {
-    if (s[i] < '0' || s[i] > '9') return false;
-    v = v * 10 + (s[i] - '0');
-  }
-  out = v;
-  return true;
-}
-
 }  // namespace
 
 std::optional<std::string_view> find_header(const header_list& headers, std::string_view name) {
@@ -148,60 +143,6 @@ std::optional<triggers::outcome> parse_outcome(std::string_view text) noexcept {
   if (text == "failure") return triggers::outcome::failure;
   if (text == "retryable_failure") return triggers::outcome::retryable_failure;
   return std::nullopt;
-}
-
-std::string format_rfc3339(time_point t) {
-  using namespace std::chrono;
-  auto day = floor<days>(t);
-  year_month_day ymd{day};
-  hh_mm_ss hms{t - day};
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
-                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()), static_cast<int>(hms.hours().count()),
-                static_cast<int>(hms.minutes().count()), static_cast<int>(hms.seconds().count()),
-                static_cast<int>(hms.subseconds().count()));
-  return buf;
-}
-
-std::optional<time_point> parse_rfc3339(std::string_view s) {
-  using namespace std::chrono;
-  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
-  if (!parse_digits(s, 0, 4, y) || s.size() < 19 || s[4] != '-' || !parse_digits(s, 5, 2, mo) || s[7] != '-' ||
-      !parse_digits(s, 8, 2, d) || (s[10] != 'T' && s[10] != 't') || !parse_digits(s, 11, 2, h) || s[13] != ':' ||
-      !parse_digits(s, 14, 2, mi) || s[16] != ':' || !parse_digits(s, 17, 2, sec))
-    return std::nullopt;
-  std::size_t pos = 19;
-  long long millis = 0;
-  if (pos < s.size() && s[pos] == '.') {
-    ++pos;
-    std::size_t digits = 0;
-    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
-      if (digits < 3) millis = millis * 10 + (s[pos] - '0');
-      ++digits;
-      ++pos;
-    }
-    if (digits == 0) return std::nullopt;
-    for (std::size_t i = digits; i < 3; ++i) millis *= 10;
-  }
-  minutes offset{0};
-  if (pos >= s.size()) return std::nullopt;
-  if (s[pos] == 'Z' || s[pos] == 'z') {
-    ++pos;
-  } else if (s[pos] == '+' || s[pos] == '-') {
-    int oh = 0, om = 0;
-    if (!parse_digits(s, pos + 1, 2, oh) || pos + 3 >= s.size() || s[pos + 3] != ':' || !parse_digits(s, pos + 4, 2, om))
-      return std::nullopt;
-    offset = hours{oh} + minutes{om};
-    if (s[pos] == '-') offset = -offset;
-    pos += 6;
-  } else {
-    return std::nullopt;
-  }
-  if (pos != s.size() || h > 23 || mi > 59 || sec > 60) return std::nullopt;
-  year_month_day ymd{year{y}, month{static_cast<unsigned>(mo)}, day{static_cast<unsigned>(d)}};
-  if (!ymd.ok()) return std::nullopt;
-  auto tp = sys_days{ymd} + hours{h} + minutes{mi} + seconds{sec} + milliseconds{millis} - offset;
-  return time_point{duration_cast<milliseconds>(tp.time_since_epoch())};
 }
 
 envelope encode(const command_message& c, std::string_view source) {
@@ -253,8 +194,8 @@ decoded<command_message> decode_command(const header_list& headers, std::string_
   m.service = r.required(hn::service);
   m.reply_to = r.required(hn::reply_to);
   m.compensates = r.optional(hn::compensates);
-  if (r.ok() && m.compensation && m.compensates.empty()) r.fail("missing header " + std::string(hn::compensates) +
-                                                               " on a compensation");
+  if (r.ok() && m.compensation && m.compensates.empty())
+    r.fail("missing header " + std::string(hn::compensates) + " on a compensation");
   check_json(r, value, false);
   if (!r.ok()) return {std::nullopt, std::move(r.error_)};
   m.command_id = std::move(c.id);

@@ -19,6 +19,22 @@ command_message command_message::from(const effects::send_command& e, std::strin
   return m;
 }
 
+reply_message reply_message::answering(const command_message& command, triggers::outcome result, std::string payload,
+                                       std::string reason, time_point now) {
+  reply_message r;
+  r.command_id = command.command_id;
+  r.saga = command.saga;
+  r.saga_type = command.saga_type;
+  r.step = command.step;
+  r.attempt = command.attempt;
+  r.result = result;
+  r.payload = std::move(payload);
+  r.reason = std::move(reason);
+  r.traceparent = command.traceparent;
+  r.time = now;
+  return r;
+}
+
 triggers::reply reply_message::to_trigger() const {
   return triggers::reply{command_id, attempt, result, payload, reason};
 }

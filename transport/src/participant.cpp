@@ -23,9 +23,11 @@ participant::participant(transport& t, storage::inbox& inbox, participant_option
 
 participant& participant::handle(std::string command_type, handler h) {
   if (started_) throw std::logic_error("participant " + options_.service + ": handle() after start()");
-  if (command_type.empty() || !h) throw std::invalid_argument("participant " + options_.service + ": empty command type or handler");
+  if (command_type.empty() || !h)
+    throw std::invalid_argument("participant " + options_.service + ": empty command type or handler");
   if (!handlers_.emplace(command_type, std::move(h)).second)
-    throw std::invalid_argument("participant " + options_.service + ": duplicate handler for command type " + command_type);
+    throw std::invalid_argument("participant " + options_.service + ": duplicate handler for command type " +
+                                command_type);
   return *this;
 }
 
@@ -33,8 +35,9 @@ void participant::start() {
   if (started_) throw std::logic_error("participant " + options_.service + ": start() called twice");
   if (handlers_.empty()) throw std::logic_error("participant " + options_.service + ": no handlers registered");
   started_ = true;
-  transport_.on_command(options_.service,
-                        [this](command_message command, handled_callback handled) { process(std::move(command), std::move(handled)); });
+  transport_.on_command(options_.service, [this](command_message command, handled_callback handled) {
+    process(std::move(command), std::move(handled));
+  });
 }
 
 void participant::say(log_level level, const std::string& line) const noexcept {
@@ -50,19 +53,21 @@ void participant::process(command_message command, handled_callback handled) noe
     if (it == handlers_.end()) {
       std::string known;
       for (const auto& [type, h] : handlers_) known += (known.empty() ? "" : ", ") + type;
-      return park(command, "unknown command type '" + command.command_type + "' for service " + options_.service +
-                               " (known: " + known + ")",
+      return park(command,
+                  "unknown command type '" + command.command_type + "' for service " + options_.service +
+                      " (known: " + known + ")",
                   std::move(handled));
     }
     const handler& h = it->second;
     storage::stored_reply reply;
     auto backoff = options_.retry_backoff;
-    for (std::uint32_t failures = 0;; ) {
+    for (std::uint32_t failures = 0;;) {
       try {
         bool first = false;
         // Dedup by command id; a compensation first fences the forward command it undoes (storage::handle_command).
-        reply = storage::handle_command(inbox_, command.command_id, command.compensates,
-                                        [&](storage::transaction& tx) { return h(command, tx); }, &first);
+        reply = storage::handle_command(
+            inbox_, command.command_id, command.compensates, [&](storage::transaction& tx) { return h(command, tx); },
+            &first);
         if (!first && reply.result != triggers::outcome::retryable_failure) {
           ++duplicates_;
           say(log_level::debug, "repeat of " + command.command_id + ": answering the stored reply");
@@ -75,8 +80,9 @@ void participant::process(command_message command, handled_callback handled) noe
       } catch (const std::exception& e) {
         ++handler_exceptions_;
         if (++failures > options_.max_handler_failures)
-          return park(command, "handler for " + command.command_type + " threw " + std::to_string(failures) +
-                                   " times; last: " + e.what(),
+          return park(command,
+                      "handler for " + command.command_type + " threw " + std::to_string(failures) +
+                          " times; last: " + e.what(),
                       std::move(handled));
         say(log_level::warning, "handler for " + command.command_id + " threw (" + std::to_string(failures) + "/" +
                                     std::to_string(options_.max_handler_failures) + "), retrying: " + e.what());
@@ -95,17 +101,9 @@ void participant::process(command_message command, handled_callback handled) noe
 
 void participant::send_reply(command_message command, storage::stored_reply stored, handled_callback handled,
                              std::uint32_t attempt) {
-  reply_message reply;
-  reply.command_id = command.command_id;
-  reply.saga = command.saga;
-  reply.saga_type = command.saga_type;
-  reply.step = command.step;
-  reply.attempt = command.attempt;
-  reply.result = stored.result;
-  reply.payload = stored.payload;
-  reply.reason = stored.reason;
-  reply.traceparent = command.traceparent;
-  reply.time = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now());
+  const reply_message reply =
+      reply_message::answering(command, stored.result, stored.payload, stored.reason,
+                               std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now()));
   auto reply_to = command.reply_to;
   transport_.send_reply(reply_to, reply,
                         [this, command = std::move(command), stored = std::move(stored), handled = std::move(handled),
@@ -131,8 +129,10 @@ void participant::send_reply(command_message command, storage::stored_reply stor
                                                         std::to_string(attempt) + "), sending again: " + why);
                             send_reply(std::move(command), std::move(stored), std::move(handled), attempt + 1);
                           } else {
-                            say(log_level::error, "reply to " + command.command_id + " failed for good (left unhandled; "
-                                                  "answered from the inbox when redelivered): " + why);
+                            say(log_level::error, "reply to " + command.command_id +
+                                                      " failed for good (left unhandled; "
+                                                      "answered from the inbox when redelivered): " +
+                                                      why);
                           }
                         });
 }
@@ -140,22 +140,24 @@ void participant::send_reply(command_message command, storage::stored_reply stor
 void participant::park(const command_message& command, const std::string& reason, handled_callback handled) {
   ++dead_lettered_;
   say(log_level::warning, "dead letter " + command.command_id + ": " + reason);
-  transport_.dead_letter(command, reason, [this, id = command.command_id, handled = std::move(handled)](std::exception_ptr error) {
-    if (!error) {
-      if (handled) handled();
-      return;
-    }
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      say(log_level::error, "cannot park " + id + " (left unhandled; redelivered later): " + e.what());
-    }
-  });
+  transport_.dead_letter(
+      command, reason, [this, id = command.command_id, handled = std::move(handled)](std::exception_ptr error) {
+        if (!error) {
+          if (handled) handled();
+          return;
+        }
+        try {
+          std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+          say(log_level::error, "cannot park " + id + " (left unhandled; redelivered later): " + e.what());
+        }
+      });
 }
 
 participant_stats participant::stats() const {
-  return participant_stats{executed_.load(),      duplicates_.load(),   retryable_.load(),      handler_exceptions_.load(),
-                           dead_lettered_.load(), replies_sent_.load(), reply_failures_.load()};
+  return participant_stats{executed_.load(),           duplicates_.load(),    retryable_.load(),
+                           handler_exceptions_.load(), dead_lettered_.load(), replies_sent_.load(),
+                           reply_failures_.load()};
 }
 
 }  // namespace saga::transport

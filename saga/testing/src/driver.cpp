@@ -34,10 +34,9 @@ void driver::serve(const std::string& service,
                                      transport::command_message command, transport::handled_callback handled) {
     const auto stored = storage::handle_command(*box, command.command_id, command.compensates,
                                                 [&](storage::transaction&) { return handler(command); });
-    transport::reply_message reply{command.command_id,  command.saga,  command.saga_type, command.step,
-                                   command.attempt,     stored.result, stored.payload,    stored.reason,
-                                   command.traceparent, now_};
-    transport_.send_reply(command.reply_to, reply, nullptr);
+    transport_.send_reply(
+        command.reply_to,
+        transport::reply_message::answering(command, stored.result, stored.payload, stored.reason, now_), nullptr);
     handled();
   });
 }
@@ -91,7 +90,8 @@ decision driver::process(const saga_id& id, const definition& def, const trigger
     const bool fresh = !states_.count(id);
     const saga_state& state = cached(id);
     decision d = decide(def, state, t, decide_context{now_, entropy});
-    if (d.events.empty() && !d.ignored.empty() && !fresh && attempt == 1 && std::holds_alternative<triggers::reply>(t)) {
+    if (d.events.empty() && !d.ignored.empty() && !fresh && attempt == 1 &&
+        std::holds_alternative<triggers::reply>(t)) {
       states_.erase(id);  // the cached state may be stale (another writer appended): decide on the log
       continue;
     }

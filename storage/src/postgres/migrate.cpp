@@ -1,4 +1,5 @@
 #include "saga/storage/migrate.hpp"
+#include "saga/storage/hash_chain.hpp"
 
 #include "pg_detail.hpp"
 
@@ -40,7 +41,7 @@ struct applied_row {
 
 }  // namespace
 
-std::string migration_checksum(const migration& m) { return detail::sha256_hex(m.sql); }
+std::string migration_checksum(const migration& m) { return sha256_hex(m.sql); }
 
 migrate_result migrate(const std::string& url) { return migrate(url, bundled_migrations()); }
 

@@ -1,7 +1,5 @@
 #include "pg_detail.hpp"
 
-#include <openssl/evp.h>
-
 #include <array>
 #include <stdexcept>
 
@@ -112,21 +110,6 @@ void pg_array::add(std::int64_t value) {
 void pg_array::add_null() {
   separate();
   text_ += "NULL";
-}
-
-std::string sha256_hex(std::string_view bytes) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int size = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1)
-    throw std::runtime_error("SHA-256 unavailable");
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(size * 2);
-  for (unsigned int i = 0; i < size; ++i) {
-    out.push_back(hex[digest[i] >> 4]);
-    out.push_back(hex[digest[i] & 0x0f]);
-  }
-  return out;
 }
 
 const char* status_text(saga_status status) {

@@ -43,9 +43,6 @@ class pg_array {
   std::string text_;
 };
 
-// Lowercase hex SHA-256.
-[[nodiscard]] std::string sha256_hex(std::string_view bytes);
-
 // `status` as stored in saga_instances.status; throws store_error for not_started.
 [[nodiscard]] const char* status_text(saga_status status);
 // Parses saga_instances.status; throws store_error naming the text when unknown.

@@ -10,6 +10,9 @@
 
 namespace saga::storage {
 
+// Hex SHA-256 of `bytes` (migration checksums and the like).
+[[nodiscard]] std::string sha256_hex(std::string_view bytes);
+
 // Hex SHA-256 over the previous hash and the event's canonical bytes (type, seq, payload, metadata).
 // `payload` and `metadata` must be canonical JSON (see canonical_json); jsonb round trips keep the value.
 [[nodiscard]] std::string chain_hash(std::string_view prev_hash, std::string_view type, std::uint64_t seq,

@@ -71,10 +71,7 @@ struct decoded {
 
 // The value of the first header called `name`, if any.
 [[nodiscard]] std::optional<std::string_view> find_header(const header_list& headers, std::string_view name);
-// RFC 3339 text of `t` in UTC with milliseconds, e.g. "2026-11-22T04:52:24.123Z".
-[[nodiscard]] std::string format_rfc3339(time_point t);
-// Parses RFC 3339 date-time (any fraction digits, "Z" or ±hh:mm offset); nullopt when malformed.
-[[nodiscard]] std::optional<time_point> parse_rfc3339(std::string_view text);
+
 // The outcome's wire name; parse_outcome is its inverse (nullopt for an unknown name).
 [[nodiscard]] std::string_view outcome_name(triggers::outcome o) noexcept;
 [[nodiscard]] std::optional<triggers::outcome> parse_outcome(std::string_view text) noexcept;

@@ -42,6 +42,9 @@ struct reply_message {
   std::string traceparent;
   time_point time{};
 
+  // The reply to `command` (command id, saga, step and attempt copied from it) with this answer.
+  [[nodiscard]] static reply_message answering(const command_message& command, triggers::outcome result,
+                                               std::string payload, std::string reason, time_point now);
   // The reply trigger the orchestrator decides on.
   [[nodiscard]] triggers::reply to_trigger() const;
   friend bool operator==(const reply_message&, const reply_message&) = default;
