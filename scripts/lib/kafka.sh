@@ -19,7 +19,8 @@ saga_kafka_start() {
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
   rm -f "$dir/bootstrap" "$dir/control"
-  "$bin" --bootstrap-file "$dir/bootstrap" --control-file "$dir/control" "$@" >"$dir/broker.log" 2>&1 &
+  # Its own session: a Ctrl-C at the terminal must not stop the broker before the clients that use it.
+  setsid "$bin" --bootstrap-file "$dir/bootstrap" --control-file "$dir/control" "$@" >"$dir/broker.log" 2>&1 &
   SAGA_KAFKA_PID=$!
   for try in $(seq 1 300); do
     [ -s "$dir/bootstrap" ] && break

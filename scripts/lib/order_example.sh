@@ -10,7 +10,8 @@ saga_participants_start() {
   local logs="$1" s
   mkdir -p "$logs"
   for s in orders inventory payments shipping; do
-    "$SAGA_BUILD/examples/order-participant" "$s" >"$logs/$s.log" 2>&1 &
+    # Own sessions: on Ctrl-C the caller stops them in order, after the orchestrator, while the broker is up.
+    setsid "$SAGA_BUILD/examples/order-participant" "$s" >"$logs/$s.log" 2>&1 &
     SAGA_PARTICIPANT_PIDS+=($!)
   done
   # Each prints "ready" once it consumes its topic; a participant that died says why in its log.

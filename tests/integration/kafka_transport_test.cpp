@@ -1,8 +1,8 @@
 // Kafka transport, participant helper and embedded broker, over real TCP: the fixture starts saga-kafka-dev as a
 // child process (or uses SAGA_KAFKA_BROKERS), participant processes are real processes. Waits are "until the
 // condition holds" with generous limits; no timing decides a pass.
-#include "saga/transport/kafka_dev.hpp"
 #include "saga/transport/kafka_transport.hpp"
+#include "saga/transport/kafka_dev.hpp"
 #include "saga/transport/participant.hpp"
 
 #if SAGA_HAVE_POSTGRES_INBOX
@@ -217,8 +217,9 @@ class kafka_test : public ::testing::Test {
 #if SAGA_HAVE_POSTGRES_INBOX
     const char* url = std::getenv("SAGA_PG_URL");
     if (!url || !*url)
-      throw std::runtime_error("SAGA_PG_URL is not set: the participant inbox needs PostgreSQL (scripts/test starts "
-                               "one; or source scripts/lib/postgres.sh and run saga_pg_start DIR)");
+      throw std::runtime_error(
+          "SAGA_PG_URL is not set: the participant inbox needs PostgreSQL (scripts/test starts "
+          "one; or source scripts/lib/postgres.sh and run saga_pg_start DIR)");
     saga::storage::migrate(url);
     return std::make_unique<saga::storage::postgres_inbox>(url);
 #else
@@ -232,20 +233,28 @@ class kafka_test : public ::testing::Test {
     auto ready = (dir_ / (name + ".ready")).string();
     std::filesystem::remove(ready);
     std::vector<std::string> args{participant_program,
-                                  "--brokers", broker->bootstrap_servers(),
-                                  "--prefix", prefix_,
-                                  "--service", "inventory",
-                                  "--group", "inventory-" + prefix_,
-                                  "--effects", (dir_ / "effects").string(),
-                                  "--ready", ready,
-                                  "--inbox", inbox_kind()};
+                                  "--brokers",
+                                  broker->bootstrap_servers(),
+                                  "--prefix",
+                                  prefix_,
+                                  "--service",
+                                  "inventory",
+                                  "--group",
+                                  "inventory-" + prefix_,
+                                  "--effects",
+                                  (dir_ / "effects").string(),
+                                  "--ready",
+                                  ready,
+                                  "--inbox",
+                                  inbox_kind()};
     args.insert(args.end(), extra.begin(), extra.end());
     auto log = (dir_ / (name + ".log")).string();
     auto p = std::make_unique<child_process>(args, log);
     auto deadline = std::chrono::steady_clock::now() + 90s;
     while (!std::filesystem::exists(ready)) {
       if (auto status = p->wait_exit(50ms))
-        throw std::runtime_error("participant process exited early (status " + std::to_string(*status) + "):\n" + tail(log));
+        throw std::runtime_error("participant process exited early (status " + std::to_string(*status) + "):\n" +
+                                 tail(log));
       if (std::chrono::steady_clock::now() > deadline)
         throw std::runtime_error("participant process got no partitions in 90 s:\n" + tail(log));
     }
@@ -312,9 +321,10 @@ struct counted_participant {
       ++runs[c.command_id];
       return st::success(R"({"reserved":")" + c.command_id + R"("})");
     });
-    participant.handle("explode", [](const st::command_message&, saga::storage::transaction&) -> saga::storage::stored_reply {
-      throw std::runtime_error("boom");
-    });
+    participant.handle("explode",
+                       [](const st::command_message&, saga::storage::transaction&) -> saga::storage::stored_reply {
+                         throw std::runtime_error("boom");
+                       });
     participant.start();
   }
   ~counted_participant() { transport.stop(); }
@@ -419,7 +429,8 @@ TEST_F(kafka_test, a_broker_down_and_up_again_loses_no_reply_and_runs_no_handler
   std::this_thread::sleep_for(3s);  // let the outage bite (requests fail, clients reconnect); not a pass criterion
   broker->control("up 2");
   send(600, 700);
-  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s)) << "replies for " << orch.replies.unique() << " of " << sent.size();
+  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s))
+      << "replies for " << orch.replies.unique() << " of " << sent.size();
   ASSERT_TRUE(orch.deliveries.wait(sent.size(), 60s));
   EXPECT_EQ(orch.deliveries.failed, 0u);
   expect_replies_match(orch.replies, sent);
@@ -440,7 +451,8 @@ TEST_F(kafka_test, injected_produce_errors_lose_no_reply_and_run_no_handler_twic
     sent.push_back(command(i));
     orch.transport.send_command(sent.back(), orch.deliveries.callback());
   }
-  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s)) << "replies for " << orch.replies.unique() << " of " << sent.size();
+  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s))
+      << "replies for " << orch.replies.unique() << " of " << sent.size();
   ASSERT_TRUE(orch.deliveries.wait(sent.size(), 60s));
   EXPECT_EQ(orch.deliveries.failed, 0u) << (orch.deliveries.errors.empty() ? "" : orch.deliveries.errors[0]);
   expect_replies_match(orch.replies, sent);
@@ -480,8 +492,8 @@ TEST_F(kafka_test, a_rebalance_hands_partitions_over_without_losing_or_repeating
   EXPECT_GE(by_second, 300u);  // everything after the first left, at least
   // Redeliveries after the handover (the mock broker refuses commits while the group rebalances) are answered from
   // the inbox: counted, never run again.
-  RecordProperty("redelivered", static_cast<int>(first->participant.stats().duplicates +
-                                                 second->participant.stats().duplicates));
+  RecordProperty("redelivered",
+                 static_cast<int>(first->participant.stats().duplicates + second->participant.stats().duplicates));
 }
 
 #if SAGA_HAVE_POSTGRES_INBOX
@@ -511,7 +523,9 @@ TEST_F(kafka_test, a_participant_killed_between_commit_and_reply_answers_from_th
   second->terminate();
   ASSERT_TRUE(second->wait_exit(60s));
   auto log = tail((dir_ / "second.log").string());
-  EXPECT_EQ(log.find("duplicates=0"), std::string::npos) << "the restarted participant answered nothing from the inbox:\n" << log;
+  EXPECT_EQ(log.find("duplicates=0"), std::string::npos)
+      << "the restarted participant answered nothing from the inbox:\n"
+      << log;
 }
 #endif
 
@@ -571,9 +585,11 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
     EXPECT_EQ(r.key, garbage.saga.to_string());
     reasons[std::string(*id)] = std::string(*reason);
   }
-  EXPECT_EQ(reasons[garbage.command_id].rfind("cannot decode command: value is not JSON", 0), 0u) << reasons[garbage.command_id];
+  EXPECT_EQ(reasons[garbage.command_id].rfind("cannot decode command: value is not JSON", 0), 0u)
+      << reasons[garbage.command_id];
   EXPECT_EQ(reasons[missing.command_id], "cannot decode command: missing header ce_sagaid");
-  EXPECT_EQ(reasons[unknown.command_id], "unknown command type 'teleport' for service inventory (known: explode, reserve)");
+  EXPECT_EQ(reasons[unknown.command_id],
+            "unknown command type 'teleport' for service inventory (known: explode, reserve)");
   EXPECT_EQ(reasons[explode.command_id], "handler for explode threw 3 times; last: boom");
   EXPECT_EQ(p.participant.stats().dead_lettered, 2u);
   EXPECT_GE(p.transport.stats().dead_lettered, 2u);
@@ -650,4 +666,30 @@ TEST_F(kafka_test, reply_partition_matches_where_replies_land) {
     used.insert(*expected);
   }
   EXPECT_GT(used.size(), 1u);
+}
+
+// stop() must end even when the whole cluster is gone: leaving the group is bounded by revoke_timeout (an unbounded
+// rd_kafka_consumer_close() hung here for minutes). A hang fails this test through the ctest timeout.
+TEST_F(kafka_test, stop_ends_when_the_cluster_is_gone) {
+  if (std::getenv("SAGA_KAFKA_BROKERS")) GTEST_SKIP() << "needs a cluster of its own to take away";
+  auto own = std::make_unique<st::dev_broker>(broker_program);
+  auto c = config("gone");
+  c.bootstrap_servers = own->bootstrap_servers();
+  c.revoke_timeout = std::chrono::milliseconds(2000);
+  st::kafka_transport transport(c);
+  reply_collector replies;
+  transport.on_reply("order", replies.handler());
+  // One reply consumed and handled, so leaving the group has offsets to commit.
+  st::reply_message r;
+  r.command_id = "gone:1";
+  r.saga = saga::saga_id::from_words(1, 2);
+  r.saga_type = "order";
+  r.step = "s";
+  r.attempt = 1;
+  r.payload = "{}";
+  transport.send_reply(replies_topic(), r, nullptr);
+  ASSERT_TRUE(replies.wait_total(1, std::chrono::seconds(60)));
+  own.reset();  // every broker goes away
+  transport.stop();
+  SUCCEED() << "stop() returned with the cluster gone";
 }

@@ -64,10 +64,8 @@ bool retryable(rd_kafka_resp_err_t err) noexcept {
     case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
     case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
     case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
-    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
-      return true;
-    default:
-      return false;
+    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION: return true;
+    default: return false;
   }
 }
 
@@ -131,8 +129,8 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::chrono::steady_clock::rep> last_commit{0};  // steady_clock ticks of the last commit
   std::map<std::string, std::int32_t> partition_counts;
 
-  std::atomic<std::uint64_t> sent{0}, delivered{0}, delivery_failures{0}, queue_full{0}, received{0},
-      dead_lettered{0}, commits{0};
+  std::atomic<std::uint64_t> sent{0}, delivered{0}, delivery_failures{0}, queue_full{0}, received{0}, dead_lettered{0},
+      commits{0};
 
   explicit impl(kafka_config c) : cfg(std::move(c)), log(cfg.log ? cfg.log : stderr_logger()) {}
 
@@ -267,11 +265,13 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         if (!on_producer_thread && std::chrono::steady_clock::now() < deadline) {
           std::unique_lock lock(space_mutex);
           // Deliveries notify; the cap covers the window between a delivery report and the slot being freed.
-          space_cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(5)));
+          space_cv.wait_until(lock,
+                              std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(5)));
           continue;
         }
-        return fail(*ctx, "kafka producer queue full (" + std::to_string(cfg.max_queued_messages) +
-                              " messages) sending to " + topic + "; retry later",
+        return fail(*ctx,
+                    "kafka producer queue full (" + std::to_string(cfg.max_queued_messages) + " messages) sending to " +
+                        topic + "; retry later",
                     true);
       }
       return fail(*ctx, "cannot send to " + topic + ": " + rd_kafka_err2str(err), retryable(err));
@@ -290,14 +290,14 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     set(conf.get(), "enable.partition.eof", "false");
     set(conf.get(), "allow.auto.create.topics", "true");
     set(conf.get(), "fetch.wait.max.ms", std::to_string(cfg.fetch_wait_max_ms));
-    rd_kafka_conf_set_rebalance_cb(conf.get(), [](rd_kafka_t* rk, rd_kafka_resp_err_t err,
-                                                  rd_kafka_topic_partition_list_t* parts, void* opaque) {
-      static_cast<impl*>(opaque)->on_rebalance(rk, err, parts);
-    });
-    rd_kafka_conf_set_offset_commit_cb(conf.get(), [](rd_kafka_t*, rd_kafka_resp_err_t err,
-                                                      rd_kafka_topic_partition_list_t* offsets, void* opaque) {
-      static_cast<impl*>(opaque)->on_committed(err, offsets);
-    });
+    rd_kafka_conf_set_rebalance_cb(
+        conf.get(), [](rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts, void* opaque) {
+          static_cast<impl*>(opaque)->on_rebalance(rk, err, parts);
+        });
+    rd_kafka_conf_set_offset_commit_cb(
+        conf.get(), [](rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* offsets, void* opaque) {
+          static_cast<impl*>(opaque)->on_committed(err, offsets);
+        });
     apply_properties(conf.get(), "consumer");
     char err[512];
     rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof err);
@@ -311,7 +311,8 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
 
   void subscribe_locked() {
     list_ptr topics(rd_kafka_topic_partition_list_new(static_cast<int>(routes.size())));
-    for (const auto& [topic, r] : routes) rd_kafka_topic_partition_list_add(topics.get(), topic.c_str(), RD_KAFKA_PARTITION_UA);
+    for (const auto& [topic, r] : routes)
+      rd_kafka_topic_partition_list_add(topics.get(), topic.c_str(), RD_KAFKA_PARTITION_UA);
     if (auto err = rd_kafka_subscribe(consumer.get(), topics.get()))
       throw transport_error(std::string("cannot subscribe: ") + rd_kafka_err2str(err), false);
   }
@@ -340,9 +341,21 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       std::unique_ptr<rd_kafka_message_t, void (*)(rd_kafka_message_t*)> guard(m, rd_kafka_message_destroy);
       dispatch(m);
     }
-    // Leaving the group runs the revoke (in-flight handled, offsets committed) on this thread.
-    if (auto err = rd_kafka_consumer_close(consumer.get()))
-      say(log_level::warning, std::string("kafka consumer close: ") + rd_kafka_err2str(err));
+    // Leaving the group runs the revoke (in-flight handled, offsets committed) through the rebalance callback,
+    // served here. rd_kafka_consumer_close() would wait forever for a broker that is gone, so the close is
+    // asynchronous and bounded by revoke_timeout; past it the broker's session timeout frees the partitions.
+    std::unique_ptr<rd_kafka_queue_t, void (*)(rd_kafka_queue_t*)> queue(rd_kafka_queue_new(consumer.get()),
+                                                                         rd_kafka_queue_destroy);
+    if (rd_kafka_error_t* e = rd_kafka_consumer_close_queue(consumer.get(), queue.get())) {
+      say(log_level::warning, std::string("kafka consumer close: ") + rd_kafka_error_string(e));
+      rd_kafka_error_destroy(e);
+      return;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + cfg.revoke_timeout;
+    while (!rd_kafka_consumer_closed(consumer.get()) && std::chrono::steady_clock::now() < deadline)
+      rd_kafka_queue_poll_callback(queue.get(), 100);
+    if (!rd_kafka_consumer_closed(consumer.get()))
+      say(log_level::warning, "kafka consumer close did not finish within revoke_timeout (is the cluster reachable?)");
   }
 
   handled_callback make_handled(const std::string& topic, std::int32_t partition, std::int64_t offset) {
@@ -513,8 +526,9 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       return false;
     };
     if (!handled_cv.wait_for(lock, cfg.revoke_timeout, [&] { return !busy(); }))
-      say(log_level::warning, "kafka revoke: in-flight messages not handled within revoke_timeout; the next owner "
-                              "receives them again");
+      say(log_level::warning,
+          "kafka revoke: in-flight messages not handled within revoke_timeout; the next owner "
+          "receives them again");
   }
 
   void dispatch(rd_kafka_message_t* m) {
@@ -548,9 +562,12 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         if (!d) return poison(m, topic, std::move(headers), value, "cannot decode reply: " + d.error, handled);
         (*rh)(std::move(*d.message), handled);
       } else {
-        raw_record r{topic, m->partition, m->offset,
+        raw_record r{topic,
+                     m->partition,
+                     m->offset,
                      m->key ? std::string(static_cast<const char*>(m->key), m->key_len) : std::string(),
-                     std::move(headers), std::string(value)};
+                     std::move(headers),
+                     std::string(value)};
         std::get<raw_handler>(handler)(std::move(r), handled);
       }
     } catch (const std::exception& e) {
@@ -646,7 +663,9 @@ std::string kafka_transport::command_topic(const std::string& service) const {
 std::string kafka_transport::reply_topic(const std::string& saga_type) const {
   return config_.reply_topic ? config_.reply_topic(saga_type) : config_.topic_prefix + "." + saga_type + ".replies";
 }
-std::string kafka_transport::dead_letter_topic(const std::string& topic) const { return topic + config_.dead_letter_suffix; }
+std::string kafka_transport::dead_letter_topic(const std::string& topic) const {
+  return topic + config_.dead_letter_suffix;
+}
 
 void kafka_transport::send_command(const command_message& command, delivery_callback done) {
   auto e = encode(command, config_.source);
@@ -703,8 +722,8 @@ bool kafka_transport::flush(std::chrono::milliseconds timeout) {
 }
 
 kafka_stats kafka_transport::stats() const {
-  return kafka_stats{impl_->sent.load(),     impl_->delivered.load(),     impl_->delivery_failures.load(),
-                     impl_->queue_full.load(), impl_->received.load(), impl_->dead_lettered.load(),
+  return kafka_stats{impl_->sent.load(),       impl_->delivered.load(), impl_->delivery_failures.load(),
+                     impl_->queue_full.load(), impl_->received.load(),  impl_->dead_lettered.load(),
                      impl_->commits.load()};
 }
 
