@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,9 +45,15 @@ class child_process {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
-      if (FILE* f = std::fopen(log_file.c_str(), "a")) ::dup2(::fileno(f), 2);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a test that crashed
+      if (::getppid() != parent) std::_Exit(0);
+      if (FILE* f = std::fopen(log_file.c_str(), "a")) {
+        ::dup2(::fileno(f), 1);
+        ::dup2(::fileno(f), 2);
+      }
       ::execv(argv[0], argv.data());
       std::_Exit(127);
     }

@@ -1,8 +1,10 @@
 #include "saga/transport/kafka_dev.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,9 +76,18 @@ dev_broker::dev_broker(const std::string& program, std::vector<std::string> args
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
   if (pid_ == 0) {
+    // The broker never outlives the process that started it (a test that crashed included), and it writes to its
+    // own log, never to the parent's stdout: a runner waiting for that pipe to close would otherwise hang.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) std::_Exit(0);
+    if (int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644); fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
     ::execv(program.c_str(), argv.data());
     std::_Exit(127);
   }
@@ -128,8 +139,9 @@ void dev_broker::shutdown() noexcept {
 
 std::string dev_broker::control(const std::string& line) const {
   if (control_.empty())
-    throw std::runtime_error("no broker control interface (a real cluster is used: set SAGA_KAFKA_CONTROL or unset "
-                             "SAGA_KAFKA_BROKERS to run fault injection)");
+    throw std::runtime_error(
+        "no broker control interface (a real cluster is used: set SAGA_KAFKA_CONTROL or unset "
+        "SAGA_KAFKA_BROKERS to run fault injection)");
   auto answer = kafka_dev_control(control_, line);
   if (answer.rfind("ok", 0) != 0) throw std::runtime_error("broker control '" + line + "': " + answer);
   return answer;

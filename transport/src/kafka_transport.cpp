@@ -351,9 +351,24 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       rd_kafka_error_destroy(e);
       return;
     }
+    // The close queue also receives messages fetched before the close took effect, so it is served with the event
+    // API (rd_kafka_queue_poll_callback() aborts the process on a message: "not a message queue"). Those messages
+    // are dropped unhandled and uncommitted; the partition's next owner receives them again.
     const auto deadline = std::chrono::steady_clock::now() + cfg.revoke_timeout;
-    while (!rd_kafka_consumer_closed(consumer.get()) && std::chrono::steady_clock::now() < deadline)
-      rd_kafka_queue_poll_callback(queue.get(), 100);
+    while (!rd_kafka_consumer_closed(consumer.get()) && std::chrono::steady_clock::now() < deadline) {
+      std::unique_ptr<rd_kafka_event_t, void (*)(rd_kafka_event_t*)> ev(rd_kafka_queue_poll(queue.get(), 100),
+                                                                        rd_kafka_event_destroy);
+      if (!ev) continue;
+      switch (rd_kafka_event_type(ev.get())) {
+        case RD_KAFKA_EVENT_REBALANCE:
+          on_rebalance(consumer.get(), rd_kafka_event_error(ev.get()), rd_kafka_event_topic_partition_list(ev.get()));
+          break;
+        case RD_KAFKA_EVENT_OFFSET_COMMIT:
+          on_committed(rd_kafka_event_error(ev.get()), rd_kafka_event_topic_partition_list(ev.get()));
+          break;
+        default: break;
+      }
+    }
     if (!rd_kafka_consumer_closed(consumer.get()))
       say(log_level::warning, "kafka consumer close did not finish within revoke_timeout (is the cluster reachable?)");
   }
