@@ -79,7 +79,8 @@ saga_result run_saga_path(const st::kafka_config& base, const std::string& prefi
   options.service = "inventory";
   options.log = st::stderr_logger(st::log_level::warning);
   st::participant participant(participant_side, inbox, options);
-  participant.handle("reserve", [](const st::command_message& c, saga::storage::transaction&) { return st::success(c.payload); });
+  participant.handle("reserve",
+                     [](const st::command_message& c, saga::storage::transaction&) { return st::success(c.payload); });
   participant.start();
 
   st::kafka_transport orchestrator(config("orchestrator"));
@@ -149,11 +150,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = std::stoi(argv[i + 1]);
-    if (a == "--in-flight") in_flight = v;
-    else if (a == "--total") total = v;
-    else if (a == "--samples") samples = v;
-    else if (a == "--partitions") partitions = v;
-    else if (a == "--rounds") rounds = std::max(1, v);
+    if (a == "--in-flight")
+      in_flight = v;
+    else if (a == "--total")
+      total = v;
+    else if (a == "--samples")
+      samples = v;
+    else if (a == "--partitions")
+      partitions = v;
+    else if (a == "--rounds")
+      rounds = std::max(1, v);
   }
   st::dev_broker broker(SAGA_KAFKA_DEV_PROGRAM);
   std::random_device rd;
@@ -187,7 +193,8 @@ int main(int argc, char** argv) {
     topics(p, {"inventory.commands", "order.replies"});
     auto cpu = cpu_seconds();
     auto r = run_saga_path(base, p, in_flight, total, seed + 100 + static_cast<std::uint64_t>(round));
-    std::fprintf(stderr, "round %d: saga path %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
+    std::fprintf(stderr,
+                 "round %d: saga path %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
                  round + 1, r.replies_per_s, in_flight, (cpu_seconds() - cpu) * 1e6 / total);
     saga_runs.push_back(r.replies_per_s);
     auto b = run + "-bt" + std::to_string(round);
@@ -195,7 +202,8 @@ int main(int argc, char** argv) {
     cpu = cpu_seconds();
     auto br = saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), b, in_flight, total, base.linger_ms,
                                                base.fetch_wait_max_ms, record.headers, record.key, record.value.size());
-    std::fprintf(stderr, "round %d: bare librdkafka %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
+    std::fprintf(stderr,
+                 "round %d: bare librdkafka %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
                  round + 1, br.replies_per_s, in_flight, (cpu_seconds() - cpu) * 1e6 / total);
     base_runs.push_back(br.replies_per_s);
   }
@@ -209,17 +217,19 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "saga path: round trip p50 %.2f ms, p99 %.2f ms (one in flight)\n", p50, p99);
 
   topics(run + "-bl", {"requests", "responses"});
-  auto base_l = saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), run + "-bl", 1, samples, base.linger_ms,
-                                                 base.fetch_wait_max_ms, record.headers, record.key, record.value.size());
+  auto base_l =
+      saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), run + "-bl", 1, samples, base.linger_ms,
+                                       base.fetch_wait_max_ms, record.headers, record.key, record.value.size());
   double bp50 = percentile(base_l.rtt_ms, 0.5), bp99 = percentile(base_l.rtt_ms, 0.99);
   std::fprintf(stderr, "bare librdkafka: round trip p50 %.2f ms, p99 %.2f ms\n", bp50, bp99);
 
-  std::printf("{\"replies_per_s\":%.0f,\"rtt_p50_ms\":%.3f,\"rtt_p99_ms\":%.3f,\"baseline_replies_per_s\":%.0f,"
-              "\"baseline_rtt_p50_ms\":%.3f,\"baseline_rtt_p99_ms\":%.3f,\"ratio\":%.3f,\"in_flight\":%d,"
-              "\"saga_median_replies_per_s\":%.0f,\"baseline_median_replies_per_s\":%.0f,\"rounds\":%d,\"total\":%d,\"samples\":%d,\"partitions\":%d,\"linger_ms\":%d,\"fetch_wait_max_ms\":%d}\n",
-              throughput.replies_per_s, p50, p99, base_t.replies_per_s, bp50, bp99,
-              base_t.replies_per_s > 0 ? throughput.replies_per_s / base_t.replies_per_s : 0.0, in_flight,
-              median(saga_runs), median(base_runs), rounds, total,
-              samples, partitions, base.linger_ms, base.fetch_wait_max_ms);
+  std::printf(
+      "{\"replies_per_s\":%.0f,\"rtt_p50_ms\":%.3f,\"rtt_p99_ms\":%.3f,\"baseline_replies_per_s\":%.0f,"
+      "\"baseline_rtt_p50_ms\":%.3f,\"baseline_rtt_p99_ms\":%.3f,\"ratio\":%.3f,\"in_flight\":%d,"
+      "\"saga_median_replies_per_s\":%.0f,\"baseline_median_replies_per_s\":%.0f,\"rounds\":%d,\"total\":%d,"
+      "\"samples\":%d,\"partitions\":%d,\"linger_ms\":%d,\"fetch_wait_max_ms\":%d}\n",
+      throughput.replies_per_s, p50, p99, base_t.replies_per_s, bp50, bp99,
+      base_t.replies_per_s > 0 ? throughput.replies_per_s / base_t.replies_per_s : 0.0, in_flight, median(saga_runs),
+      median(base_runs), rounds, total, samples, partitions, base.linger_ms, base.fetch_wait_max_ms);
   return 0;
 }

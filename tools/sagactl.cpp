@@ -9,10 +9,10 @@
 #include <saga/storage/postgres_event_store.hpp>
 #endif
 
-#include <cstdlib>
-#include <iostream>
 #include <pwd.h>
 #include <unistd.h>
+#include <cstdlib>
+#include <iostream>
 
 int main(int argc, char** argv) {
   saga::cli::environment env;
@@ -21,9 +21,7 @@ int main(int argc, char** argv) {
   if (const passwd* pw = getpwuid(getuid())) env.user = pw->pw_name;
   env.now = [] { return std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now()); };
 #ifdef SAGA_HAVE_POSTGRES
-  env.open_store = [](const std::string& url) {
-    return std::make_unique<saga::storage::postgres_event_store>(url);
-  };
+  env.open_store = [](const std::string& url) { return std::make_unique<saga::storage::postgres_event_store>(url); };
   env.migrate = [](const std::string& url) {
     const auto r = saga::storage::migrate(url);
     if (r.applied.empty()) return std::string("the schema is up to date");

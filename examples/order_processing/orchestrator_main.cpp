@@ -12,12 +12,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <algorithm>
 #include <map>
 
 using namespace order_processing;
@@ -48,14 +48,22 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--orders") o.orders = std::stoul(value());
-    else if (a == "--in-flight") o.in_flight = std::stoul(value());
-    else if (a == "--run") o.run = value();
-    else if (a == "--resume-only") o.resume_only = true;
-    else if (a == "--json") o.json = true;
-    else if (a == "--check-all") o.check_all = true;
-    else if (a == "--until-idle") o.until_idle = true;
-    else throw std::invalid_argument("unknown option " + a);
+    if (a == "--orders")
+      o.orders = std::stoul(value());
+    else if (a == "--in-flight")
+      o.in_flight = std::stoul(value());
+    else if (a == "--run")
+      o.run = value();
+    else if (a == "--resume-only")
+      o.resume_only = true;
+    else if (a == "--json")
+      o.json = true;
+    else if (a == "--check-all")
+      o.check_all = true;
+    else if (a == "--until-idle")
+      o.until_idle = true;
+    else
+      throw std::invalid_argument("unknown option " + a);
   }
   return o;
 }
@@ -133,7 +141,8 @@ int main(int argc, char** argv) {
     orchestrator.run();
 
     if (opt.resume_only) {  // recovery: finish what the log says is unfinished, then exit
-      while (!interrupted && !store.list_unfinished({}).empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      while (!interrupted && !store.list_unfinished({}).empty())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       orchestrator.shutdown();
       return interrupted ? 130 : 0;
     }
@@ -189,22 +198,26 @@ int main(int argc, char** argv) {
     books b;
     session.run([&](saga::storage::transaction& tx) { b = check_books(tx, endings); });
     std::cout << "\nbooks\n"
-              << "  stock    " << b.stock_on_hand << " on hand + " << b.stock_reserved << " shipped = " << b.stock_initial
-              << "\n  money    " << b.money_balances << " in balances + " << b.money_charged
-              << " kept charges = " << b.money_initial << "\n";
+              << "  stock    " << b.stock_on_hand << " on hand + " << b.stock_reserved
+              << " shipped = " << b.stock_initial << "\n  money    " << b.money_balances << " in balances + "
+              << b.money_charged << " kept charges = " << b.money_initial << "\n";
     for (const auto& p : b.problems) std::cout << "  PROBLEM: " << p << "\n";
-    std::cout << "  " << (b.consistent() ? "OK: every reservation released or shipped, every charge refunded or kept"
-                                         : "BROKEN")
+    std::cout << "  "
+              << (b.consistent() ? "OK: every reservation released or shipped, every charge refunded or kept"
+                                 : "BROKEN")
               << "\n";
     if (!example.empty()) std::cout << "compensated example: " << example << "\n";
     orchestrator.shutdown();
     if (opt.json && !latencies_ms.empty()) {  // one line for scripts/bench
       std::sort(latencies_ms.begin(), latencies_ms.end());
-      auto at = [&](double q) { return latencies_ms[static_cast<std::size_t>(q * static_cast<double>(latencies_ms.size() - 1))]; };
-      std::printf("{\"sagas\":%zu,\"in_flight\":%zu,\"seconds\":%.3f,\"sagas_per_s\":%.1f,\"events_per_s\":%.1f,"
-                  "\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
-                  placed.size(), opt.in_flight, seconds, static_cast<double>(placed.size()) / seconds,
-                  static_cast<double>(m.events_appended.load()) / seconds, at(0.50), at(0.99));
+      auto at = [&](double q) {
+        return latencies_ms[static_cast<std::size_t>(q * static_cast<double>(latencies_ms.size() - 1))];
+      };
+      std::printf(
+          "{\"sagas\":%zu,\"in_flight\":%zu,\"seconds\":%.3f,\"sagas_per_s\":%.1f,\"events_per_s\":%.1f,"
+          "\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
+          placed.size(), opt.in_flight, seconds, static_cast<double>(placed.size()) / seconds,
+          static_cast<double>(m.events_appended.load()) / seconds, at(0.50), at(0.99));
     }
     const bool all_terminal =
         by_status[saga::saga_status::completed] + by_status[saga::saga_status::compensated] == placed.size();

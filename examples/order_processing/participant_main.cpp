@@ -35,17 +35,20 @@ void register_handlers(saga::transport::participant& p, const std::string& servi
   if (service == "orders") {
     p.handle("create_order", [](const command_message& c, transaction& tx) {
       const auto cmd = saga::from_json<create_order>(c.payload);
-      tx.exec("INSERT INTO shop_orders (order_id, customer, amount_cents, status) VALUES ($1, $2, $3, 'created') "
-              "ON CONFLICT (order_id) DO NOTHING",
-              {cmd.order_id, cmd.customer, std::to_string(cmd.amount_cents)});
+      tx.exec(
+          "INSERT INTO shop_orders (order_id, customer, amount_cents, status) VALUES ($1, $2, $3, 'created') "
+          "ON CONFLICT (order_id) DO NOTHING",
+          {cmd.order_id, cmd.customer, std::to_string(cmd.amount_cents)});
       return tx_answers::success();
     });
     p.handle("cancel_order", [](const command_message& c, transaction& tx) {
-      tx.exec("UPDATE shop_orders SET status = 'cancelled' WHERE order_id = $1", {saga::from_json<order_ref>(c.payload).order_id});
+      tx.exec("UPDATE shop_orders SET status = 'cancelled' WHERE order_id = $1",
+              {saga::from_json<order_ref>(c.payload).order_id});
       return tx_answers::success();
     });
     p.handle("approve_order", [](const command_message& c, transaction& tx) {
-      tx.exec("UPDATE shop_orders SET status = 'approved' WHERE order_id = $1", {saga::from_json<order_ref>(c.payload).order_id});
+      tx.exec("UPDATE shop_orders SET status = 'approved' WHERE order_id = $1",
+              {saga::from_json<order_ref>(c.payload).order_id});
       return tx_answers::success();
     });
   } else if (service == "inventory") {
@@ -61,9 +64,10 @@ void register_handlers(saga::transport::participant& p, const std::string& servi
     });
     p.handle("release_inventory", [](const command_message& c, transaction& tx) {
       const auto ref = saga::from_json<order_ref>(c.payload);
-      const auto rows = tx.exec("UPDATE shop_reservations SET state = 'released' WHERE order_id = $1 AND state = 'reserved' "
-                                "RETURNING sku, quantity",
-                                {ref.order_id});
+      const auto rows = tx.exec(
+          "UPDATE shop_reservations SET state = 'released' WHERE order_id = $1 AND state = 'reserved' "
+          "RETURNING sku, quantity",
+          {ref.order_id});
       for (const auto& r : rows) tx.exec("UPDATE shop_stock SET on_hand = on_hand + $2 WHERE sku = $1", {r[0], r[1]});
       return tx_answers::success();
     });
@@ -71,7 +75,8 @@ void register_handlers(saga::transport::participant& p, const std::string& servi
     p.handle("charge_payment", [](const command_message& c, transaction& tx) {
       const auto cmd = saga::from_json<charge_payment>(c.payload);
       if (!cmd.customer.empty() && cmd.customer.back() == '7') return tx_answers::failure("card declined");
-      const std::string balance = one(tx, "SELECT balance FROM shop_accounts WHERE customer = $1 FOR UPDATE", {cmd.customer});
+      const std::string balance =
+          one(tx, "SELECT balance FROM shop_accounts WHERE customer = $1 FOR UPDATE", {cmd.customer});
       if (balance.empty()) return tx_answers::failure("unknown customer " + cmd.customer);
       if (std::stoll(balance) < cmd.amount_cents) return tx_answers::failure("insufficient funds");
       tx.exec("UPDATE shop_accounts SET balance = balance - $2 WHERE customer = $1",
@@ -81,17 +86,20 @@ void register_handlers(saga::transport::participant& p, const std::string& servi
       return tx_answers::success(saga::to_json(payment_charged{"pay-" + cmd.order_id}));
     });
     p.handle("refund_payment", [](const command_message& c, transaction& tx) {
-      const auto rows = tx.exec("UPDATE shop_charges SET state = 'refunded' WHERE order_id = $1 AND state = 'charged' "
-                                "RETURNING customer, amount_cents",
-                                {saga::from_json<order_ref>(c.payload).order_id});
-      for (const auto& r : rows) tx.exec("UPDATE shop_accounts SET balance = balance + $2 WHERE customer = $1", {r[0], r[1]});
+      const auto rows = tx.exec(
+          "UPDATE shop_charges SET state = 'refunded' WHERE order_id = $1 AND state = 'charged' "
+          "RETURNING customer, amount_cents",
+          {saga::from_json<order_ref>(c.payload).order_id});
+      for (const auto& r : rows)
+        tx.exec("UPDATE shop_accounts SET balance = balance + $2 WHERE customer = $1", {r[0], r[1]});
       return tx_answers::success();
     });
   } else if (service == "shipping") {
     p.handle("ship_order", [](const command_message& c, transaction& tx) {
       const auto cmd = saga::from_json<ship_order>(c.payload);
       if (cmd.address.find("Nowhere") != std::string::npos) return tx_answers::failure("shipping address invalid");
-      tx.exec("INSERT INTO shop_shipments (order_id, tracking_number) VALUES ($1, $2)", {cmd.order_id, "trk-" + cmd.order_id});
+      tx.exec("INSERT INTO shop_shipments (order_id, tracking_number) VALUES ($1, $2)",
+              {cmd.order_id, "trk-" + cmd.order_id});
       return tx_answers::success(saga::to_json(order_shipped{"trk-" + cmd.order_id}));
     });
   }

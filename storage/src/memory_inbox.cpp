@@ -38,7 +38,9 @@ stored_reply handle_command(inbox& box, const std::string& command_id, const std
       // The forward command never took effect (and now never will): nothing to undo.
       return box.process(
           command_id,
-          [](transaction&) { return stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""}; },
+          [](transaction&) {
+            return stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""};
+          },
           ran);
     }
   }

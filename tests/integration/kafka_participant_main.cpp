@@ -103,7 +103,8 @@ int main(int argc, char** argv) {
   auto record = [&](const st::command_message& c, saga::storage::transaction& tx) {
     if (postgres) {
       tx.exec("CREATE TABLE IF NOT EXISTS kafka_test_effects (command_id text NOT NULL, pid int NOT NULL)");
-      tx.exec("INSERT INTO kafka_test_effects (command_id, pid) VALUES ($1, $2)", {c.command_id, std::to_string(::getpid())});
+      tx.exec("INSERT INTO kafka_test_effects (command_id, pid) VALUES ($1, $2)",
+              {c.command_id, std::to_string(::getpid())});
     } else {
       std::lock_guard lock(effects_mutex);
       effects << c.command_id << '\n' << std::flush;

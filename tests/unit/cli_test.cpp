@@ -20,24 +20,33 @@ namespace {
 // Lends an existing store or transport to sagactl (which owns what it opens).
 struct borrowed_store final : storage::event_store {
   explicit borrowed_store(storage::event_store& s) : s_(s) {}
-  void async_append(storage::append_request r, storage::append_callback d) override { s_.async_append(std::move(r), std::move(d)); }
+  void async_append(storage::append_request r, storage::append_callback d) override {
+    s_.async_append(std::move(r), std::move(d));
+  }
   std::vector<storage::recorded_event> load(const saga_id& id) override { return s_.load(id); }
   std::vector<storage::recorded_event> read_all(std::uint64_t p, std::size_t n) override { return s_.read_all(p, n); }
-  std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override { return s_.list_unfinished(f); }
+  std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
+    return s_.list_unfinished(f);
+  }
   std::optional<storage::saga_summary> find(const saga_id& id) override { return s_.find(id); }
   std::optional<saga_id> find_by_idempotency_key(const std::string& t, const std::string& k) override {
     return s_.find_by_idempotency_key(t, k);
   }
   std::vector<storage::saga_summary> list(const storage::saga_query& q) override { return s_.list(q); }
-  std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& t) override { return s_.count_by_status(t); }
+  std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& t) override {
+    return s_.count_by_status(t);
+  }
   storage::event_store& s_;
 };
 struct borrowed_bus final : saga::transport::transport {
   explicit borrowed_bus(saga::transport::transport& b) : b_(b) {}
-  void send_command(const saga::transport::command_message& c, saga::transport::delivery_callback d) override { b_.send_command(c, std::move(d)); }
+  void send_command(const saga::transport::command_message& c, saga::transport::delivery_callback d) override {
+    b_.send_command(c, std::move(d));
+  }
   void on_reply(const std::string& t, saga::transport::reply_handler h) override { b_.on_reply(t, std::move(h)); }
   void on_command(const std::string& s, saga::transport::command_handler h) override { b_.on_command(s, std::move(h)); }
-  void send_reply(const std::string& to, const saga::transport::reply_message& r, saga::transport::delivery_callback d) override {
+  void send_reply(const std::string& to, const saga::transport::reply_message& r,
+                  saga::transport::delivery_callback d) override {
     b_.send_reply(to, r, std::move(d));
   }
   saga::transport::transport& b_;
@@ -56,8 +65,10 @@ struct fixture {
     d.serve("orders", [](const transport::command_message&) { return ok(); });
     d.serve("inventory", [](const transport::command_message&) { return ok(R"({"reservation_id":"r"})"); });
     d.serve("payments", [this](const transport::command_message& c) {
-      if (c.command_type == "refund_payment" && refunds_fail) return storage::stored_reply{outcome::failure, "{}", "ledger closed"};
-      if (c.command_type == "charge_payment" && from_json<order_processing::charge_payment>(c.payload).customer == "declined")
+      if (c.command_type == "refund_payment" && refunds_fail)
+        return storage::stored_reply{outcome::failure, "{}", "ledger closed"};
+      if (c.command_type == "charge_payment" &&
+          from_json<order_processing::charge_payment>(c.payload).customer == "declined")
         return storage::stored_reply{outcome::failure, "{}", "card declined"};
       return ok(R"({"payment_id":"p"})");
     });
@@ -189,7 +200,8 @@ TEST(sagactl, retry_on_a_stuck_saga_whose_participant_now_succeeds_ends_compensa
 
 TEST(sagactl, skip_records_the_reason_and_the_saga_finishes) {
   fixture f;
-  const auto r = f.run({"skip", f.stuck.to_string(), "--step", "charge_payment", "--reason", "refunded by hand", "--operator", "ops"});
+  const auto r = f.run(
+      {"skip", f.stuck.to_string(), "--step", "charge_payment", "--reason", "refunded by hand", "--operator", "ops"});
   ASSERT_EQ(r.status, 0) << r.err;
   f.d.bus().pump();
   EXPECT_EQ(f.d.state(f.stuck).status, saga_status::compensated);
@@ -202,7 +214,9 @@ TEST(sagactl, cancel_before_the_pivot_compensates_after_it_is_refused_with_the_r
   // Charges go unanswered (the saga waits at charge_payment); refunds succeed.
   f.d.bus().on_command("payments", [&f](transport::command_message c, transport::handled_callback h) {
     if (c.command_type == "refund_payment")
-      f.d.bus().send_reply(c.reply_to, {c.command_id, c.saga, c.saga_type, c.step, c.attempt, outcome::success, "{}", "", {}, {}}, nullptr);
+      f.d.bus().send_reply(c.reply_to,
+                           {c.command_id, c.saga, c.saga_type, c.step, c.attempt, outcome::success, "{}", "", {}, {}},
+                           nullptr);
     h();
   });
   const saga_id waiting = f.d.start_with("order", fixture::make("ok", "1 Main St"), "w");

@@ -65,7 +65,8 @@ producer_ptr producer(const std::string& brokers, int linger_ms) {
   return producer_ptr(rk);
 }
 
-consumer_ptr consumer(const std::string& brokers, const std::string& group, const std::string& topic, int fetch_wait_ms) {
+consumer_ptr consumer(const std::string& brokers, const std::string& group, const std::string& topic,
+                      int fetch_wait_ms) {
   auto* c = conf(brokers);
   set(c, "group.id", group);
   set(c, "auto.offset.reset", "earliest");
@@ -98,8 +99,9 @@ void send(rd_kafka_t* p, const std::string& topic, const void* key, std::size_t 
 }  // namespace
 
 // Request/reply through `brokers`: keeps `in_flight` requests outstanding until `total` replies came back (after a
-// warm-up). Each record carries `headers` and a key shaped like `key` (distinct per request), and a value of `value_size` bytes that starts
-// with the send time in ns — the same bytes as the saga path's records, without encoding or decoding them.
+// warm-up). Each record carries `headers` and a key shaped like `key` (distinct per request), and a value of
+// `value_size` bytes that starts with the send time in ns — the same bytes as the saga path's records, without encoding
+// or decoding them.
 baseline_result run_rdkafka_baseline(const std::string& brokers, const std::string& prefix, int in_flight, int total,
                                      int linger_ms, int fetch_wait_ms,
                                      const std::vector<std::pair<std::string, std::string>>& headers,

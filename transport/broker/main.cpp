@@ -128,8 +128,8 @@ class broker {
       return answer(rd_kafka_mock_topic_create(cluster_, w[1].c_str(), static_cast<int>(a), static_cast<int>(c)));
     }
     if (cmd == "leader" && w.size() == 4 && parse_int(w[2], a) && parse_int(w[3], b)) {
-      return answer(rd_kafka_mock_partition_set_leader(cluster_, w[1].c_str(), static_cast<int32_t>(a),
-                                                        static_cast<int32_t>(b)));
+      return answer(
+          rd_kafka_mock_partition_set_leader(cluster_, w[1].c_str(), static_cast<int32_t>(a), static_cast<int32_t>(b)));
     }
     if (cmd == "clear_errors" && w.size() == 1) {
       for (int16_t api = 0; api < 70; ++api) rd_kafka_mock_clear_request_errors(cluster_, api);
@@ -195,8 +195,9 @@ int main(int argc, char** argv) {
         die("--topic needs NAME:PARTITIONS, got " + t);
       topics.emplace_back(t.substr(0, colon), parts);
     } else if (arg == "-h" || arg == "--help") {
-      std::puts("usage: saga-kafka-dev --bootstrap-file FILE [--control-file FILE] [--brokers N] "
-                "[--topic NAME:PARTITIONS]...");
+      std::puts(
+          "usage: saga-kafka-dev --bootstrap-file FILE [--control-file FILE] [--brokers N] "
+          "[--topic NAME:PARTITIONS]...");
       return 0;
     } else {
       die("unknown argument " + arg + " (see --help)");
@@ -255,7 +256,8 @@ int main(int argc, char** argv) {
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info{};
-      if (::read(sfd.fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info) && info.ssi_signo == SIGPIPE) continue;
+      if (::read(sfd.fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info) && info.ssi_signo == SIGPIPE)
+        continue;
       break;
     }
     if (fds[1].revents & POLLIN) {

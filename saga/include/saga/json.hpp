@@ -3,9 +3,9 @@
 
 #include <cereal/archives/json.hpp>
 
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
-#include <cstdint>
 #include <string>
 #include <string_view>
 #include <typeinfo>

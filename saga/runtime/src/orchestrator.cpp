@@ -215,7 +215,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         return finish_job(j, d);
       }
       decision d = decide(*def, *e->state, j.what, decide_context{options.clock->now(), options.entropy()});
-      if (d.events.empty() && !d.ignored.empty() && !fresh && !j.reloaded && std::holds_alternative<triggers::reply>(j.what)) {
+      if (d.events.empty() && !d.ignored.empty() && !fresh && !j.reloaded &&
+          std::holds_alternative<triggers::reply>(j.what)) {
         // A reply the cached state does not know: an operator tool may have appended and sent commands
         // meanwhile, so decide once more on the log.
         e->state.reset();

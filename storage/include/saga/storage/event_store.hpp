@@ -120,8 +120,8 @@ struct partition_filter {
 
 // Which sagas a listing returns (every field optional).
 struct saga_query {
-  std::string type;                    // empty: any type
-  std::optional<saga_status> status;   // any status when absent
+  std::string type;                                    // empty: any type
+  std::optional<saga_status> status;                   // any status when absent
   std::optional<time_point> started_from, started_to;  // inclusive bounds on the start time
   std::size_t limit = 1000;
 };

@@ -2,9 +2,9 @@
 // and demos: start it as a child process, talk to its fault-injection control port, stop it by PID.
 #pragma once
 
+#include <sys/types.h>
 #include <chrono>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 namespace saga::transport {

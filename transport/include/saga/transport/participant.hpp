@@ -76,7 +76,8 @@ class participant {
   [[nodiscard]] participant_stats stats() const;
 
  private:
-  void send_reply(command_message command, storage::stored_reply reply, handled_callback handled, std::uint32_t attempt);
+  void send_reply(command_message command, storage::stored_reply reply, handled_callback handled,
+                  std::uint32_t attempt);
   void park(const command_message& command, const std::string& reason, handled_callback handled);
   void say(log_level level, const std::string& line) const noexcept;
 
