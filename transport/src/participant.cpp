@@ -1,5 +1,7 @@
 #include "saga/transport/participant.hpp"
 
+#include "saga/storage/event_store.hpp"
+
 #include <stdexcept>
 #include <thread>
 
@@ -61,6 +63,8 @@ void participant::process(command_message command, handled_callback handled) noe
     const handler& h = it->second;
     storage::stored_reply reply;
     auto backoff = options_.retry_backoff;
+    auto outage_backoff =
+        std::max(options_.retry_backoff, decltype(options_.retry_backoff)(std::chrono::milliseconds(50)));
     for (std::uint32_t failures = 0;;) {
       try {
         bool first = false;
@@ -77,6 +81,14 @@ void participant::process(command_message command, handled_callback handled) noe
           ++executed_;
         }
         break;
+      } catch (const storage::store_error& e) {
+        if (!e.retryable()) throw;
+        // The inbox database is unreachable: an outage to wait out, not a poison message. Nothing was committed;
+        // the same command runs (or is answered from the inbox) once the database is back.
+        say(log_level::warning, "inbox unavailable for " + command.command_id + ", retrying in " +
+                                    std::to_string(outage_backoff.count()) + " ms: " + e.what());
+        std::this_thread::sleep_for(outage_backoff);  // failure path only
+        outage_backoff = std::min(outage_backoff * 2, decltype(outage_backoff)(std::chrono::seconds(5)));
       } catch (const std::exception& e) {
         ++handler_exceptions_;
         if (++failures > options_.max_handler_failures)

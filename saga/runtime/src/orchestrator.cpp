@@ -369,10 +369,29 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return future.get();
   }
 
-  void recover(const storage::partition_filter& filter) {
-    for (const auto& summary : store.list_unfinished(filter)) {
-      if (!latest(summary.type)) continue;  // another service's saga type
-      submit(summary.id, job{true, {}, {}, {}});
+  // Recovers the unfinished sagas of `filter`. While the store is unavailable (a database restart, say) it tries
+  // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
+  // unrecovered because the database was down when their partitions arrived.
+  void recover(const storage::partition_filter& filter, duration backoff = {}) {
+    try {
+      for (const auto& summary : store.list_unfinished(filter)) {
+        if (!latest(summary.type)) continue;  // another service's saga type
+        submit(summary.id, job{true, {}, {}, {}});
+      }
+    } catch (const storage::store_error& x) {
+      if (!x.retryable()) throw;
+      backoff = std::clamp(backoff * 2, options.store_retry_backoff, duration(std::chrono::seconds(5)));
+      log("recovery will be retried in " + std::to_string(backoff.count()) + " ms: " + x.what());
+      auto timer = std::make_shared<asio::steady_timer>(io, backoff);
+      timer->async_wait([weak = weak_from_this(), timer, filter, backoff](const boost::system::error_code& ec) {
+        auto self = weak.lock();
+        if (ec || !self || !self->accepting) return;
+        try {
+          self->recover(filter, backoff);
+        } catch (const std::exception& e) {
+          self->log(std::string("recovery failed: ") + e.what());
+        }
+      });
     }
   }
 };
