@@ -2,6 +2,7 @@
 saga_add_test(saga_postgres_tests LABEL integration TIMEOUT 600
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/postgres_store_test.cpp ${CMAKE_CURRENT_LIST_DIR}/postgres_migrate_test.cpp
           ${CMAKE_CURRENT_LIST_DIR}/postgres_inbox_test.cpp
+          ${CMAKE_CURRENT_LIST_DIR}/postgres_hostile_input_test.cpp
   LIBS saga::postgres)
 
 # The crash test stops and restarts the shared test server, so it never runs beside another test (RUN_SERIAL).

@@ -692,6 +692,16 @@ void postgres_event_store::async_append(append_request request, append_callback 
     if (request.saga.is_nil()) throw store_error("append to the nil saga id");
     (void)detail::status_text(request.status_after);
     sealed = seal(request, std::string());
+    const auto refuse = [&](const std::string& what, const std::string& why) {
+      throw store_error("postgres_event_store: append to saga " + request.saga.to_string() + " refused: " + what +
+                        " contains " + why);
+    };
+    if (auto why = detail::unstorable_text(request.saga_type, false); !why.empty()) refuse("the saga type", why);
+    for (const auto& e : sealed) {
+      const std::string which = "event " + std::to_string(e.seq) + " (" + e.type + ")";
+      if (auto why = detail::unstorable_text(e.payload, true); !why.empty()) refuse("the payload of " + which, why);
+      if (auto why = detail::unstorable_text(e.metadata, true); !why.empty()) refuse("the metadata of " + which, why);
+    }
   } catch (...) {
     impl_->deliver({completion{std::move(done), std::current_exception(), {}}});
     return;
