@@ -6,8 +6,14 @@ execute_process(COMMAND "${CMAKE_COMMAND}" --install "${SAGA_BINARY_DIR}" --pref
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install failed (${rc})")
 endif()
+# A sanitized build's libraries need the same runtime in the program that links them.
+set(flags "")
+if(SAGA_SANITIZE)
+  set(flags "-fsanitize=${SAGA_SANITIZE}")
+endif()
 execute_process(COMMAND "${CMAKE_COMMAND}" -S "${SAGA_SOURCE_DIR}/tests/consumer" -B "${build}"
-                        "-DCMAKE_PREFIX_PATH=${prefix}" -DCMAKE_BUILD_TYPE=Release RESULT_VARIABLE rc)
+                        "-DCMAKE_PREFIX_PATH=${prefix}" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS=${flags}"
+                        "-DCMAKE_EXE_LINKER_FLAGS=${flags}" RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "configuring the consumer project against the installed package failed (${rc})")
 endif()
