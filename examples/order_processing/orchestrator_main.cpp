@@ -14,11 +14,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <mutex>
+#include <thread>
 
 using namespace order_processing;
 
@@ -35,6 +38,64 @@ struct options {
   bool check_all = false;
   bool until_idle = false;
   bool json = false;
+  std::chrono::milliseconds jump_after{0}, jump_by{0};  // --clock-jump: the fault matrix's clock-jump cell
+};
+
+// The wall clock, jumping forward by `by` once, `after` into the run: every timer the jump makes due fires at once,
+// as it would if the machine's clock were stepped (the fault matrix checks that sagas still end rightly).
+class jumping_clock final : public saga::runtime::clock {
+ public:
+  jumping_clock(std::chrono::milliseconds after, std::chrono::milliseconds by)
+      : jump_at_(std::chrono::steady_clock::now() + after), by_(by), thread_([this] { loop(); }) {}
+  ~jumping_clock() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  saga::time_point now() override {
+    const auto wall = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+    return saga::time_point(
+        (wall + (std::chrono::steady_clock::now() >= jump_at_ ? by_ : decltype(by_){})).time_since_epoch());
+  }
+  void schedule(saga::time_point due, std::function<void()> fire) override {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.emplace(due, std::move(fire));
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      const auto t = now();
+      if (!queue_.empty() && queue_.begin()->first <= t) {
+        auto node = queue_.extract(queue_.begin());
+        lock.unlock();
+        node.mapped()();
+        lock.lock();
+        continue;
+      }
+      auto wait = std::chrono::milliseconds(1000);
+      if (!queue_.empty())
+        wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(queue_.begin()->first - t));
+      if (const auto steady = std::chrono::steady_clock::now(); steady < jump_at_)
+        wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(jump_at_ - steady) +
+                                  std::chrono::milliseconds(1));
+      changed_.wait_for(lock, wait);
+    }
+  }
+  const std::chrono::steady_clock::time_point jump_at_;
+  const std::chrono::milliseconds by_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::multimap<saga::time_point, std::function<void()>> queue_;
+  bool stopping_ = false;
+  std::thread thread_;
 };
 
 options parse(int argc, char** argv) {
@@ -62,7 +123,13 @@ options parse(int argc, char** argv) {
       o.check_all = true;
     else if (a == "--until-idle")
       o.until_idle = true;
-    else
+    else if (a == "--clock-jump") {  // AFTER_S:BY_S, e.g. 5:600 steps the clock 10 minutes forward after 5 s
+      const auto v = value();
+      const auto colon = v.find(':');
+      if (colon == std::string::npos) throw std::invalid_argument("--clock-jump needs AFTER_S:BY_S, got '" + v + "'");
+      o.jump_after = std::chrono::milliseconds(static_cast<long>(std::stod(v.substr(0, colon)) * 1000));
+      o.jump_by = std::chrono::milliseconds(static_cast<long>(std::stod(v.substr(colon + 1)) * 1000));
+    } else
       throw std::invalid_argument("unknown option " + a);
   }
   return o;
@@ -133,6 +200,7 @@ int main(int argc, char** argv) {
     saga::runtime::orchestrator_options o;
     o.threads = 2;
     o.max_in_flight = opt.in_flight;
+    if (opt.jump_by.count() != 0) o.clock = std::make_shared<jumping_clock>(opt.jump_after, opt.jump_by);
     o.reply_to = [prefix = config.topic_prefix](const std::string& type) { return prefix + "." + type + ".replies"; };
     saga::runtime::orchestrator orchestrator(store, bus, o);
     orchestrator.add(order_saga());
@@ -150,12 +218,43 @@ int main(int argc, char** argv) {
     std::cout << "placing " << opt.orders << " orders (run " << opt.run << ", up to " << opt.in_flight
               << " in flight)\n";
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::pair<order, saga::runtime::saga_handle>> placed;
-    for (std::size_t i = 0; i < opt.orders && !interrupted; ++i) {
-      const order ord = make_order(opt.run, i);
-      placed.emplace_back(ord, orchestrator.start("order", saga::to_json(ord), ord.order_id));
-      if ((i + 1) % (opt.orders / 10 == 0 ? 1 : opt.orders / 10) == 0) progress(i + 1, opt.orders);
-    }
+    // Orders come in from several threads, as requests to a service would: each start waits for its start event to
+    // be durable, so concurrent starts share group commits; the orchestrator's bound on sagas in flight pushes back.
+    std::vector<std::pair<order, saga::runtime::saga_handle>> placed(opt.orders);
+    std::atomic<std::size_t> next{0}, placed_count{0};
+    std::mutex progress_mutex;
+    std::exception_ptr place_error;
+    auto place = [&] {
+      try {
+        for (std::size_t i; !interrupted && (i = next++) < opt.orders;) {
+          const order ord = make_order(opt.run, i);
+          for (;;) {
+            try {
+              placed[i] = {ord, orchestrator.start("order", saga::to_json(ord), ord.order_id)};
+              break;
+            } catch (const saga::runtime::overloaded&) {
+              if (interrupted) return;  // still too many in flight: try again
+            } catch (const saga::storage::store_error& e) {
+              if (!e.retryable() || interrupted) throw;
+              std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the database is down: try again soon
+            }
+          }
+          const auto n = ++placed_count;
+          if (n % (opt.orders / 10 == 0 ? 1 : opt.orders / 10) == 0) {
+            std::lock_guard lock(progress_mutex);
+            progress(n, opt.orders);
+          }
+        }
+      } catch (...) {
+        std::lock_guard lock(progress_mutex);
+        if (!place_error) place_error = std::current_exception();
+        interrupted = true;
+      }
+    };
+    std::vector<std::thread> placers;
+    for (int t = 0; t < 8; ++t) placers.emplace_back(place);
+    for (auto& t : placers) t.join();
+    if (place_error) std::rethrow_exception(place_error);
     std::map<std::string, std::size_t> by_reason;
     std::map<saga::saga_status, std::size_t> by_status;
     std::vector<std::pair<std::string, std::string>> endings;

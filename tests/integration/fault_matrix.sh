@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# One cell of the fault matrix: BUILD_DIR CELL [SAGAS] [IN_FLIGHT].
+#
+# Runs the multi-process order example (four participant processes, the orchestrator, the embedded Kafka broker, a
+# database of the cell's own on the test PostgreSQL), waits until at least 500 sagas are in flight, injects the
+# cell's fault with real process kills, the broker's own fault injection or pg_ctl, and lets the system recover.
+# Passes when every saga ended, each participant effect happened exactly once (the books add up for every ending),
+# every log is gap-free with a valid hash chain, and replaying every log with the definition decides exactly the
+# recorded events. Prints the time to recover and appends a row to BUILD_DIR/fault-matrix/results.tsv.
+#
+# Cells: orchestrator_sigkill participant_sigkill postgres_restart broker_down_up produce_errors broker_data_lost
+#        duplicated_replies stale_replies unknown_saga_replies clock_jump
+set -euo pipefail
+export SAGA_BUILD_DIR="$1"
+cell="$2"
+sagas="${3:-1000}"
+in_flight="${4:-600}"
+min_in_flight=$((in_flight < 500 ? in_flight : 500))
+source "$(dirname "$0")/../../scripts/lib/common.sh"
+source "$SAGA_ROOT/scripts/lib/kafka.sh"
+source "$SAGA_ROOT/scripts/lib/order_example.sh"
+[ -n "${SAGA_PG_URL:-}" ] || { echo "SAGA_PG_URL is not set: run this through scripts/test" >&2; exit 1; }
+case "$cell" in
+  orchestrator_sigkill | participant_sigkill | postgres_restart | broker_down_up | produce_errors | broker_data_lost | \
+    duplicated_replies | stale_replies | unknown_saga_replies | clock_jump) ;;
+  *) echo "unknown fault matrix cell '$cell'" >&2; exit 2 ;;
+esac
+if [ "$cell" = postgres_restart ] && [ -z "${SAGA_PG_DATA:-}" ]; then
+  echo "postgres_restart needs the private server scripts/test starts (SAGA_PG_URL alone names a server it must not" \
+       "restart): skipped"
+  exit 0
+fi
+
+work="$SAGA_BUILD/fault-matrix/$cell"
+results="$SAGA_BUILD/fault-matrix/results.tsv"
+rm -rf "$work" && mkdir -p "$work/logs"
+unset SAGA_KAFKA_BROKERS SAGA_KAFKA_PID
+
+# A database of the cell's own: its counts and checks see only its sagas and its participants' books.
+base_url="$SAGA_PG_URL"
+db="fault_${cell}"
+query_part=""
+[[ "$base_url" == *\?* ]] && query_part="?${base_url#*\?}"
+export SAGA_PG_URL="${base_url%%\?*}"
+SAGA_PG_URL="${SAGA_PG_URL%/*}/$db$query_part"
+psql "$base_url" -XAtq -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
+since() { awk -v now="$(date +%s.%N)" -v then="$1" 'BEGIN { printf "%.1f", now - then }'; }
+sql() { psql "$SAGA_PG_URL" -XAtq -c "$1" 2>/dev/null; }
+unfinished() { sql "SELECT count(*) FROM saga_instances WHERE status IN ('running','compensating')" || echo -1; }
+ended() { sql "SELECT count(*) FROM saga_instances WHERE status IN ('completed','compensated')" || echo -1; }
+
+orch_pid=""
+chaos_pid=""
+cleanup() {
+  [ -n "$orch_pid" ] && kill -9 "$orch_pid" 2>/dev/null || true
+  [ -n "$chaos_pid" ] && kill "$chaos_pid" 2>/dev/null && wait "$chaos_pid" 2>/dev/null || true
+  saga_participants_stop
+  saga_kafka_stop
+}
+trap cleanup EXIT
+
+saga_kafka_start "$work/kafka"
+export SAGA_KAFKA_PREFIX="fm$$"
+replies_topic="$SAGA_KAFKA_PREFIX.order.replies"
+saga_kafka_control "create_topic $replies_topic 6" >/dev/null
+saga_participants_start "$work/logs"
+
+run="fm-$cell-$$"
+orch_args=(--orders "$sagas" --in-flight "$in_flight" --run "$run")
+[ "$cell" = clock_jump ] && orch_args+=(--clock-jump "4:600")  # 10 minutes forward, 4 s in
+n_orch=0
+start_orchestrator() {
+  n_orch=$((n_orch + 1))
+  "$SAGA_BUILD/examples/order-orchestrator" "${orch_args[@]}" >"$work/logs/orchestrator-$n_orch.log" 2>&1 &
+  orch_pid=$!
+}
+# Participants by service, in the order saga_participants_start started them.
+participant_index() { case "$1" in orders) echo 0 ;; inventory) echo 1 ;; payments) echo 2 ;; shipping) echo 3 ;; esac; }
+restart_participant() {
+  local s="$1" i
+  i="$(participant_index "$s")"
+  setsid "$SAGA_BUILD/examples/order-participant" "$s" >>"$work/logs/$s.log" 2>&1 &
+  SAGA_PARTICIPANT_PIDS[$i]=$!
+}
+
+case "$cell" in
+  duplicated_replies | stale_replies | unknown_saga_replies)
+    mode="${cell%%_*}"
+    [ "$mode" = duplicated ] && mode=duplicate
+    "$SAGA_BUILD/tests/saga-fault-replies" "$mode" "$replies_topic" >"$work/logs/fault-replies.log" 2>&1 &
+    chaos_pid=$!
+    ;;
+esac
+
+t0=$(date +%s.%N)
+start_orchestrator
+# Under load: wait until enough sagas are in flight.
+peak=0
+for _ in $(seq 1 600); do
+  n="$(unfinished)"
+  [ "$n" -gt "$peak" ] && peak="$n"
+  [ "$n" -ge "$min_in_flight" ] && break
+  kill -0 "$orch_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ "$peak" -lt "$min_in_flight" ]; then
+  echo "FAIL: only $peak sagas were ever in flight (need $min_in_flight)"
+  tail -n 20 "$work/logs/orchestrator-$n_orch.log"
+  exit 1
+fi
+at_fault="$(unfinished)"
+echo "fault $cell: injecting with $at_fault sagas in flight ($(ended) ended so far)"
+
+case "$cell" in
+  orchestrator_sigkill)
+    kill -9 "$orch_pid"
+    wait "$orch_pid" 2>/dev/null || true
+    start_orchestrator
+    ;;
+  participant_sigkill)
+    for s in inventory payments; do
+      p="${SAGA_PARTICIPANT_PIDS[$(participant_index "$s")]}"
+      kill -9 "$p"
+      wait "$p" 2>/dev/null || true
+    done
+    sleep 1
+    restart_participant inventory
+    restart_participant payments
+    ;;
+  postgres_restart)
+    pg_ctl_as=()
+    [ -n "${SAGA_PG_RUNAS:-}" ] && pg_ctl_as=(runuser -u "$SAGA_PG_RUNAS" --)
+    "${pg_ctl_as[@]}" "$SAGA_PG_BIN/pg_ctl" -D "$SAGA_PG_DATA" -m immediate -w stop >/dev/null
+    sleep 2
+    "${pg_ctl_as[@]}" "$SAGA_PG_BIN/pg_ctl" -D "$SAGA_PG_DATA" -l "$SAGA_PG_DATA/../server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $SAGA_PG_PORT -k $SAGA_PG_SOCKET -c max_connections=200 -c shared_buffers=256MB" \
+      start >/dev/null
+    ;;
+  broker_down_up)
+    for b in 1 2 3; do saga_kafka_control "down $b" >/dev/null; done
+    sleep 5
+    for b in 1 2 3; do saga_kafka_control "up $b" >/dev/null; done
+    ;;
+  produce_errors)
+    saga_kafka_control "produce_errors 300 NOT_LEADER_FOR_PARTITION" >/dev/null
+    ;;
+  broker_data_lost)
+    # The broker process dies with every topic, message and committed offset; a new, empty one takes its place (the
+    # mock cluster cannot keep its ports, so every client starts again against the new address). Commands that were
+    # in the lost topics are re-sent by the orchestrator's recovery, from its log.
+    kill -9 "$orch_pid" 2>/dev/null || true
+    wait "$orch_pid" 2>/dev/null || true
+    kill -9 "$SAGA_KAFKA_PID"
+    wait "$SAGA_KAFKA_PID" 2>/dev/null || true
+    SAGA_KAFKA_PID=""
+    saga_participants_stop
+    unset SAGA_KAFKA_BROKERS
+    saga_kafka_start "$work/kafka2"
+    saga_kafka_control "create_topic $replies_topic 6" >/dev/null
+    saga_participants_start "$work/logs-after"
+    start_orchestrator
+    ;;
+  *) ;;  # the reply cells fault all along; the clock jumps 4 s into the run
+esac
+t_fault_end=$(date +%s.%N)
+ended_at_fault_end="$(ended)"
+
+# Recovery: the first saga to end after the fault, then every saga ended.
+recovered_s=""
+for _ in $(seq 1 3000); do
+  n="$(ended)"
+  if [ -z "$recovered_s" ] && [ "$n" -gt "$ended_at_fault_end" ]; then
+    recovered_s="$(since "$t_fault_end")"
+  fi
+  kill -0 "$orch_pid" 2>/dev/null || break
+  sleep 0.1
+done
+status=0
+wait "$orch_pid" || status=$?
+orch_pid=""
+drain_s="$(since "$t_fault_end")"
+total_s="$(since "$t0")"
+[ -z "$recovered_s" ] && recovered_s="$drain_s"
+tail -n 16 "$work/logs/orchestrator-$n_orch.log"
+if [ "$status" -ne 0 ]; then
+  echo "FAIL: the orchestrator exited with $status"
+fi
+# Each fault must have bitten: the forger forged, the clock jump fired deadlines (resends with the same ids).
+timeouts="$(sql "SELECT count(*) FROM saga_events WHERE type IN ('step_timed_out','compensation_timed_out')")"
+echo "$timeouts deadlines fired (each a resend with the same command id, or a failure after the last attempt)"
+continuous=0
+if [ -n "$chaos_pid" ]; then
+  continuous=1
+  kill "$chaos_pid" 2>/dev/null || true
+  wait "$chaos_pid" 2>/dev/null || true
+  chaos_pid=""
+  tail -n 1 "$work/logs/fault-replies.log"
+  forged="$(sed -n 's/.*forged \([0-9]*\) records.*/\1/p' "$work/logs/fault-replies.log")"
+  [ "${forged:-0}" -gt 0 ] || { echo "FAIL: no reply was forged"; status=1; }
+fi
+if [ "$cell" = clock_jump ]; then
+  continuous=1
+  [ "$timeouts" -gt 0 ] || { echo "FAIL: the clock jump fired no deadline"; status=1; }
+fi
+
+# The invariants, each from the log and the participants' own tables.
+check="$("$SAGA_BUILD/examples/order-orchestrator" --check-all 2>&1)" || status=1
+echo "$check" | tail -n 3
+stored="$(sql "SELECT count(*) FROM saga_instances")"
+ended_n="$(ended)"
+lost=$((sagas - ended_n))
+duplicated="$(echo "$check" | grep -c '^PROBLEM' || true)"
+"$SAGA_BUILD/tools/sagactl" verify --all --type order | tail -n 1 || status=1
+"$SAGA_BUILD/tools/sagactl" replay --all --type order --verify-definition | tail -n 1 || status=1
+[ "$stored" -eq "$sagas" ] || { echo "FAIL: $stored sagas stored, $sagas placed"; status=1; }
+[ "$lost" -eq 0 ] || { echo "FAIL: $lost sagas did not end"; status=1; }
+[ "$duplicated" -eq 0 ] || { echo "FAIL: $duplicated books problems (an effect applied twice or lost)"; status=1; }
+
+mkdir -p "$(dirname "$results")"
+touch "$results"
+grep -v "^$cell	" "$results" >"$results.tmp" || true
+# A fault that lasts the whole run (forged replies, a jumped clock) has no moment of recovery: "-".
+[ "$continuous" -eq 1 ] && recovered_s="-"
+printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cell" "$sagas" "$at_fault" "$lost" "$duplicated" "$timeouts" \
+  "$recovered_s" "$drain_s" "$total_s" "$([ "$status" -eq 0 ] && echo pass || echo FAIL)" >>"$results.tmp"
+mv "$results.tmp" "$results"
+echo "fault matrix $cell: $sagas sagas, $at_fault in flight at the fault, $lost lost, $duplicated duplicated," \
+  "progress ${recovered_s} s after the fault, all ended ${drain_s} s after it"
+[ "$status" -eq 0 ] && psql "$base_url" -XAtq -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+exit "$status"
