@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The multi-process order example with 200 orders: participants and orchestrator as separate processes over the
-# test PostgreSQL (SAGA_PG_URL) and a fresh embedded Kafka broker. Passes when every order ended (completed or
-# compensated), the participants' books add up for every order (order-orchestrator checks and exits non-zero
-# otherwise) and every saga's hash chain verifies.
+# test PostgreSQL (SAGA_PG_URL, in a database created for the run) and a fresh embedded Kafka broker. Passes when
+# every order ended as the example's business rules say (declined cards and invalid addresses compensated, the
+# rest completed), the participants' books add up for every order, every saga's hash chain verifies, and a
+# compensated order's timeline shows its compensation.
 set -euo pipefail
 export SAGA_BUILD_DIR="$1"
 source "$(dirname "$0")/../../scripts/lib/common.sh"
@@ -15,13 +16,89 @@ fi
 work="$SAGA_BUILD/test-order-example"
 rm -rf "$work"
 unset SAGA_KAFKA_BROKERS SAGA_KAFKA_PID
-trap 'saga_participants_stop; saga_kafka_stop' EXIT
+orders=200
+
+# A database of its own, so the shop's stock and balances start full: 200 orders cannot run out of either (each sku
+# gets at most 20 orders of at most 4 units against 250; each customer 2 orders of at most 99.99 against 400), and
+# every order must end exactly as the business rules say.
+fresh_db="order_it_$$"
+base_url="$SAGA_PG_URL"
+fresh=0
+if psql -q -X -v ON_ERROR_STOP=1 "$base_url" -c "CREATE DATABASE $fresh_db" >/dev/null; then
+  fresh=1
+  query=""
+  case "$base_url" in *\?*) query="?${base_url#*\?}" ;; esac
+  url_no_query="${base_url%%\?*}"
+  export SAGA_PG_URL="${url_no_query%/*}/$fresh_db$query"
+else
+  echo "note: cannot create a database on this server; checking each order against its rules only" >&2
+fi
+cleanup() {
+  saga_participants_stop
+  saga_kafka_stop
+  if [ "$fresh" = 1 ]; then psql -q -X "$base_url" -c "DROP DATABASE IF EXISTS $fresh_db WITH (FORCE)" >/dev/null || true; fi
+}
+trap cleanup EXIT
+
 saga_kafka_start "$work/kafka"
 export SAGA_KAFKA_PREFIX="it$$"
 saga_participants_start "$work/logs"
-"$SAGA_BUILD/examples/order-orchestrator" --orders 200 --run "it$$-$(date +%s)" | tee "$work/orchestrator.log"
-grep -q "completed" "$work/orchestrator.log"
+# Exits non-zero when an order did not end, ended against its business rules (listed as UNEXPECTED), or the books
+# do not add up.
+"$SAGA_BUILD/examples/order-orchestrator" --orders "$orders" --run "it$$-$(date +%s)" | tee "$work/orchestrator.log"
+grep -q "^  completed" "$work/orchestrator.log"
+if grep -q "^UNEXPECTED" "$work/orchestrator.log"; then
+  echo "FAIL: orders ended against the business rules" >&2
+  exit 1
+fi
+
+# The rules as order-orchestrator generates orders: order i (0-based) is for customer cust-(i % 100), whose card is
+# declined when that ends in 7, and goes to "1 Nowhere Lane" (cannot ship) when i % 29 == 5.
+# summary_count PATTERN: the number in the first summary line matching PATTERN (a sed regex with one group).
+summary_count() { sed -n "s/$1/\\1/p" "$work/orchestrator.log" | head -n 1; }
+declined=0 bad_address=0 completed=0
+for ((i = 0; i < orders; i++)); do
+  if [ $((i % 10)) -eq 7 ]; then
+    declined=$((declined + 1))
+  elif [ $((i % 29)) -eq 5 ]; then
+    bad_address=$((bad_address + 1))
+  else
+    completed=$((completed + 1))
+  fi
+done
+if [ "$fresh" = 1 ]; then
+  check() {
+    if [ "$2" != "$3" ]; then
+      echo "FAIL: $1: expected $3, got '${2}'" >&2
+      exit 1
+    fi
+  }
+  check "completed orders" "$(summary_count '^  completed *\([0-9]*\)$')" "$completed"
+  check "compensated orders" "$(summary_count '^  compensated *\([0-9]*\)$')" "$((declined + bad_address))"
+  check "declined cards" "$(summary_count '^    \([0-9]*\) x card declined$')" "$declined"
+  check "invalid addresses" "$(summary_count '^    \([0-9]*\) x shipping address invalid$')" "$bad_address"
+  check "stuck orders" "$(summary_count '^  stuck *\([0-9]*\)$')" "0"
+fi
+
+# Every order saga in this database ended as its rules allow, books consistent; every hash chain verifies.
+"$SAGA_BUILD/examples/order-orchestrator" --check-all | tail -n 3
 "$SAGA_BUILD/tools/sagactl" verify --all --type order | tail -n 2
+
+# The timeline of a compensated order: there must be one (20 of the 200 cards are declined).
 example="$(sed -n 's/^compensated example: //p' "$work/orchestrator.log")"
-[ -n "$example" ] && "$SAGA_BUILD/tools/sagactl" show "$example" | grep -q "saga_compensated"
-echo "multi-process order example: 200 orders ended, books consistent, chains verified"
+if [ -z "$example" ]; then
+  echo "FAIL: no compensated order (card declined) to show" >&2
+  exit 1
+fi
+"$SAGA_BUILD/tools/sagactl" show "$example" >"$work/example-timeline.txt"
+grep -q "saga_compensated" "$work/example-timeline.txt" || {
+  echo "FAIL: the timeline of compensated order $example has no saga_compensated" >&2
+  cat "$work/example-timeline.txt" >&2
+  exit 1
+}
+grep -q "card declined" "$work/example-timeline.txt" || {
+  echo "FAIL: the timeline of compensated order $example does not say the card was declined" >&2
+  exit 1
+}
+echo "multi-process order example: $orders orders ended as their rules say ($completed completed, $declined declined," \
+  "$bad_address invalid addresses), books consistent, chains verified"

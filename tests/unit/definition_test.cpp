@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 using namespace saga;
+using saga_test::ack;
+using saga_test::cmd;
 using saga_test::data;
+using saga_test::merge_note;
 using saga_test::payload_for;
 
 namespace {
@@ -108,6 +111,82 @@ TEST(definition, rejects_missing_invoke_and_missing_compensation_decision) {
               return define<data>("s", 1).step("x").invoke("", "b", payload_for("x")).no_compensation().build();
             }),
             "saga 's': step 'x' has no target service");
+}
+
+cmd build_cmd(const data& d) { return cmd{"f", d.name}; }
+
+TEST(definition, rejects_an_empty_or_null_payload_builder_naming_the_step) {
+  const std::function<cmd(const data&)> empty;
+  EXPECT_EQ(
+      build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", empty).no_compensation().build(); }),
+      "saga 's': step 'x' has no payload builder");
+  cmd (*const null_fn)(const data&) = nullptr;
+  EXPECT_EQ(
+      build_error([&] { return define<data>("s", 1).step("x").invoke("a", "b", null_fn).no_compensation().build(); }),
+      "saga 's': step 'x' has no payload builder");
+  EXPECT_EQ(
+      build_error([] { return define<data>("s", 1).step("x").invoke("a", "b", nullptr).no_compensation().build(); }),
+      "saga 's': step 'x' has no payload builder");
+  // The culprit is named even when earlier steps are fine.
+  EXPECT_EQ(build_error([&] {
+              return define<data>("s", 1)
+                  .step("ok")
+                  .invoke("a", "b", payload_for("ok"))
+                  .no_compensation()
+                  .step("y")
+                  .invoke("a", "b", empty)
+                  .no_compensation()
+                  .build();
+            }),
+            "saga 's': step 'y' has no payload builder");
+}
+
+TEST(definition, rejects_an_empty_or_null_compensation_builder_naming_the_step) {
+  const std::function<cmd(const data&)> empty;
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).compensate("a", "u", empty).build();
+      }),
+      "saga 's': compensation of step 'x' has no payload builder");
+  cmd (*const null_fn)(const data&) = nullptr;
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).compensate("a", "u", null_fn).build();
+      }),
+      "saga 's': compensation of step 'x' has no payload builder");
+  EXPECT_EQ(
+      build_error([] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).compensate("a", "u", nullptr).build();
+      }),
+      "saga 's': compensation of step 'x' has no payload builder");
+}
+
+TEST(definition, rejects_an_empty_reply_merger_naming_the_step) {
+  const std::function<void(data&, const ack&)> empty;
+  EXPECT_EQ(build_error([&] {
+              return define<data>("s", 1)
+                  .step("x")
+                  .invoke("a", "b", payload_for("x"))
+                  .on_reply(empty)
+                  .no_compensation()
+                  .build();
+            }),
+            "saga 's': on_reply() on step 'x' was given an empty function");
+}
+
+TEST(definition, accepts_non_empty_std_function_and_function_pointer_builders) {
+  const std::function<cmd(const data&)> fn = [](const data& d) { return cmd{"g", d.name}; };
+  const auto def = define<data>("s", 1)
+                       .step("x")
+                       .invoke("a", "b", fn)
+                       .compensate("a", "u", &build_cmd)
+                       .on_reply(std::function<void(data&, const ack&)>(merge_note()))
+                       .build();
+  EXPECT_EQ(def.steps()[0].invoke.build(R"({"name":"n1","trail":[]})"), R"({"name":"n1","step":"g"})");
+  ASSERT_TRUE(def.steps()[0].compensation.has_value());
+  EXPECT_EQ(def.steps()[0].compensation->build(R"({"name":"n1","trail":[]})"), R"({"name":"n1","step":"f"})");
+  EXPECT_EQ(def.steps()[0].on_reply(R"({"name":"n1","trail":[]})", R"({"note":"hi"})"),
+            R"({"name":"n1","trail":["hi"]})");
 }
 
 TEST(definition, rejects_compensation_on_pivot_or_retriable) {

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 
 using namespace saga;
@@ -151,6 +152,96 @@ TEST(golden, stored_logs_replay_to_their_state_and_match_todays_behaviour) {
     EXPECT_TRUE(is_terminal(replayed.status));
     EXPECT_TRUE(recovery_effects(replayed).empty()) << "a finished golden saga must need nothing more";
     EXPECT_EQ(log_text, stored_text) << "today's behaviour differs from the golden log";
+  }
+}
+
+std::vector<event> load_golden(const std::string& name) {
+  std::ifstream log_file(golden_dir + name + ".jsonl");
+  std::vector<event> out;
+  std::string line;
+  while (std::getline(log_file, line)) out.push_back(from_line(line));
+  return out;
+}
+
+// Every trigger that could still arrive after the log's end: each reply the log saw again (and its opposite),
+// every deadline and retry timer of every step and compensation, a cancel, operator actions, a second start.
+std::vector<trigger> late_triggers(const std::vector<event>& log) {
+  std::vector<trigger> out;
+  auto replies_for = [&](const std::string& command_id, std::uint32_t attempt) {
+    out.push_back(triggers::reply{command_id, attempt, outcome::success, "{}", ""});
+    out.push_back(triggers::reply{command_id, attempt, outcome::failure, "{}", "late"});
+    out.push_back(triggers::reply{command_id, attempt, outcome::retryable_failure, "{}", "late"});
+  };
+  std::set<std::string> steps;
+  for (const auto& e : log) {
+    if (const auto* r = std::get_if<events::step_requested>(&e.body)) {
+      replies_for(r->command_id, r->attempt);
+      steps.insert(r->step);
+    }
+    if (const auto* r = std::get_if<events::compensation_requested>(&e.body)) {
+      replies_for(r->command_id, r->attempt);
+      steps.insert(r->step);
+    }
+  }
+  for (const auto& step : steps)
+    for (bool compensation : {false, true})
+      for (std::uint32_t attempt = 1; attempt <= 4; ++attempt)
+        for (auto kind : {triggers::timer_kind::deadline, triggers::timer_kind::retry})
+          out.push_back(triggers::timer{step, compensation, attempt, kind});
+  out.push_back(triggers::cancel{"late cancel", "golden"});
+  out.push_back(triggers::operator_action{triggers::operator_verb::retry, {}, "late retry", "golden"});
+  for (const auto& step : steps)
+    out.push_back(triggers::operator_action{triggers::operator_verb::skip, step, "late skip", "golden"});
+  out.push_back(triggers::start{to_json(sample()), "again"});
+  return out;
+}
+
+// Replaying a golden log, as a restarted orchestrator does, sends no command, arms no timer and reports no saga
+// as newly finished; and no trigger that may still arrive afterwards adds an event or an effect.
+TEST(golden, replaying_each_stored_log_emits_no_new_effect) {
+  if (std::getenv("SAGA_UPDATE_GOLDEN") != nullptr) GTEST_SKIP() << "updating golden files";
+  for (const auto& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const std::vector<event> golden = load_golden(c.name);
+    ASSERT_GE(golden.size(), 2u) << "missing or empty golden log for " << c.name;
+    const auto* first_request = std::get_if<events::step_requested>(&golden[1].body);
+    ASSERT_NE(first_request, nullptr);
+    const auto id = saga_id::parse(first_request->command_id.substr(0, first_request->command_id.find(':')));
+    ASSERT_TRUE(id.has_value());
+    const saga_state replayed = fold(*id, golden);
+    ASSERT_TRUE(is_terminal(replayed.status)) << to_string(replayed.status);
+
+    // Pure level: nothing to recover, and no late trigger changes anything.
+    EXPECT_TRUE(recovery_effects(replayed).empty());
+    for (const auto& t : late_triggers(golden)) {
+      const decision d = decide(order_processing::order_saga(), replayed, t, decide_context{golden.back().at, 99});
+      EXPECT_TRUE(d.events.empty()) << "trigger #" << t.index() << " added " << d.events.size() << " event(s)";
+      EXPECT_TRUE(effects_of(replayed, d.events).empty());
+    }
+
+    // Runtime level: the test kit's orchestrator, holding only this log, recovers and sees the late triggers.
+    saga::testing::driver d(7);
+    d.add(order_processing::order_saga());
+    int commands_handled = 0;
+    for (const std::string service : {"orders", "inventory", "payments", "shipping"})
+      d.serve(service, [&](const transport::command_message&) {
+        ++commands_handled;
+        return ok();
+      });
+    storage::append_request request;
+    request.saga = *id;
+    request.saga_type = "order";
+    request.events = golden;
+    request.status_after = replayed.status;
+    (void)d.store().append(std::move(request));
+    EXPECT_EQ(d.crash_and_recover(), 0u);
+    for (const auto& t : late_triggers(golden)) (void)d.handle(*id, t);
+    d.advance(duration{24 * 3600 * 1000});
+    EXPECT_EQ(commands_handled, 0);
+    EXPECT_TRUE(d.take_commands().empty());
+    EXPECT_TRUE(d.finished().empty());
+    EXPECT_EQ(d.events(*id).size(), golden.size());
+    EXPECT_TRUE(d.state(*id) == replayed);
   }
 }
 

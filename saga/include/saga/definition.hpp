@@ -114,6 +114,22 @@ template <class C, class R, class... A>
 struct callable_traits<R (C::*)(A...)> : callable_traits<R (C::*)(A...) const> {};
 template <class R, class... A>
 struct callable_traits<R (*)(A...)> : callable_traits<R (std::function<R(A...)>::*)(A...) const> {};
+
+template <class F>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+// True when `f` is a callable that holds nothing: an empty std::function, a null function pointer, nullptr.
+template <class F>
+[[nodiscard]] bool is_empty_callable(const F& f) noexcept {
+  if constexpr (std::is_null_pointer_v<F>)
+    return true;
+  else if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F> || is_std_function<F>::value)
+    return f == nullptr;
+  else
+    return false;
+}
 }  // namespace detail
 
 // Fluent, typed builder: `Data` is the saga's data struct (cereal-serializable). Every call returns *this;
@@ -138,18 +154,21 @@ class definition_builder {
     return *this;
   }
   definition_builder& after(std::string name) { return after({std::move(name)}); }
-  // The current step sends `command_type` to `service` with the payload `build(data)` returns.
+  // The current step sends `command_type` to `service` with the payload `payload(data)` returns. An empty
+  // std::function or a null function pointer makes build() fail naming the step.
   template <class F>
-  definition_builder& invoke(std::string service, std::string command_type, F build) {
+  definition_builder& invoke(std::string service, std::string command_type, F payload) {
     if (auto* s = current("invoke"))
-      s->invoke = make_action(std::move(service), std::move(command_type), std::move(build));
+      s->invoke = make_action(std::move(service), std::move(command_type), std::move(payload));
     return *this;
   }
   // Merges the current step's reply into the saga data: `merge(Data&, const Reply&)`.
   template <class F>
   definition_builder& on_reply(F merge) {
     using reply_t = std::tuple_element_t<1, typename detail::callable_traits<F>::args>;
-    if (auto* s = current("on_reply"))
+    if (auto* s = current("on_reply"); s && detail::is_empty_callable(merge))
+      misuse_.push_back("on_reply() on step '" + s->name + "' was given an empty function");
+    else if (s)
       s->on_reply = [merge = std::move(merge)](const std::string& data, const std::string& reply) {
         Data d = from_json<Data>(data);
         merge(d, from_json<reply_t>(reply));
@@ -157,11 +176,12 @@ class definition_builder {
       };
     return *this;
   }
-  // The current step is compensatable and is undone by sending `command_type` to `service`.
+  // The current step is compensatable and is undone by sending `command_type` to `service` with the payload
+  // `payload(data)` returns (empty or null: build() fails naming the step).
   template <class F>
-  definition_builder& compensate(std::string service, std::string command_type, F build) {
+  definition_builder& compensate(std::string service, std::string command_type, F payload) {
     if (auto* s = current("compensate")) {
-      s->compensation = make_action(std::move(service), std::move(command_type), std::move(build));
+      s->compensation = make_action(std::move(service), std::move(command_type), std::move(payload));
       if (s->kind != step_kind::compensatable) conflicts_.push_back(s->name);
       declared_kind_.push_back(s->name);
     }
@@ -242,12 +262,19 @@ class definition_builder {
     }
     return *this;
   }
+  // An empty std::function or a null function pointer leaves `build` empty, so build() reports the step as having
+  // no payload builder instead of accepting a definition that would fail when the command is sent.
   template <class F>
-  static action_definition make_action(std::string service, std::string command_type, F build) {
+  static action_definition make_action(std::string service, std::string command_type, F payload) {
     action_definition a;
     a.service = std::move(service);
     a.command_type = std::move(command_type);
-    a.build = [build = std::move(build)](const std::string& data) { return to_json(build(from_json<Data>(data))); };
+    if constexpr (!std::is_null_pointer_v<F>) {
+      if (!detail::is_empty_callable(payload))
+        a.build = [payload = std::move(payload)](const std::string& data) {
+          return to_json(payload(from_json<Data>(data)));
+        };
+    }
     return a;
   }
 
