@@ -1,5 +1,9 @@
 // order-orchestrator — places orders and runs their sagas: PostgreSQL event store, Kafka to the participants.
 // Prints progress, the summary (completed / compensated by reason / stuck, sagas/s) and checks the books.
+// Options: --orders N, --in-flight N, --run NAME (order id prefix), --step-timeout-ms N (each step attempt's wait
+// for its reply), --expect-outcomes (fail unless every order ended as its data says it must: see expected_ending),
+// --resume-only (place nothing: recover the unfinished sagas, print "resumed ..." once every one of them was
+// rebuilt and its pending commands re-sent, and exit when none is left), --check-all, --until-idle, --json.
 // Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
@@ -35,6 +39,8 @@ struct options {
   bool check_all = false;
   bool until_idle = false;
   bool json = false;
+  bool expect_outcomes = false;
+  saga::duration step_timeout = saga::retry_policy{}.timeout;
 };
 
 options parse(int argc, char** argv) {
@@ -58,6 +64,10 @@ options parse(int argc, char** argv) {
       o.resume_only = true;
     else if (a == "--json")
       o.json = true;
+    else if (a == "--expect-outcomes")
+      o.expect_outcomes = true;
+    else if (a == "--step-timeout-ms")
+      o.step_timeout = saga::duration{std::stol(value())};
     else if (a == "--check-all")
       o.check_all = true;
     else if (a == "--until-idle")
@@ -77,6 +87,16 @@ order make_order(const std::string& run, std::size_t i) {
   o.amount_cents = 1000 + static_cast<std::int64_t>((i * 37) % 9000);
   o.address = i % 29 == 5 ? "1 Nowhere Lane" : std::to_string(i) + " Main Street";
   return o;
+}
+
+// The ending an order must reach when stock and balances suffice (participants seeded with --stock/--balance):
+// customers whose name ends in 7 are declined at payment, "Nowhere" addresses are refused by shipping, and every
+// other order completes. Returns the status and the reason the compensation must carry ("" when completed).
+std::pair<saga::saga_status, std::string> expected_ending(const order& o) {
+  if (o.customer.back() == '7') return {saga::saga_status::compensated, "card declined"};
+  if (o.address.find("Nowhere") != std::string::npos)
+    return {saga::saga_status::compensated, "shipping address invalid"};
+  return {saga::saga_status::completed, ""};
 }
 
 void progress(std::size_t done, std::size_t total) {
@@ -135,18 +155,36 @@ int main(int argc, char** argv) {
     o.max_in_flight = opt.in_flight;
     o.reply_to = [prefix = config.topic_prefix](const std::string& type) { return prefix + "." + type + ".replies"; };
     saga::runtime::orchestrator orchestrator(store, bus, o);
-    orchestrator.add(order_saga());
+    orchestrator.add(order_saga(opt.step_timeout));
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
+    const auto started = std::chrono::steady_clock::now();
+    const std::size_t to_resume = opt.resume_only ? store.list_unfinished({}).size() : 0;
     orchestrator.run();
 
     if (opt.resume_only) {  // recovery: finish what the log says is unfinished, then exit
+      auto since_start = [&] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      };
+      std::cout << "resuming " << to_resume << " unfinished sagas" << std::endl;
+      // Every unfinished saga of the partitions this process was given is rebuilt and its pending commands re-sent
+      // and timers re-armed (alone in the group, it is given every partition).
+      while (!interrupted && orchestrator.stats().sagas_recovered.load() < to_resume)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::printf("resumed %zu sagas in %.3f s\n",
+                  static_cast<std::size_t>(orchestrator.stats().sagas_recovered.load()), since_start());
+      std::fflush(stdout);
       while (!interrupted && !store.list_unfinished({}).empty())
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::printf("finished in %.3f s\n", since_start());
       orchestrator.shutdown();
       return interrupted ? 130 : 0;
     }
 
+    // Place orders once this process consumes replies (joining the consumer group takes a few seconds); alone in
+    // the group it gets every partition, beside other processes a share; bounded in case it gets none.
+    for (int i = 0; i < 300 && !interrupted && orchestrator.stats().reply_partitions_owned.load() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::cout << "placing " << opt.orders << " orders (run " << opt.run << ", up to " << opt.in_flight
               << " in flight)\n";
     const auto t0 = std::chrono::steady_clock::now();
@@ -161,6 +199,7 @@ int main(int argc, char** argv) {
     std::vector<std::pair<std::string, std::string>> endings;
     std::vector<double> latencies_ms;
     std::string example;
+    std::size_t unexpected = 0;
     for (auto& [ord, handle] : placed) {
       while (!interrupted && handle.outcome.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
       }
@@ -171,6 +210,13 @@ int main(int argc, char** argv) {
         const auto colon = out.reason.rfind(": ");
         ++by_reason[colon == std::string::npos ? out.reason : out.reason.substr(colon + 2)];
         if (example.empty() && out.reason.find("card declined") != std::string::npos) example = handle.id.to_string();
+      }
+      if (const auto [status, reason] = expected_ending(ord);
+          opt.expect_outcomes && (out.status != status || out.reason.find(reason) == std::string::npos)) {
+        ++unexpected;
+        std::cout << "\nUNEXPECTED ending of " << ord.order_id << " (saga " << handle.id.to_string()
+                  << "): " << saga::to_string(out.status) << " " << out.reason << "; expected "
+                  << saga::to_string(status) << " " << reason;
       }
       endings.emplace_back(ord.order_id, saga::to_string(out.status));
       latencies_ms.push_back(static_cast<double>(out.elapsed.count()) / 1000.0);
@@ -207,6 +253,8 @@ int main(int argc, char** argv) {
                                  : "BROKEN")
               << "\n";
     if (!example.empty()) std::cout << "compensated example: " << example << "\n";
+    if (opt.expect_outcomes)
+      std::cout << "outcomes: " << placed.size() - unexpected << " of " << placed.size() << " ended as expected\n";
     orchestrator.shutdown();
     if (opt.json && !latencies_ms.empty()) {  // one line for scripts/bench
       std::sort(latencies_ms.begin(), latencies_ms.end());
@@ -221,7 +269,7 @@ int main(int argc, char** argv) {
     }
     const bool all_terminal =
         by_status[saga::saga_status::completed] + by_status[saga::saga_status::compensated] == placed.size();
-    return all_terminal && b.consistent() ? 0 : 1;
+    return all_terminal && b.consistent() && unexpected == 0 ? 0 : 1;
   } catch (const std::exception& e) {
     std::cerr << "order-orchestrator: " << e.what() << "\n";
     return 1;

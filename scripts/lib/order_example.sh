@@ -5,13 +5,24 @@
 
 SAGA_PARTICIPANT_PIDS=()
 
-# saga_participants_start LOGDIR: starts one order-participant per service, logs in LOGDIR.
+# saga_pg_fresh_database NAME: (re)creates the empty database NAME on the server SAGA_PG_URL points at and points
+# SAGA_PG_URL at it, so a test's sagas and books are its own.
+saga_pg_fresh_database() {
+  local name="$1" psql="${SAGA_PG_BIN:+$SAGA_PG_BIN/}psql"
+  "$psql" "$SAGA_PG_URL" -qAtc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null &&
+    "$psql" "$SAGA_PG_URL" -qAtc "CREATE DATABASE $name" >/dev/null || return 1
+  export SAGA_PG_URL="${SAGA_PG_URL%/*}/$name"
+}
+
+# saga_participants_start LOGDIR [ARGS...]: starts one order-participant per service with ARGS (e.g. --silent-on
+# charge_payment, --stock 100000), logs in LOGDIR.
 saga_participants_start() {
   local logs="$1" s
+  shift
   mkdir -p "$logs"
   for s in orders inventory payments shipping; do
     # Own sessions: on Ctrl-C the caller stops them in order, after the orchestrator, while the broker is up.
-    setsid "$SAGA_BUILD/examples/order-participant" "$s" >"$logs/$s.log" 2>&1 &
+    setsid "$SAGA_BUILD/examples/order-participant" "$s" "$@" >"$logs/$s.log" 2>&1 &
     SAGA_PARTICIPANT_PIDS+=($!)
   done
   # Each prints "ready" once it consumes its topic; a participant that died says why in its log.
