@@ -1,6 +1,12 @@
 // order-orchestrator — places orders and runs their sagas: PostgreSQL event store, Kafka to the participants.
 // Prints progress (sagas finished so far), the summary (completed / compensated by reason / stuck, sagas/s) and checks
-// the books. Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
+// the books, and that every ending agrees with the business rules (contradicts_rules).
+// Options: --orders N, --in-flight N, --run NAME (order id prefix), --step-timeout-ms N (each step attempt's wait
+// for its reply), --expect-outcomes (fail unless every order ended exactly as its data says it must when stock and
+// balances suffice: see expected_ending), --resume-only (place nothing: recover the unfinished sagas, print
+// "resumed ..." once every one of them was rebuilt and its pending commands re-sent, and exit when none is left),
+// --check-all, --until-idle, --json, --clock-jump AFTER_S:BY_S (the fault matrix's clock-jump cell).
+// Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
 
@@ -40,6 +46,8 @@ struct options {
   bool until_idle = false;
   bool json = false;
   std::chrono::milliseconds jump_after{0}, jump_by{0};  // --clock-jump: the fault matrix's clock-jump cell
+  bool expect_outcomes = false;
+  saga::duration step_timeout = saga::retry_policy{}.timeout;
 };
 
 // The wall clock, jumping forward by `by` once, `after` into the run: every timer the jump makes due fires at once,
@@ -120,6 +128,10 @@ options parse(int argc, char** argv) {
       o.resume_only = true;
     else if (a == "--json")
       o.json = true;
+    else if (a == "--expect-outcomes")
+      o.expect_outcomes = true;
+    else if (a == "--step-timeout-ms")
+      o.step_timeout = saga::duration{std::stol(value())};
     else if (a == "--check-all")
       o.check_all = true;
     else if (a == "--until-idle")
@@ -168,6 +180,16 @@ std::string contradicts_rules(const order& o, saga::saga_status status, const st
   if (says("insufficient funds") && declined) return "insufficient funds, but the card is declined before that";
   if (says("shipping address invalid") && declined) return "reached shipping, but the card is declined";
   return "";
+}
+
+// The ending an order must reach when stock and balances suffice (participants seeded with --stock/--balance):
+// customers whose name ends in 7 are declined at payment, "Nowhere" addresses are refused by shipping, and every
+// other order completes. Returns the status and the reason the compensation must carry ("" when completed).
+std::pair<saga::saga_status, std::string> expected_ending(const order& o) {
+  if (o.customer.back() == '7') return {saga::saga_status::compensated, "card declined"};
+  if (o.address.find("Nowhere") != std::string::npos)
+    return {saga::saga_status::compensated, "shipping address invalid"};
+  return {saga::saga_status::completed, ""};
 }
 
 // Finished sagas so far, counted from their outcomes while they finish: one line updated in place on a terminal,
@@ -299,18 +321,36 @@ int main(int argc, char** argv) {
     if (opt.jump_by.count() != 0) o.clock = std::make_shared<jumping_clock>(opt.jump_after, opt.jump_by);
     o.reply_to = [prefix = config.topic_prefix](const std::string& type) { return prefix + "." + type + ".replies"; };
     saga::runtime::orchestrator orchestrator(store, bus, o);
-    orchestrator.add(order_saga());
+    orchestrator.add(order_saga(opt.step_timeout));
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
+    const auto started = std::chrono::steady_clock::now();
+    const std::size_t to_resume = opt.resume_only ? store.list_unfinished({}).size() : 0;
     orchestrator.run();
 
     if (opt.resume_only) {  // recovery: finish what the log says is unfinished, then exit
+      auto since_start = [&] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      };
+      std::cout << "resuming " << to_resume << " unfinished sagas" << std::endl;
+      // Every unfinished saga of the partitions this process was given is rebuilt and its pending commands re-sent
+      // and timers re-armed (alone in the group, it is given every partition).
+      while (!interrupted && orchestrator.stats().sagas_recovered.load() < to_resume)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::printf("resumed %zu sagas in %.3f s\n",
+                  static_cast<std::size_t>(orchestrator.stats().sagas_recovered.load()), since_start());
+      std::fflush(stdout);
       while (!interrupted && !store.list_unfinished({}).empty())
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::printf("finished in %.3f s\n", since_start());
       orchestrator.shutdown();
       return interrupted ? 130 : 0;
     }
 
+    // Place orders once this process consumes replies (joining the consumer group takes a few seconds); alone in
+    // the group it gets every partition, beside other processes a share; bounded in case it gets none.
+    for (int i = 0; i < 300 && !interrupted && orchestrator.stats().reply_partitions_owned.load() == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::cout << "placing " << opt.orders << " orders (run " << opt.run << ", up to " << opt.in_flight
               << " in flight)\n";
     const auto t0 = std::chrono::steady_clock::now();
@@ -364,6 +404,11 @@ int main(int argc, char** argv) {
         const auto colon = out.reason.rfind(": ");
         ++by_reason[colon == std::string::npos ? out.reason : out.reason.substr(colon + 2)];
         if (example.empty() && out.reason.find("card declined") != std::string::npos) example = handle.id.to_string();
+      }
+      if (const auto [status, reason] = expected_ending(ord);
+          opt.expect_outcomes && (out.status != status || out.reason.find(reason) == std::string::npos)) {
+        unexpected.push_back(ord.order_id + " (saga " + handle.id.to_string() + ") " + saga::to_string(out.status) +
+                             " (" + out.reason + "): expected " + saga::to_string(status) + " " + reason);
       }
       endings.emplace_back(ord.order_id, saga::to_string(out.status));
       latencies_ms.push_back(static_cast<double>(out.elapsed.count()) / 1000.0);

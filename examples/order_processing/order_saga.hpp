@@ -92,20 +92,22 @@ struct order_shipped {
   }
 };
 
-// The definition, version 1.
-inline saga::definition order_saga() {
+// The definition, version 1. `step_timeout` is how long each step's attempt waits for its reply (tests shorten it).
+inline saga::definition order_saga(saga::duration step_timeout = saga::retry_policy{}.timeout) {
   return saga::define<order>("order", 1)
       .step("create_order")
       .invoke("orders", "create_order",
               [](const order& o) {
                 return create_order{o.order_id, o.customer, o.amount_cents};
               })
+      .timeout(step_timeout)
       .compensate("orders", "cancel_order", [](const order& o) { return order_ref{o.order_id}; })
       .step("reserve_inventory")
       .invoke("inventory", "reserve_inventory",
               [](const order& o) {
                 return reserve_inventory{o.order_id, o.sku, o.quantity};
               })
+      .timeout(step_timeout)
       .on_reply([](order& o, const inventory_reserved& r) { o.reservation_id = r.reservation_id; })
       .compensate("inventory", "release_inventory", [](const order& o) { return order_ref{o.order_id}; })
       .step("charge_payment")
@@ -113,6 +115,7 @@ inline saga::definition order_saga() {
               [](const order& o) {
                 return charge_payment{o.order_id, o.customer, o.amount_cents};
               })
+      .timeout(step_timeout)
       .on_reply([](order& o, const payment_charged& r) { o.payment_id = r.payment_id; })
       .compensate("payments", "refund_payment", [](const order& o) { return order_ref{o.order_id}; })
       .step("ship_order")
@@ -121,10 +124,12 @@ inline saga::definition order_saga() {
               [](const order& o) {
                 return ship_order{o.order_id, o.sku, o.address, o.quantity};
               })
+      .timeout(step_timeout)
       .on_reply([](order& o, const order_shipped& r) { o.tracking_number = r.tracking_number; })
       .step("approve_order")
       .retriable()
       .invoke("orders", "approve_order", [](const order& o) { return order_ref{o.order_id}; })
+      .timeout(step_timeout)
       .build();
 }
 

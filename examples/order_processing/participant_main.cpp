@@ -1,5 +1,8 @@
-// order-participant SERVICE — one of the order saga's participant services (orders, inventory, payments,
-// shipping) as its own process: Kafka in, PostgreSQL inbox + the service's own tables, Kafka out.
+// order-participant SERVICE [options] — one of the order saga's participant services (orders, inventory,
+// payments, shipping) as its own process: Kafka in, PostgreSQL inbox + the service's own tables, Kafka out.
+// Options: --silent-on COMMAND_TYPE (consume those commands and never answer them: a participant that hangs, for
+// timeout tests; each one is logged as "silent: <type> <command id> attempt <n>"), --stock N (units per sku) and
+// --balance N (cents per customer) seeded when the tables are first created.
 // Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
@@ -14,6 +17,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <semaphore>
+#include <set>
 
 using namespace order_processing;
 using saga::storage::stored_reply;
@@ -110,8 +114,23 @@ void register_handlers(saga::transport::participant& p, const std::string& servi
 int main(int argc, char** argv) {
   const std::string service = argc > 1 ? argv[1] : "";
   if (service != "orders" && service != "inventory" && service != "payments" && service != "shipping") {
-    std::cerr << "usage: order-participant orders|inventory|payments|shipping\n";
+    std::cerr << "usage: order-participant orders|inventory|payments|shipping [--silent-on COMMAND_TYPE] "
+                 "[--stock N] [--balance N]\n";
     return 2;
+  }
+  std::set<std::string> silent_on;
+  seed amounts;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc || (a != "--silent-on" && a != "--stock" && a != "--balance")) {
+      std::cerr << "order-participant: unknown option or missing value: " << a << "\n";
+      return 2;
+    }
+    const std::string v = argv[++i];
+    if (a == "--silent-on")
+      silent_on.insert(v);
+    else
+      (a == "--stock" ? amounts.stock_per_sku : amounts.balance_per_customer) = std::stoll(v);
   }
   const char* url = std::getenv("SAGA_PG_URL");
   if (!url) {
@@ -120,7 +139,7 @@ int main(int argc, char** argv) {
   }
   try {
     (void)saga::storage::migrate(url);
-    saga::storage::postgres_session(url).run([&](transaction& tx) { create_tables(tx, service); });
+    saga::storage::postgres_session(url).run([&](transaction& tx) { create_tables(tx, service, amounts); });
     saga::storage::postgres_inbox inbox(url);
     auto config = saga::transport::kafka_config::from_env();
     if (const char* prefix = std::getenv("SAGA_KAFKA_PREFIX")) config.topic_prefix = prefix;
@@ -136,7 +155,17 @@ int main(int argc, char** argv) {
     options.service = service;
     saga::transport::participant p(bus, inbox, options);
     register_handlers(p, service);
-    p.start();
+    std::atomic<std::uint64_t> ignored{0};
+    if (silent_on.empty()) {
+      p.start();
+    } else {  // the participant's own loop, except that it swallows the silenced command types unanswered
+      bus.on_command(service, [&](command_message c, saga::transport::handled_callback handled) {
+        if (!silent_on.count(c.command_type)) return p.process(std::move(c), std::move(handled));
+        ++ignored;
+        std::cerr << "silent: " << c.command_type << " " << c.command_id << " attempt " << c.attempt << std::endl;
+        if (handled) handled();
+      });
+    }
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     std::cerr << "order-participant " << service << " ready\n";
@@ -144,7 +173,8 @@ int main(int argc, char** argv) {
     bus.stop();
     const auto s = p.stats();
     std::cerr << "order-participant " << service << " stopping: " << s.executed << " executed, " << s.duplicates
-              << " duplicates answered from the inbox, " << s.dead_lettered << " dead-lettered\n";
+              << " duplicates answered from the inbox, " << s.dead_lettered << " dead-lettered, " << ignored.load()
+              << " left unanswered\n";
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "order-participant " << service << ": " << e.what() << "\n";

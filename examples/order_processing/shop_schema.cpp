@@ -4,7 +4,7 @@
 
 namespace order_processing {
 
-void create_tables(saga::storage::transaction& tx, const std::string& service) {
+void create_tables(saga::storage::transaction& tx, const std::string& service, const seed& amounts) {
   if (service == "orders") {
     tx.exec(
         "CREATE TABLE IF NOT EXISTS shop_orders (order_id text PRIMARY KEY, customer text NOT NULL, "
@@ -17,8 +17,9 @@ void create_tables(saga::storage::transaction& tx, const std::string& service) {
         "CREATE TABLE IF NOT EXISTS shop_reservations (order_id text PRIMARY KEY, sku text NOT NULL, "
         "quantity bigint NOT NULL, state text NOT NULL)");
     tx.exec(
-        "INSERT INTO shop_stock (sku, on_hand, initial) SELECT 'sku-' || i, 250, 250 FROM generate_series(0, 9) i "
-        "ON CONFLICT (sku) DO NOTHING");
+        "INSERT INTO shop_stock (sku, on_hand, initial) SELECT 'sku-' || i, $1::bigint, $1::bigint "
+        "FROM generate_series(0, 9) i ON CONFLICT (sku) DO NOTHING",
+        {std::to_string(amounts.stock_per_sku)});
   } else if (service == "payments") {
     tx.exec(
         "CREATE TABLE IF NOT EXISTS shop_accounts (customer text PRIMARY KEY, balance bigint NOT NULL "
@@ -27,8 +28,9 @@ void create_tables(saga::storage::transaction& tx, const std::string& service) {
         "CREATE TABLE IF NOT EXISTS shop_charges (order_id text PRIMARY KEY, customer text NOT NULL, "
         "amount_cents bigint NOT NULL, state text NOT NULL)");
     tx.exec(
-        "INSERT INTO shop_accounts (customer, balance, initial) SELECT 'cust-' || i, 40000, 40000 "
-        "FROM generate_series(0, 99) i ON CONFLICT (customer) DO NOTHING");
+        "INSERT INTO shop_accounts (customer, balance, initial) SELECT 'cust-' || i, $1::bigint, $1::bigint "
+        "FROM generate_series(0, 99) i ON CONFLICT (customer) DO NOTHING",
+        {std::to_string(amounts.balance_per_customer)});
   } else if (service == "shipping") {
     tx.exec("CREATE TABLE IF NOT EXISTS shop_shipments (order_id text PRIMARY KEY, tracking_number text NOT NULL)");
   }

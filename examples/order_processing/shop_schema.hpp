@@ -9,9 +9,15 @@
 
 namespace order_processing {
 
+// What the tables are seeded with when they are first created.
+struct seed {
+  long long stock_per_sku = 250;           // units of each of the 10 skus
+  long long balance_per_customer = 40000;  // cents in each of the 100 customers' accounts
+};
+
 // Creates the tables of `service` (orders, inventory, payments, shipping) if missing and seeds stock and
-// balances once. Idempotent.
-void create_tables(saga::storage::transaction& tx, const std::string& service);
+// balances once (later seeds change nothing). Idempotent.
+void create_tables(saga::storage::transaction& tx, const std::string& service, const seed& amounts = {});
 
 // What the books say.
 struct books {

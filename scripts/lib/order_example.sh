@@ -5,13 +5,34 @@
 
 SAGA_PARTICIPANT_PIDS=()
 
-# saga_participants_start LOGDIR: starts one order-participant per service, logs in LOGDIR.
+# saga_pg_fresh_database NAME: (re)creates the empty database NAME on the server SAGA_PG_URL points at and points
+# SAGA_PG_URL at it (keeping the URL's parameters, e.g. ?sslmode=…), so a test's sagas and books are its own.
+# SAGA_PG_SERVER_URL keeps the URL it was given, for saga_pg_drop_database.
+saga_pg_fresh_database() {
+  local name="$1" psql="${SAGA_PG_BIN:+$SAGA_PG_BIN/}psql" query="" path
+  export SAGA_PG_SERVER_URL="${SAGA_PG_SERVER_URL:-$SAGA_PG_URL}"
+  "$psql" "$SAGA_PG_SERVER_URL" -qAtc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null &&
+    "$psql" "$SAGA_PG_SERVER_URL" -qAtc "CREATE DATABASE $name" >/dev/null || return 1
+  case "$SAGA_PG_SERVER_URL" in *\?*) query="?${SAGA_PG_SERVER_URL#*\?}" ;; esac
+  path="${SAGA_PG_SERVER_URL%%\?*}"
+  export SAGA_PG_URL="${path%/*}/$name$query"
+}
+
+# saga_pg_drop_database NAME: drops what saga_pg_fresh_database created (no-op when it created nothing).
+saga_pg_drop_database() {
+  [ -n "${SAGA_PG_SERVER_URL:-}" ] || return 0
+  "${SAGA_PG_BIN:+$SAGA_PG_BIN/}psql" "$SAGA_PG_SERVER_URL" -qAtc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
+}
+
+# saga_participants_start LOGDIR [ARGS...]: starts one order-participant per service with ARGS (e.g. --silent-on
+# charge_payment, --stock 100000), logs in LOGDIR.
 saga_participants_start() {
   local logs="$1" s
+  shift
   mkdir -p "$logs"
   for s in orders inventory payments shipping; do
     # Own sessions: on Ctrl-C the caller stops them in order, after the orchestrator, while the broker is up.
-    setsid "$SAGA_BUILD/examples/order-participant" "$s" >"$logs/$s.log" 2>&1 &
+    setsid "$SAGA_BUILD/examples/order-participant" "$s" "$@" >"$logs/$s.log" 2>&1 &
     SAGA_PARTICIPANT_PIDS+=($!)
   done
   # Each prints "ready" once it consumes its topic; a participant that died says why in its log.

@@ -37,13 +37,8 @@ rm -rf "$work" && mkdir -p "$work/logs"
 unset SAGA_KAFKA_BROKERS SAGA_KAFKA_PID
 
 # A database of the cell's own: its counts and checks see only its sagas and its participants' books.
-base_url="$SAGA_PG_URL"
 db="fault_${cell}"
-query_part=""
-[[ "$base_url" == *\?* ]] && query_part="?${base_url#*\?}"
-export SAGA_PG_URL="${base_url%%\?*}"
-SAGA_PG_URL="${SAGA_PG_URL%/*}/$db$query_part"
-psql "$base_url" -XAtq -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
+saga_pg_fresh_database "$db"
 since() { awk -v now="$(date +%s.%N)" -v then="$1" 'BEGIN { printf "%.1f", now - then }'; }
 sql() { psql "$SAGA_PG_URL" -XAtq -c "$1" 2>/dev/null; }
 unfinished() { sql "SELECT count(*) FROM saga_instances WHERE status IN ('running','compensating')" || echo -1; }
@@ -226,5 +221,5 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cell" "$sagas" "$at_fault" "
 mv "$results.tmp" "$results"
 echo "fault matrix $cell: $sagas sagas, $at_fault in flight at the fault, $lost lost, $duplicated duplicated," \
   "progress ${recovered_s} s after the fault, all ended ${drain_s} s after it"
-[ "$status" -eq 0 ] && psql "$base_url" -XAtq -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+if [ "$status" -eq 0 ]; then saga_pg_drop_database "$db" || true; fi
 exit "$status"

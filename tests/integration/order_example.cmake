@@ -16,3 +16,16 @@ if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/scale_out_test.sh ${PROJECT_BINARY_DIR})
   set_tests_properties(runtime.scale_out_takeover PROPERTIES LABELS integration TIMEOUT 900)
 endif()
+
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
+  add_test(NAME runtime.timeout_resend_same_id_then_compensate
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/timeout_test.sh ${PROJECT_BINARY_DIR})
+  set_tests_properties(runtime.timeout_resend_same_id_then_compensate PROPERTIES LABELS integration TIMEOUT 600)
+endif()
+
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
+  add_test(NAME order_example.multi_process_2000_orders_expected_endings
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/order_example_2000_test.sh ${PROJECT_BINARY_DIR})
+  set_tests_properties(order_example.multi_process_2000_orders_expected_endings PROPERTIES LABELS integration
+                                                                                        TIMEOUT 1200)
+endif()

@@ -22,21 +22,16 @@ orders=200
 # gets at most 20 orders of at most 4 units against 250; each customer 2 orders of at most 99.99 against 400), and
 # every order must end exactly as the business rules say.
 fresh_db="order_it_$$"
-base_url="$SAGA_PG_URL"
 fresh=0
-if psql -q -X -v ON_ERROR_STOP=1 "$base_url" -c "CREATE DATABASE $fresh_db" >/dev/null; then
+if saga_pg_fresh_database "$fresh_db"; then
   fresh=1
-  query=""
-  case "$base_url" in *\?*) query="?${base_url#*\?}" ;; esac
-  url_no_query="${base_url%%\?*}"
-  export SAGA_PG_URL="${url_no_query%/*}/$fresh_db$query"
 else
   echo "note: cannot create a database on this server; checking each order against its rules only" >&2
 fi
 cleanup() {
   saga_participants_stop
   saga_kafka_stop
-  if [ "$fresh" = 1 ]; then psql -q -X "$base_url" -c "DROP DATABASE IF EXISTS $fresh_db WITH (FORCE)" >/dev/null || true; fi
+  if [ "$fresh" = 1 ]; then saga_pg_drop_database "$fresh_db" || true; fi
 }
 trap cleanup EXIT
 

@@ -184,6 +184,69 @@ TEST(orchestrator, a_new_process_recovers_unfinished_sagas_from_the_log) {
     EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
 }
 
+TEST(orchestrator, a_revoked_partition_drops_its_sagas_and_their_timers_until_it_is_assigned_again) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition p0{"order.replies", 0, "order"};
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1 && r.clock->pending() == 1; }));
+  r.bus.revoke({p0});  // another process owns the saga now
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
+  const auto events = r.store.load(h.id).size();
+  r.clock->advance(duration{31'000});  // create_order's deadline passes: the dropped saga's timer is void
+  // A refused operator action goes through the saga's queue after that timer: once it returns, whatever the timer
+  // would have appended is durable.
+  EXPECT_FALSE(
+      o.act(h.id, triggers::operator_action{triggers::operator_verb::retry, "", "sync", "test"}).rejected.empty());
+  EXPECT_EQ(r.store.load(h.id).size(), events);  // no step_timed_out
+  EXPECT_EQ(r.bus.sent_commands().size(), 1u);   // no resend
+  EXPECT_EQ(o.stats().append_conflicts.load(), 0u);
+  // The partition comes back: the saga is recovered from the log, create_order re-sent with the same id, and
+  // the handle from start() still delivers the outcome.
+  r.silent.clear();
+  r.bus.assign({p0});
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  const auto sent = r.bus.sent_commands();
+  ASSERT_GE(sent.size(), 2u);
+  EXPECT_EQ(sent[0].command_id, sent[1].command_id);
+  o.shutdown();
+}
+
+TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_instead_of_reloading_and_resending) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);  // never assigned to this process: it is a zombie for every saga
+  orchestrator zombie(r.store, r.bus, r.options());
+  zombie.add(order_processing::order_saga());
+  zombie.run();
+  auto h = zombie.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1 && r.clock->pending() == 1; }));
+  // The owner of the partition (another process, its own transport and clock) advances the saga.
+  transport::memory_transport owner_bus;
+  auto owner_options = r.options();
+  owner_options.clock = std::make_shared<runtime::manual_clock>();
+  orchestrator owner(r.store, owner_bus, owner_options);
+  owner.add(order_processing::order_saga());
+  owner.run();
+  ASSERT_TRUE(owner.cancel(h.id, "changed my mind", "test").rejected.empty());
+  const auto events = r.store.load(h.id).size();
+  // The zombie's deadline fires on its stale state: its append conflicts, and it lets the saga go.
+  r.clock->advance(duration{31'000});
+  ASSERT_TRUE(r.pump_until([&] { return zombie.stats().sagas_dropped.load() == 1; }));
+  EXPECT_EQ(zombie.stats().append_conflicts.load(), 1u);
+  EXPECT_EQ(r.store.load(h.id).size(), events);  // nothing stored by the zombie
+  EXPECT_EQ(r.bus.sent_commands().size(), 1u);   // and nothing re-sent: no reload, no recovery effects
+  EXPECT_EQ(r.clock->pending(), 0u);             // no timer re-armed
+  owner.shutdown();
+  zombie.shutdown();
+}
+
 TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) {
   rig r;
   r.silent.insert("charge_payment");

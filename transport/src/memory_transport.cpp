@@ -108,4 +108,43 @@ std::vector<std::pair<command_message, std::string>> memory_transport::dead_lett
   return dead_letters_;
 }
 
+void memory_transport::set_reply_partitions(std::int32_t count) {
+  std::lock_guard lock(mutex_);
+  partitions_ = count;
+}
+
+void memory_transport::on_partitions_assigned(partitions_callback callback) {
+  std::lock_guard lock(mutex_);
+  assigned_ = std::move(callback);
+}
+
+void memory_transport::on_partitions_revoked(partitions_callback callback) {
+  std::lock_guard lock(mutex_);
+  revoked_ = std::move(callback);
+}
+
+std::optional<std::int32_t> memory_transport::reply_partition(const std::string&, const saga_id& saga) {
+  std::lock_guard lock(mutex_);
+  if (partitions_ <= 0) return std::nullopt;
+  return static_cast<std::int32_t>(std::hash<saga_id>{}(saga) % static_cast<std::size_t>(partitions_));
+}
+
+void memory_transport::assign(const std::vector<topic_partition>& partitions) {
+  partitions_callback cb;
+  {
+    std::lock_guard lock(mutex_);
+    cb = assigned_;
+  }
+  if (cb) cb(partitions);
+}
+
+void memory_transport::revoke(const std::vector<topic_partition>& partitions) {
+  partitions_callback cb;
+  {
+    std::lock_guard lock(mutex_);
+    cb = revoked_;
+  }
+  if (cb) cb(partitions);
+}
+
 }  // namespace saga::transport

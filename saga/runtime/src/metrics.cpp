@@ -63,6 +63,12 @@ std::string metrics::prometheus() const {
   counter(out, "saga_triggers_rejected_total", "Triggers refused (e.g. cancel after the pivot).", triggers_rejected);
   counter(out, "saga_send_failures_total", "Commands the transport failed to send (resent on timeout).", send_failures);
   counter(out, "saga_sagas_recovered_total", "Unfinished sagas rebuilt from their logs.", sagas_recovered);
+  counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
+          sagas_dropped);
+  out +=
+      "# HELP saga_reply_partitions_owned Reply partitions assigned to this process.\n"
+      "# TYPE saga_reply_partitions_owned gauge\nsaga_reply_partitions_owned " +
+      std::to_string(reply_partitions_owned.load()) + "\n";
   hist(out, "saga_append_latency_seconds", "From decision to durable append.", append_latency);
   hist(out, "saga_saga_latency_seconds", "From start to finish.", saga_latency);
   return out;

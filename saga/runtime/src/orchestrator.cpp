@@ -13,6 +13,7 @@
 #include <optional>
 #include <random>
 #include <semaphore>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -52,6 +53,8 @@ struct entry {
   bool fulfilled = false;
   bool counted = false;  // holds one of the in-flight slots of this process
   steady::time_point started{};
+  // Bumped when the saga is dropped (its partition went to another process): timers armed before are void.
+  std::uint64_t generation = 0;
 };
 
 struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
@@ -87,6 +90,74 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   mutable std::mutex entries_mutex;
   std::unordered_map<saga_id, std::shared_ptr<entry>> entries;
 
+  // Reply partitions this process was assigned, by saga type (used only on a transport that partitions).
+  std::mutex owned_mutex;
+  std::map<std::string, std::set<std::int32_t>> owned;
+
+  // Whether this process owns the reply partition of saga `id` of `type`; always on a transport that does not
+  // partition. A process that lost it is a zombie for that saga: the new owner recovered it from the log.
+  bool owns(const std::string& type, const saga_id& id) {
+    const auto partition = bus.reply_partition(type, id);
+    if (!partition) return true;
+    std::lock_guard lock(owned_mutex);
+    auto it = owned.find(type);
+    return it != owned.end() && it->second.count(*partition) > 0;
+  }
+
+  // Partitions in `owned` (owned_mutex held).
+  std::uint64_t count_owned() const {
+    std::uint64_t n = 0;
+    for (const auto& [type, partitions] : owned) n += partitions.size();
+    return n;
+  }
+
+  // On e's strand: forgets the cached state and voids its timers, so this process neither re-sends nor times out
+  // a saga another process now advances. An entry someone awaits stays (without state) so that its outcome can
+  // still be delivered if the saga comes back to this process.
+  void drop(const std::shared_ptr<entry>& e, const std::string& why) {
+    ++stats.sagas_dropped;
+    ++e->generation;
+    e->state.reset();
+    e->reloaded_after_error = false;
+    log("dropped saga " + e->id.to_string() + ": " + why);
+    bool awaited = false;
+    {
+      std::lock_guard lock(e->promise_mutex);
+      awaited = e->counted || (e->promise && !e->fulfilled);
+    }
+    if (awaited || e->busy || !e->queue.empty()) return;
+    std::lock_guard lock(entries_mutex);
+    if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
+  }
+
+  // The transport took `revoked` away: drop the cached sagas of those partitions (and their timers).
+  void revoke(const std::vector<transport::topic_partition>& revoked) {
+    std::map<std::string, std::set<std::int32_t>> gone;
+    {
+      std::lock_guard lock(owned_mutex);
+      for (const auto& tp : revoked) {
+        if (!latest(tp.name)) continue;
+        owned[tp.name].erase(tp.partition);
+        gone[tp.name].insert(tp.partition);
+      }
+      stats.reply_partitions_owned = count_owned();
+    }
+    if (gone.empty()) return;
+    std::vector<std::shared_ptr<entry>> all;
+    {
+      std::lock_guard lock(entries_mutex);
+      for (const auto& [id, e] : entries) all.push_back(e);
+    }
+    for (auto& e : all)
+      asio::post(e->strand, [self = shared_from_this(), e, gone] {
+        for (const auto& [type, partitions] : gone) {
+          if (e->state && e->state->type != type) continue;
+          const auto p = self->bus.reply_partition(type, e->id);
+          if (p && partitions.count(*p)) return self->drop(e, "its reply partition was revoked");
+        }
+      });
+  }
+
   void log(const std::string& line) const {
     if (options.log) options.log(line);
   }
@@ -119,15 +190,17 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // Timers are armed by this process for sagas it holds; a saga no longer held finished (or is stuck), where
   // timers change nothing, so the timer is dropped without reading the store.
-  void submit_timer(const saga_id& id, const triggers::timer& t) {
-    std::shared_ptr<entry> e;
+  // A timer of an entry that was dropped (or replaced) since it was armed is void as well.
+  void submit_timer(const std::weak_ptr<entry>& armed_by, std::uint64_t generation, const triggers::timer& t) {
+    auto e = armed_by.lock();
+    if (!e) return;
     {
       std::lock_guard lock(entries_mutex);
-      auto it = entries.find(id);
-      if (it == entries.end()) return;
-      e = it->second;
+      auto it = entries.find(e->id);
+      if (it == entries.end() || it->second != e) return;
     }
-    asio::post(e->strand, [self = shared_from_this(), e, t]() mutable {
+    asio::post(e->strand, [self = shared_from_this(), e, generation, t]() mutable {
+      if (e->generation != generation) return;
       e->queue.push_back(job{false, t, {}, {}});
       self->pump(e);
     });
@@ -265,6 +338,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         std::rethrow_exception(err);
       } catch (const storage::concurrency_conflict& c) {
         ++stats.append_conflicts;
+        if (!owns(after.type, e->id)) {  // a zombie: the owner of its partition advanced it; neither reload nor resend
+          drop(e, std::string("another process owns its reply partition and advanced it (") + c.what() + ")");
+          decision gone;
+          gone.ignored = "saga " + e->id.to_string() + " is owned by another process now";
+          finish_job(j, gone);
+          return pump(e);
+        }
         log(std::string("reloading after ") + c.what());
         e->state.reset();
         e->reloaded_after_error = true;
@@ -307,8 +387,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           }
         });
       } else if (const auto* timer = std::get_if<effects::arm_timer>(&f)) {
-        options.clock->schedule(timer->due, [self = weak_from_this(), saga = timer->saga, t = timer->timer] {
-          if (auto s = self.lock(); s && !s->stopped) s->submit_timer(saga, t);
+        options.clock->schedule(timer->due, [self = weak_from_this(), armed_by = std::weak_ptr<entry>(e),
+                                             generation = e->generation, t = timer->timer] {
+          if (auto s = self.lock(); s && !s->stopped) s->submit_timer(armed_by, generation, t);
         });
       } else if (const auto* done = std::get_if<effects::saga_finished>(&f)) {
         finished(e, *done);
@@ -421,9 +502,19 @@ void orchestrator::run() {
     auto self = weak.lock();
     if (!self) return;
     storage::partition_filter filter;
-    for (const auto& tp : assigned)
-      if (self->latest(tp.name)) filter.partitions.push_back(tp.partition);
+    {
+      std::lock_guard lock(self->owned_mutex);
+      for (const auto& tp : assigned)
+        if (self->latest(tp.name)) {
+          filter.partitions.push_back(tp.partition);
+          self->owned[tp.name].insert(tp.partition);
+        }
+      self->stats.reply_partitions_owned = self->count_owned();
+    }
     if (!filter.partitions.empty()) self->recover(filter);
+  });
+  s.bus.on_partitions_revoked([weak](const std::vector<transport::topic_partition>& revoked) {
+    if (auto self = weak.lock()) self->revoke(revoked);
   });
   for (const auto& [type, versions] : s.definitions) {
     s.bus.on_reply(type, [weak](transport::reply_message reply, transport::handled_callback handled) {

@@ -32,6 +32,16 @@ class memory_transport final : public transport {
   // Commands parked by dead_letter(), with their reasons, in order.
   [[nodiscard]] std::vector<std::pair<command_message, std::string>> dead_letters() const;
 
+  // Partition simulation (off by default: this process owns every saga). With `count` > 0, reply_partition()
+  // places each saga on one of `count` partitions, and assign()/revoke() call the registered callbacks as a
+  // consumer-group rebalance would (on the calling thread).
+  void set_reply_partitions(std::int32_t count);
+  void on_partitions_assigned(partitions_callback callback) override;
+  void on_partitions_revoked(partitions_callback callback) override;
+  [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
+  void assign(const std::vector<topic_partition>& partitions);
+  void revoke(const std::vector<topic_partition>& partitions);
+
  private:
   mutable std::mutex mutex_;
   std::deque<command_message> commands_;
@@ -41,6 +51,8 @@ class memory_transport final : public transport {
   std::vector<command_message> log_;
   std::vector<std::pair<command_message, std::string>> dead_letters_;
   std::size_t failures_ = 0;
+  std::int32_t partitions_ = 0;
+  partitions_callback assigned_, revoked_;
 };
 
 }  // namespace saga::transport
