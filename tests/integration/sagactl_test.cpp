@@ -11,6 +11,8 @@
 #include <saga/storage/inbox.hpp>
 #include <saga/storage/postgres_event_store.hpp>
 #include <saga/timeline.hpp>
+#include <saga/transport/kafka_dev.hpp>
+#include <saga/transport/kafka_transport.hpp>
 #include <saga/transport/memory_transport.hpp>
 
 #include <gtest/gtest.h>
@@ -21,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -682,6 +685,55 @@ TEST_F(sagactl_pg, retry_with_a_transport_sends_the_refund_and_the_running_orche
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(has(r.out, "sent 1 of 1 command(s)")) << r.out;
   ASSERT_TRUE(pump_until([&] { return state(stuck_).status == saga_status::compensated; }));
+}
+
+// The sagactl program with SAGA_KAFKA_BROKERS (the embedded broker, or the cluster the variable names): the
+// refund a retry asks for reaches the payments service's topic, answering to the orchestrators' reply topic.
+TEST_F(sagactl_pg, retry_with_kafka_sends_the_command_to_the_participants_topic) {
+  transport::dev_broker broker(SAGA_KAFKA_DEV_PROGRAM);
+  const std::string prefix =
+      "sagactl" + std::to_string(::getpid()) + "-" + std::to_string(pg_test::random_word() % 100000);
+  run_compensated_and_stuck();
+  refunds_fail_ = false;
+
+  transport::kafka_config config;
+  config.bootstrap_servers = broker.bootstrap_servers();
+  config.topic_prefix = prefix;
+  config.group_id = "payments-" + prefix;
+  config.client_id = "payments";
+  config.properties["consumer.auto.offset.reset"] = "earliest";  // whatever arrives before the group settles
+  config.log = transport::stderr_logger(transport::log_level::warning);
+  transport::kafka_transport payments(config);
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<transport::command_message> received;
+  payments.on_command("payments", [&](transport::command_message c, transport::handled_callback handled) {
+    {
+      std::lock_guard lock(m);
+      received.push_back(std::move(c));
+    }
+    cv.notify_all();
+    handled();
+  });
+
+  const auto r = sagactl({"--db", url_, "retry", stuck_.to_string(), "--reason", "ledger reopened"},
+                         {{"SAGA_KAFKA_BROKERS", broker.bootstrap_servers()}, {"SAGA_KAFKA_PREFIX", prefix}});
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "sent 1 of 1 command(s)\n")) << r.out;
+  EXPECT_FALSE(has(r.out, "note:")) << r.out;
+
+  std::unique_lock lock(m);
+  ASSERT_TRUE(cv.wait_for(lock, 60s, [&] { return !received.empty(); }))
+      << "no command on " << prefix << ".payments.commands";
+  const auto& c = received.front();
+  EXPECT_EQ(c.saga, stuck_);
+  EXPECT_EQ(c.command_type, "refund_payment");
+  EXPECT_EQ(c.reply_to, prefix + ".order.replies");
+  const auto log = store_->load(stuck_);
+  const auto requested = std::get<events::compensation_requested>(log.back().to_event().body);
+  EXPECT_EQ(c.command_id, requested.command_id);
+  lock.unlock();
+  payments.stop();
 }
 
 TEST_F(sagactl_pg, skip_records_the_reason_and_the_saga_finishes) {
