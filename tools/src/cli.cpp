@@ -48,7 +48,8 @@ commands:
   cancel SAGA_ID --reason R [--operator NAME]
                                         operator actions, recorded as events through the saga's decide path
 
-`sagactl COMMAND --help` shows one command's usage. The database is --db URL or $SAGA_PG_URL. TIME is RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch.
+`sagactl COMMAND --help` shows one command's usage. The database is --db URL or $SAGA_PG_URL.
+TIME is RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch.
 Exit status: 0 ok, 1 failure or finding, 2 usage error.
 )";
 
@@ -83,14 +84,16 @@ const std::map<std::string, std::string>& command_usage() {
   JSON Lines of events in global order, with their hashes; check one offline with verify --file.
 )"},
       {"retry", R"(usage: sagactl [--db URL] retry SAGA_ID [--reason R] [--operator NAME]
-  Retries the action a stuck saga is parked on; recorded as an event with who and why.
+  Retries the action a stuck saga is parked on; recorded as an event with who and why. The command it leads to
+  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by an orchestrator when it next
+  recovers the saga.
 )"},
       {"skip", R"(usage: sagactl [--db URL] skip SAGA_ID --step STEP --reason R [--operator NAME]
   Treats the stuck action of STEP as done (e.g. fixed by hand) so the saga moves on; recorded with who and why.
 )"},
       {"cancel", R"(usage: sagactl [--db URL] cancel SAGA_ID --reason R [--operator NAME]
-  Asks a running saga to stop and compensate; refused (exit 1, with the reason) once its pivot step ran or
-  when it has finished.
+  Asks a running saga to stop and compensate; refused (exit 1, with the reason) once its pivot step was
+  requested, or when it has finished.
 )"},
   };
   return usages;
