@@ -9,6 +9,8 @@
 #include <saga/storage/postgres_event_store.hpp>
 #endif
 
+#include <saga/transport/kafka_transport.hpp>
+
 #include <pwd.h>
 #include <unistd.h>
 #include <cstdlib>
@@ -34,6 +36,25 @@ int main(int argc, char** argv) {
     throw saga::storage::store_error("this sagactl was built without PostgreSQL support");
   };
 #endif
+  // Operator actions send their commands over Kafka, like the orchestrators, when SAGA_KAFKA_BROKERS names the
+  // cluster (topics "<SAGA_KAFKA_PREFIX>.<service>.commands", replies to "<prefix>.<saga type>.replies", the
+  // order orchestrator's settings). Without it the commands are only recorded, and an orchestrator sends them
+  // when it next recovers the saga.
+  const char* brokers = std::getenv("SAGA_KAFKA_BROKERS");
+  if (brokers && *brokers) {
+    const char* prefix_env = std::getenv("SAGA_KAFKA_PREFIX");
+    const std::string prefix = prefix_env && *prefix_env ? prefix_env : "saga";
+    env.open_transport = [prefix]() -> std::unique_ptr<saga::transport::transport> {
+      auto config = saga::transport::kafka_config::from_env();
+      config.topic_prefix = prefix;
+      config.client_id = "sagactl";
+      config.source = "/sagactl";
+      return std::make_unique<saga::transport::kafka_transport>(config);
+    };
+    env.reply_to = [prefix](const std::string& type) { return prefix + "." + type + ".replies"; };
+  } else {
+    env.no_transport_hint = "SAGA_KAFKA_BROKERS is not set";
+  }
   const std::vector<std::string> args(argv + 1, argv + argc);
   return saga::cli::run(args, env, std::cout, std::cerr);
 }

@@ -68,9 +68,12 @@ std::string pad(std::string s, std::size_t n) {
 
 std::string since(time_point prev, time_point now, bool first) {
   if (first) return "";
-  const auto d = (now - prev).count();
-  if (d < 1000) return "+" + std::to_string(d) + "ms";
-  return "+" + std::to_string(d / 1000) + "." + std::to_string((d % 1000) / 100) + "s";
+  // Writers with different clocks (an orchestrator and sagactl on another host) can make time go backwards.
+  const auto signed_ms = (now - prev).count();
+  const char* sign = signed_ms < 0 ? "-" : "+";
+  const auto d = signed_ms < 0 ? -signed_ms : signed_ms;
+  if (d < 1000) return sign + std::to_string(d) + "ms";
+  return sign + std::to_string(d / 1000) + "." + std::to_string((d % 1000) / 100) + "s";
 }
 
 struct line_of {

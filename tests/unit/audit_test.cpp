@@ -3,6 +3,7 @@
 
 #include <saga/audit.hpp>
 #include <saga/json.hpp>
+#include <saga/timeline.hpp>
 
 #include <gtest/gtest.h>
 
@@ -107,6 +108,20 @@ TEST(audit, reordered_steps_are_flagged) {
   EXPECT_EQ(mismatch->seq, 2u);  // the first request already goes elsewhere
   EXPECT_NE(mismatch->expected.find("\"step\":\"reserve_inventory\""), std::string::npos);
   EXPECT_NE(mismatch->recorded.find("\"step\":\"create_order\""), std::string::npos);
+}
+
+TEST(timeline, time_since_the_previous_event_is_signed_when_writers_clocks_disagree) {
+  auto at = [](std::int64_t ms) { return time_point(std::chrono::milliseconds(ms)); };
+  const std::vector<event> log{
+      {1, at(1'700'000'000'000), events::cancel_requested{"first", "a"}},
+      {2, at(1'700'000'002'500), events::cancel_requested{"later", "b"}},
+      {3, at(1'700'000'001'000), events::cancel_requested{"earlier clock", "c"}},
+      {4, at(1'700'000'000'700), events::cancel_requested{"a bit earlier", "d"}},
+  };
+  const std::string text = format_timeline(log);
+  EXPECT_NE(text.find("2   2023-11-14T22:13:22.500Z +2.5s    cancel_requested"), std::string::npos) << text;
+  EXPECT_NE(text.find("3   2023-11-14T22:13:21.000Z -1.5s    cancel_requested"), std::string::npos) << text;
+  EXPECT_NE(text.find("4   2023-11-14T22:13:20.700Z -300ms   cancel_requested"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -258,4 +258,28 @@ TEST(sagactl, errors_name_what_is_wrong_and_read_only_commands_write_nothing) {
   EXPECT_FALSE(has(down.err, "secret"));
 }
 
+TEST(sagactl, each_command_prints_its_own_usage_with_help) {
+  fixture f;
+  const auto show = f.run({"show", "--help"});
+  EXPECT_EQ(show.status, 0) << show.err;
+  EXPECT_EQ(show.out.rfind("usage: sagactl [--db URL] show SAGA_ID [--json]\n", 0), 0u) << show.out;
+  EXPECT_EQ(f.run({"help", "show"}).out, show.out);
+  EXPECT_NE(f.run({"cancel", "--help"}).out, show.out);
+  EXPECT_EQ(f.run({"nope", "--help"}).status, 2);
+}
+
+TEST(sagactl, verify_json_lists_each_broken_saga_with_its_first_bad_seq) {
+  fixture f;
+  EXPECT_EQ(f.run({"verify", "--all", "--json"}).out,
+            "{\"ok\":true,\"sagas\":3,\"events\":" + std::to_string(f.d.store().read_all(1, 100000).size()) +
+                ",\"broken\":[],\"unreadable\":[]}\n");
+  f.d.store().tamper(f.stuck, 4, [](storage::recorded_event& e) { e.payload = "{}"; });
+  const auto broken = f.run({"verify", "--all", "--json"});
+  EXPECT_EQ(broken.status, 1);
+  EXPECT_EQ(json_member(broken.out, "ok"), "false");
+  const std::string list = json_member(broken.out, "broken");
+  EXPECT_EQ(json_string_member(list.substr(1, list.size() - 2), "saga"), f.stuck.to_string()) << list;
+  EXPECT_EQ(json_uint_member(list.substr(1, list.size() - 2), "seq"), 4u) << list;
+}
+
 }  // namespace

@@ -37,9 +37,9 @@ commands:
   show SAGA_ID [--json]                 the saga's timeline and current state
   replay SAGA_ID [--at SEQ|TIME] [--json]
                                         the state as it was at that point, rebuilt by folding the log
-  replay (SAGA_ID | --all [--type T]) --verify-definition
+  replay (SAGA_ID | --all [--type T]) --verify-definition [--json]
                                         report any event the registered definition would not have produced
-  verify [--saga SAGA_ID | --all [--type T] | --file EXPORT.jsonl]
+  verify [--saga SAGA_ID | --all [--type T] | --file EXPORT.jsonl] [--json]
                                         recompute hash chains, check seq gaps and order
   export [--saga SAGA_ID | --since POSITION]
                                         JSON Lines of events in global order, with hashes
@@ -48,9 +48,56 @@ commands:
   cancel SAGA_ID --reason R [--operator NAME]
                                         operator actions, recorded as events through the saga's decide path
 
-The database is --db URL or $SAGA_PG_URL. TIME is RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch.
+`sagactl COMMAND --help` shows one command's usage. The database is --db URL or $SAGA_PG_URL.
+TIME is RFC 3339 (2026-11-22T05:03:50Z) or milliseconds since the epoch.
 Exit status: 0 ok, 1 failure or finding, 2 usage error.
 )";
+
+// Each subcommand's own usage (sagactl COMMAND --help, sagactl help COMMAND).
+const std::map<std::string, std::string>& command_usage() {
+  static const std::map<std::string, std::string> usages = {
+      {"migrate", R"(usage: sagactl [--db URL] migrate
+  Applies the numbered migrations that are not applied yet, under an advisory lock; a no-op when up to date.
+)"},
+      {"list", R"(usage: sagactl [--db URL] list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--json]
+       sagactl [--db URL] list --counts [--type T] [--json]
+  Sagas by type, status (running|compensating|completed|compensated|stuck) and start time (--from and --to
+  both inclusive), oldest first. --counts: how many sagas are in each status (from the instance rows, no scan
+  of the events). --json: one JSON object per line (--counts: one object status -> count).
+)"},
+      {"show", R"(usage: sagactl [--db URL] show SAGA_ID [--json]
+  The saga's timeline (every event with its time, time since the previous event, step, attempt and command
+  id; compensations name the step they undo) and its current state. --json: {"state":…,"events":[…]}.
+)"},
+      {"replay", R"(usage: sagactl [--db URL] replay SAGA_ID [--at SEQ|TIME] [--json]
+       sagactl [--db URL] replay (SAGA_ID | --all [--type T]) --verify-definition [--json]
+  Rebuilds the state as it was after event SEQ, or at TIME, by folding the log. --verify-definition re-decides
+  every recorded trigger with the registered definition and reports the first event it would not have
+  produced (exit 1 when any saga differs or has no registered definition).
+)"},
+      {"verify", R"(usage: sagactl [--db URL] verify (--saga SAGA_ID | --all [--type T] | --file EXPORT.jsonl) [--json]
+  Recomputes the hash chains, checks seq gaps and order, and reports each broken saga with its first bad seq
+  (exit 1 when anything is broken). --file checks an export without a database. --json: one JSON object
+  {"ok","sagas","events","broken":[{"saga","seq","why"}],"unreadable":[…]}.
+)"},
+      {"export", R"(usage: sagactl [--db URL] export [--saga SAGA_ID | --since POSITION]
+  JSON Lines of events in global order, with their hashes; check one offline with verify --file.
+)"},
+      {"retry", R"(usage: sagactl [--db URL] retry SAGA_ID [--reason R] [--operator NAME]
+  Retries the action a stuck saga is parked on; recorded as an event with who and why. The command it leads to
+  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by an orchestrator when it next
+  recovers the saga.
+)"},
+      {"skip", R"(usage: sagactl [--db URL] skip SAGA_ID --step STEP --reason R [--operator NAME]
+  Treats the stuck action of STEP as done (e.g. fixed by hand) so the saga moves on; recorded with who and why.
+)"},
+      {"cancel", R"(usage: sagactl [--db URL] cancel SAGA_ID --reason R [--operator NAME]
+  Asks a running saga to stop and compensate; refused (exit 1, with the reason) once its pivot step was
+  requested, or when it has finished.
+)"},
+  };
+  return usages;
+}
 
 struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -195,6 +242,8 @@ class session {
     if (!store_) {
       try {
         store_ = env_.open_store(url());
+      } catch (const storage::store_unavailable& e) {
+        throw failure("the database at " + redact(url()) + " is unreachable: " + e.what());
       } catch (const storage::store_error& e) {
         throw failure("cannot open the event store at " + redact(url()) + ": " + e.what());
       }
@@ -302,29 +351,60 @@ class session {
     } else {
       ids.push_back(one_id());
     }
+    const bool json = c_.has("--json");
     std::size_t mismatches = 0, unchecked = 0;
+    std::string mismatches_json, unchecked_json;
     for (const auto& id : ids) {
       const auto events = decode_log(load_existing(id));
       const saga_state st = fold(id, events);
       const definition* def = definition_for(st.type, st.definition_version);
       if (!def) {
         ++unchecked;
-        out_ << id.to_string() << ": no registered definition " << st.type << " v" << st.definition_version << "\n";
+        if (json)
+          unchecked_json += std::string(unchecked_json.empty() ? "" : ",") + "{\"saga\":" + json_quote(id.to_string()) +
+                            ",\"type\":" + json_quote(st.type) +
+                            ",\"version\":" + std::to_string(st.definition_version) + "}";
+        else
+          out_ << id.to_string() << ": no registered definition " << st.type << " v" << st.definition_version << "\n";
         continue;
       }
       if (const auto m = audit::check_definition(*def, id, events)) {
         ++mismatches;
-        out_ << id.to_string() << ": seq " << m->seq << " differs\n  definition decides: " << m->expected
-             << "\n  log holds:          " << m->recorded << "\n";
+        if (json)
+          mismatches_json += std::string(mismatches_json.empty() ? "" : ",") +
+                             "{\"saga\":" + json_quote(id.to_string()) + ",\"seq\":" + std::to_string(m->seq) +
+                             ",\"expected\":" + json_quote(m->expected) + ",\"recorded\":" + json_quote(m->recorded) +
+                             "}";
+        else
+          out_ << id.to_string() << ": seq " << m->seq << " differs\n  definition decides: " << m->expected
+               << "\n  log holds:          " << m->recorded << "\n";
       }
     }
-    out_ << ids.size() - mismatches - unchecked << " of " << ids.size()
-         << " sagas replay exactly under the registered definitions\n";
-    return mismatches || unchecked ? 1 : 0;
+    const bool ok = mismatches == 0 && unchecked == 0;
+    if (json)
+      out_ << "{\"ok\":" << (ok ? "true" : "false") << ",\"sagas\":" << ids.size()
+           << ",\"exact\":" << ids.size() - mismatches - unchecked << ",\"mismatches\":[" << mismatches_json
+           << "],\"unchecked\":[" << unchecked_json << "]}\n";
+    else
+      out_ << ids.size() - mismatches - unchecked << " of " << ids.size()
+           << " sagas replay exactly under the registered definitions\n";
+    return ok ? 0 : 1;
   }
 
+  // A broken chain: a line, or (--json) an element of "broken" printed at the end.
   void report_break(const storage::chain_break& b) {
-    out_ << "BROKEN saga " << b.saga.to_string() << " at seq " << b.seq << ": " << b.why << "\n";
+    if (c_.has("--json"))
+      breaks_json_ += std::string(breaks_json_.empty() ? "" : ",") + "{\"saga\":" + json_quote(b.saga.to_string()) +
+                      ",\"seq\":" + std::to_string(b.seq) + ",\"why\":" + json_quote(b.why) + "}";
+    else
+      out_ << "BROKEN saga " << b.saga.to_string() << " at seq " << b.seq << ": " << b.why << "\n";
+  }
+
+  void verify_json(bool ok, std::size_t sagas, std::size_t events, const std::vector<std::string>& unreadable) {
+    std::string errors;
+    for (const auto& e : unreadable) errors += std::string(errors.empty() ? "" : ",") + json_quote(e);
+    out_ << "{\"ok\":" << (ok ? "true" : "false") << ",\"sagas\":" << sagas << ",\"events\":" << events
+         << ",\"broken\":[" << breaks_json_ << "],\"unreadable\":[" << errors << "]}\n";
   }
 
   int verify() {
@@ -332,6 +412,11 @@ class session {
       std::ifstream in(c_.get("--file"));
       if (!in) throw failure("cannot read " + c_.get("--file"));
       const auto report = storage::verify_export(in);
+      if (c_.has("--json")) {
+        for (const auto& b : report.breaks) report_break(b);
+        verify_json(report.ok(), report.sagas, report.records, report.errors);
+        return report.ok() ? 0 : 1;
+      }
       for (const auto& e : report.errors) out_ << "UNREADABLE " << e << "\n";
       for (const auto& b : report.breaks) report_break(b);
       out_ << report.records << " events of " << report.sagas << " sagas checked; "
@@ -367,7 +452,10 @@ class session {
         report_break(*b);
       }
     }
-    out_ << events << " events of " << ids.size() << " sagas checked; " << broken << " broken\n";
+    if (c_.has("--json"))
+      verify_json(broken == 0, ids.size(), events, {});
+    else
+      out_ << events << " events of " << ids.size() << " sagas checked; " << broken << " broken\n";
     return broken ? 1 : 0;
   }
 
@@ -443,8 +531,10 @@ class session {
       if (const auto* s = std::get_if<effects::send_command>(&fx)) sends.push_back(*s);
     if (sends.empty()) return;
     if (!env_.open_transport) {
-      out_ << "note: no transport configured; " << sends.size()
-           << " command(s) are sent when an orchestrator next recovers this saga\n";
+      out_ << "note: no transport configured"
+           << (env_.no_transport_hint.empty() ? "" : " (" + env_.no_transport_hint + ")") << "; " << sends.size()
+           << " command(s) recorded but not sent: an orchestrator sends them when it next recovers this saga (on "
+              "its restart, or when it takes over the saga's partition)\n";
       return;
     }
     auto bus = env_.open_transport();
@@ -459,12 +549,17 @@ class session {
     }
     bus->stop();
     out_ << "sent " << sent << " of " << sends.size() << " command(s)\n";
+    if (sent < sends.size())
+      out_ << "note: " << sends.size() - sent
+           << " command(s) could not be sent; they are recorded, and an orchestrator sends them when it next "
+              "recovers this saga\n";
   }
 
   const command_line& c_;
   const environment& env_;
   std::ostream& out_;
   std::unique_ptr<storage::event_store> store_;
+  std::string breaks_json_;
 };
 
 }  // namespace
@@ -472,9 +567,21 @@ class session {
 int run(const std::vector<std::string>& args, const environment& env, std::ostream& out, std::ostream& err) {
   try {
     const command_line c = parse(args);
-    if (c.command.empty() || c.command == "help" || c.has("--help")) {
+    if (c.command == "help" && !c.positional.empty()) {  // sagactl help COMMAND
+      const auto it = command_usage().find(c.positional[0]);
+      if (it == command_usage().end()) throw usage_error("unknown command '" + c.positional[0] + "'");
+      out << it->second;
+      return 0;
+    }
+    if (c.command.empty() || c.command == "help") {
       out << usage;
       return c.command.empty() && !c.has("--help") ? 2 : 0;
+    }
+    if (c.has("--help")) {
+      const auto it = command_usage().find(c.command);
+      if (it == command_usage().end()) throw usage_error("unknown command '" + c.command + "'");
+      out << it->second;
+      return 0;
     }
     return session(c, env, out).dispatch();
   } catch (const usage_error& e) {

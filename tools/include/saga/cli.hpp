@@ -21,6 +21,9 @@ struct environment {
   std::function<std::string(const std::string& url)> migrate;
   // Opens the transport the orchestrators use, for the commands an operator action sends; may be empty.
   std::function<std::unique_ptr<transport::transport>()> open_transport;
+  // Said when open_transport is empty and an action's commands are left to the orchestrators (e.g. which
+  // setting would let sagactl send them itself); may be empty.
+  std::string no_transport_hint;
   // Where replies go for a saga type (must match the orchestrators' setting); default: the saga type.
   std::function<std::string(const std::string& saga_type)> reply_to;
   // The definitions operator actions and --verify-definition decide with (every version still running).
