@@ -24,3 +24,7 @@ target_compile_definitions(kafka_transport_test PRIVATE
   SAGA_KAFKA_DEV_PROGRAM="$<TARGET_FILE:saga-kafka-dev>"
   SAGA_KAFKA_TEST_PARTICIPANT="$<TARGET_FILE:saga_kafka_test_participant>")
 add_dependencies(kafka_transport_test saga-kafka-dev saga_kafka_test_participant)
+
+# Limits and secrets: no server needed.
+saga_add_test(kafka_limits_test LABEL unit SOURCES ${CMAKE_CURRENT_LIST_DIR}/kafka_limits_test.cpp
+              LIBS saga::kafka saga::postgres)

@@ -46,6 +46,10 @@ struct kafka_participant_memory : ::testing::Test {
       }
       return st::success(R"({"id":")" + c.command_id + R"("})");
     });
+    p->handle("huge", [this](const st::command_message&, saga::storage::transaction&) {
+      ++runs;
+      return st::success("\"" + std::string(1'000'000, 'x') + "\"");
+    });
     p->handle("busy", [this](const st::command_message&, saga::storage::transaction&) {
       ++runs;
       return st::retryable("locked");
@@ -88,7 +92,7 @@ TEST_F(kafka_participant_memory, unknown_command_type_is_dead_lettered_and_the_n
   auto dead = transport.dead_letters();
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].first.command_type, "teleport");
-  EXPECT_EQ(dead[0].second, "unknown command type 'teleport' for service inventory (known: busy, reserve)");
+  EXPECT_EQ(dead[0].second, "unknown command type 'teleport' for service inventory (known: busy, huge, reserve)");
   EXPECT_EQ(p->stats().dead_lettered, 1u);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].command_id, command("reserve", 2).command_id);
@@ -109,6 +113,19 @@ TEST_F(kafka_participant_memory, a_handler_that_throws_is_retried_then_dead_lett
   EXPECT_EQ(runs, 3);  // more than 2 failures: parked
   ASSERT_EQ(transport.dead_letters().size(), 1u);
   EXPECT_EQ(transport.dead_letters()[0].second, "handler for reserve threw 3 times; last: database hiccup");
+  EXPECT_EQ(replies.size(), 1u);
+}
+
+TEST_F(kafka_participant_memory, a_reply_too_large_to_travel_is_rolled_back_and_dead_lettered_naming_the_sizes) {
+  const auto big = command("huge");
+  send(big);
+  EXPECT_EQ(runs, 1);  // the same every time: not retried
+  EXPECT_TRUE(replies.empty());
+  EXPECT_FALSE(inbox.find(big.command_id).has_value()) << "nothing is stored for a reply that cannot travel";
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_EQ(transport.dead_letters()[0].second,
+            "the reply payload of 1000002 bytes to huge exceeds participant_options::max_reply_bytes (900000)");
+  send(command("reserve", 2));  // the consumer moves on
   EXPECT_EQ(replies.size(), 1u);
 }
 

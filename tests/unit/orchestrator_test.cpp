@@ -279,6 +279,15 @@ TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) 
   EXPECT_NE(o.cancel(done.id, "late", "bob").rejected, "");
   EXPECT_THROW((void)o.start("nope", "{}"), std::invalid_argument);
   EXPECT_THROW((void)o.start("order", "{not json"), std::invalid_argument);
+  const std::string huge = R"({"note":")" + std::string(1 << 20, 'x') + R"("})";
+  try {
+    (void)o.start("order", huge);
+    ADD_FAILURE() << "an input over max_input_bytes was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(
+        e.what(),
+        "saga input of 1048587 bytes for type 'order' exceeds orchestrator_options::max_input_bytes (1048576)");
+  }
 }
 
 TEST(orchestrator, start_applies_back_pressure_when_too_many_sagas_are_in_flight) {

@@ -42,10 +42,18 @@ using topic_ptr = std::unique_ptr<rd_kafka_topic_t, topic_deleter>;
 using metadata_ptr = std::unique_ptr<const rd_kafka_metadata_t, metadata_deleter>;
 using error_ptr = std::unique_ptr<rd_kafka_error_t, error_deleter>;
 
+// A property's value as it may appear in an error or a log line: secrets (passwords, keys, tokens, JAAS and OAuth
+// settings) never do.
+std::string printable(const std::string& key, const std::string& value) {
+  for (const char* secret : {"password", "secret", "jaas", "key.pem", "private", "token", "oauthbearer", "credential"})
+    if (key.find(secret) != std::string::npos) return "<redacted>";
+  return value;
+}
+
 void set(rd_kafka_conf_t* conf, const std::string& key, const std::string& value) {
   char err[512];
   if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
-    throw transport_error("kafka property " + key + "=" + value + ": " + err, false);
+    throw transport_error("kafka property " + key + "=" + printable(key, value) + ": " + err, false);
 }
 
 // Whether sending the record again later can help.
@@ -241,6 +249,13 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   void produce(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,
                delivery_callback done) {
     if (stopped.load()) return fail(done, "kafka transport stopped; cannot send to " + topic, false);
+    std::size_t bytes = key.size() + value.size();
+    for (const auto& [name, v] : headers) bytes += name.size() + v.size();
+    if (bytes > cfg.max_message_bytes)
+      return fail(done,
+                  "a record of " + std::to_string(bytes) + " bytes for " + topic +
+                      " exceeds kafka_config::max_message_bytes (" + std::to_string(cfg.max_message_bytes) + ")",
+                  false);
     auto ctx = std::make_unique<delivery_callback>(std::move(done));
     auto deadline = std::chrono::steady_clock::now() + cfg.enqueue_timeout;
     const bool on_producer_thread = std::this_thread::get_id() == producer_thread.get_id();

@@ -7,6 +7,14 @@
 
 namespace saga::transport {
 
+namespace {
+// A handler's reply that cannot travel: its command is dead-lettered with this reason.
+class reply_too_large : public std::length_error {
+ public:
+  using std::length_error::length_error;
+};
+}  // namespace
+
 storage::stored_reply success(std::string payload) {
   return storage::stored_reply{triggers::outcome::success, std::move(payload), {}};
 }
@@ -70,7 +78,15 @@ void participant::process(command_message command, handled_callback handled) noe
         bool first = false;
         // Dedup by command id; a compensation first fences the forward command it undoes (storage::handle_command).
         reply = storage::handle_command(
-            inbox_, command.command_id, command.compensates, [&](storage::transaction& tx) { return h(command, tx); },
+            inbox_, command.command_id, command.compensates,
+            [&](storage::transaction& tx) {
+              auto r = h(command, tx);
+              if (r.payload.size() > options_.max_reply_bytes)  // thrown inside: the handler's writes roll back
+                throw reply_too_large("the reply payload of " + std::to_string(r.payload.size()) + " bytes to " +
+                                      command.command_type + " exceeds participant_options::max_reply_bytes (" +
+                                      std::to_string(options_.max_reply_bytes) + ")");
+              return r;
+            },
             &first);
         if (!first && reply.result != triggers::outcome::retryable_failure) {
           ++duplicates_;
@@ -81,6 +97,9 @@ void participant::process(command_message command, handled_callback handled) noe
           ++executed_;
         }
         break;
+      } catch (const reply_too_large& e) {
+        ++handler_exceptions_;
+        return park(command, e.what(), std::move(handled));  // the same every time: no retry
       } catch (const storage::store_error& e) {
         if (!e.retryable()) throw;
         // The inbox database is unreachable: an outage to wait out, not a poison message. Nothing was committed;

@@ -535,6 +535,10 @@ void orchestrator::run() {
 saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
   auto& s = *impl_;
   if (!s.latest(type)) throw std::invalid_argument("no definition registered for saga type '" + type + "'");
+  if (input_json.size() > s.options.max_input_bytes)
+    throw std::invalid_argument("saga input of " + std::to_string(input_json.size()) + " bytes for type '" + type +
+                                "' exceeds orchestrator_options::max_input_bytes (" +
+                                std::to_string(s.options.max_input_bytes) + ")");
   if (!key.empty())
     if (auto existing = s.store.find_by_idempotency_key(type, key)) return saga_handle{*existing, outcome(*existing)};
   if (!s.slots.try_acquire_for(s.options.start_timeout))

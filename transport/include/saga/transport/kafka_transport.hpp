@@ -37,6 +37,9 @@ struct kafka_config {
   // queue.buffering.max.messages: the producer's bound. When full, sends block up to `enqueue_timeout`, then fail
   // with a retryable transport_error (back-pressure reaches the caller; nothing is dropped silently).
   int max_queued_messages = 100000;
+  // The largest record (key + value + headers) this transport sends; a larger one fails at once, not retryable,
+  // naming both sizes. librdkafka's message.max.bytes and the broker's max.message.bytes must allow it too.
+  std::size_t max_message_bytes = 1'000'000;
   std::chrono::milliseconds enqueue_timeout{5000};
   // Received messages not yet handled, per process; beyond it the poll thread waits for handled() calls.
   std::size_t max_unhandled = 10000;

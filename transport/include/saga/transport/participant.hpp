@@ -33,6 +33,9 @@ struct participant_options {
   // How often a reply whose delivery failed is sent again before the command is left unhandled (it is then
   // redelivered after a restart or rebalance and answered from the inbox).
   std::uint32_t max_reply_attempts = 10;
+  // A handler whose reply payload is larger is rolled back (nothing stored) and its command dead-lettered with the
+  // sizes in the reason: a reply must fit a Kafka record (kafka_config::max_message_bytes) with its headers.
+  std::size_t max_reply_bytes = 900'000;
   // Where log lines go (default: stderr, info and above).
   logger log;
   // Test hook: runs after the inbox committed and before the reply is sent (e.g. to crash right there).
