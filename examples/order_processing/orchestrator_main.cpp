@@ -5,7 +5,8 @@
 // for its reply), --expect-outcomes (fail unless every order ended exactly as its data says it must when stock and
 // balances suffice: see expected_ending), --resume-only (place nothing: recover the unfinished sagas, print
 // "resumed ..." once every one of them was rebuilt and its pending commands re-sent, and exit when none is left),
-// --check-all, --until-idle, --json, --clock-jump AFTER_S:BY_S (the fault matrix's clock-jump cell).
+// --check-all, --until-idle, --json, --clock-jump AFTER_S:BY_S (the fault matrix's clock-jump cell), --rate N (orders
+// per second, steady) and --window S (a JSON line per S seconds: sagas finished, p50/p99 latency; scripts/bench soak).
 // Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
@@ -47,6 +48,8 @@ struct options {
   bool json = false;
   std::chrono::milliseconds jump_after{0}, jump_by{0};  // --clock-jump: the fault matrix's clock-jump cell
   bool expect_outcomes = false;
+  double rate = 0;                 // --rate: orders placed per second (0: as fast as starts return)
+  std::chrono::seconds window{0};  // --window: a JSON line of the sagas that finished in each window
   saga::duration step_timeout = saga::retry_policy{}.timeout;
 };
 
@@ -128,6 +131,10 @@ options parse(int argc, char** argv) {
       o.resume_only = true;
     else if (a == "--json")
       o.json = true;
+    else if (a == "--rate")
+      o.rate = std::stod(value());
+    else if (a == "--window")
+      o.window = std::chrono::seconds(std::stol(value()));
     else if (a == "--expect-outcomes")
       o.expect_outcomes = true;
     else if (a == "--step-timeout-ms")
@@ -196,7 +203,9 @@ std::pair<saga::saga_status, std::string> expected_ending(const order& o) {
 // a plain line at each tenth otherwise (so logs stay readable).
 class progress_board {
  public:
-  explicit progress_board(std::size_t total) : total_(total), tty_(isatty(1) != 0) {
+  // With a `window`, also prints one JSON line per window: the sagas that finished in it and their latency.
+  explicit progress_board(std::size_t total, std::chrono::seconds window = {})
+      : total_(total), tty_(isatty(1) != 0), window_(window) {
     thread_ = std::thread([this] { loop(); });
   }
   ~progress_board() { stop(); }
@@ -217,11 +226,28 @@ class progress_board {
 
  private:
   void loop() {
+    auto window_end = std::chrono::steady_clock::now() + window_;
     while (!stopping_) {
       poll();
       draw(false);
+      if (window_.count() > 0 && std::chrono::steady_clock::now() >= window_end) {
+        report_window();
+        window_end += window_;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
+  }
+  void report_window() {
+    std::sort(window_ms_.begin(), window_ms_.end());
+    auto at = [&](double q) {
+      return window_ms_.empty() ? 0.0
+                                : window_ms_[static_cast<std::size_t>(q * static_cast<double>(window_ms_.size() - 1))];
+    };
+    std::printf("%s{\"window_end_s\":%.0f,\"finished\":%zu,\"p50_ms\":%.1f,\"p99_ms\":%.1f}\n", tty_ ? "\n" : "",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(), window_ms_.size(),
+                at(0.5), at(0.99));
+    std::fflush(stdout);
+    window_ms_.clear();
   }
   void poll() {
     {
@@ -232,6 +258,7 @@ class progress_board {
     }
     std::erase_if(pending_, [this](const auto& f) {
       if (f.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
+      if (window_.count() > 0) window_ms_.push_back(static_cast<double>(f.get().elapsed.count()) / 1000.0);
       switch (f.get().status) {
         case saga::saga_status::completed: ++completed_; break;
         case saga::saga_status::compensated: ++compensated_; break;
@@ -257,6 +284,9 @@ class progress_board {
 
   const std::size_t total_;
   const bool tty_;
+  const std::chrono::seconds window_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::vector<double> window_ms_;  // latencies of the sagas finished in this window (the board's thread only)
   std::atomic<bool> stopping_{false};
   std::mutex mutex_;
   std::vector<std::shared_future<saga::runtime::saga_outcome>> incoming_;  // guarded by mutex_
@@ -357,13 +387,18 @@ int main(int argc, char** argv) {
     // Orders come in from several threads, as requests to a service would: each start waits for its start event to
     // be durable, so concurrent starts share group commits; the orchestrator's bound on sagas in flight pushes back.
     std::vector<std::pair<order, saga::runtime::saga_handle>> placed(opt.orders);
-    progress_board board(opt.orders);
+    progress_board board(opt.orders, opt.window);
     std::atomic<std::size_t> next{0};
+    const auto placing_from = std::chrono::steady_clock::now();
     std::mutex error_mutex;
     std::exception_ptr place_error;
     auto place = [&] {
       try {
         for (std::size_t i; !interrupted && (i = next++) < opt.orders;) {
+          if (opt.rate > 0)  // steady traffic: order i is due i / rate seconds in
+            std::this_thread::sleep_until(placing_from +
+                                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                              std::chrono::duration<double>(static_cast<double>(i) / opt.rate)));
           const order ord = make_order(opt.run, i);
           for (;;) {
             try {
@@ -450,6 +485,9 @@ int main(int argc, char** argv) {
     for (const auto& u : unexpected) std::cout << "UNEXPECTED " << u << "\n";
     std::cout << "\nrules\n  " << placed.size() - unexpected.size() << " of " << placed.size()
               << " orders ended as the business rules allow\n";
+    if (opt.expect_outcomes)  // every ending checked against expected_ending too (into the same list)
+      std::cout << "outcomes: " << placed.size() - unexpected.size() << " of " << placed.size()
+                << " ended as expected\n";
     if (!example.empty()) std::cout << "compensated example: " << example << "\n";
     orchestrator.shutdown();
     if (opt.json && !latencies_ms.empty()) {  // one line for scripts/bench
