@@ -75,7 +75,7 @@ void serve_participants(saga::testing::driver& d, shop& s) {
     if (c.command_type == "charge_payment") {
       const auto cmd = saga::from_json<charge_payment>(c.payload);
       if (s.rng() % 100 < 5) return stored_reply{outcome::retryable_failure, "{}", "payment gateway busy"};
-      if (cmd.customer.back() == '7') return fail("card declined");
+      if (card_declined(cmd.customer)) return fail("card declined");
       auto& balance = s.balance[cmd.customer];
       if (balance < cmd.amount_cents) return fail("insufficient funds");
       balance -= cmd.amount_cents;
@@ -91,7 +91,7 @@ void serve_participants(saga::testing::driver& d, shop& s) {
   });
   d.serve("shipping", [&s](const command_message& c) {
     const auto cmd = saga::from_json<ship_order>(c.payload);
-    if (cmd.address.find("Nowhere") != std::string::npos) return fail("shipping address invalid");
+    if (address_invalid(cmd.address)) return fail("shipping address invalid");
     s.shipments[cmd.order_id] = "trk-" + cmd.order_id;
     return ok(saga::to_json(order_shipped{"trk-" + cmd.order_id}));
   });

@@ -93,6 +93,11 @@ struct order_shipped {
 };
 
 // The definition, version 1. `step_timeout` is how long each step's attempt waits for its reply (tests shorten it).
+// The example's business rules, in one place for the participants that apply them and the checks that expect them:
+// a customer whose id ends in 7 has their card declined; an address on "Nowhere" Lane cannot be shipped to.
+inline bool card_declined(const std::string& customer) { return !customer.empty() && customer.back() == '7'; }
+inline bool address_invalid(const std::string& address) { return address.find("Nowhere") != std::string::npos; }
+
 inline saga::definition order_saga(saga::duration step_timeout = saga::retry_policy{}.timeout) {
   return saga::define<order>("order", 1)
       .step("create_order")

@@ -45,6 +45,34 @@ saga_participants_start() {
   done
 }
 
+# saga_participant_pid NAME: the PID of the participant service NAME this shell started.
+saga_participant_pid() {
+  case "$1" in
+    orders) echo "${SAGA_PARTICIPANT_PIDS[0]}" ;;
+    inventory) echo "${SAGA_PARTICIPANT_PIDS[1]}" ;;
+    payments) echo "${SAGA_PARTICIPANT_PIDS[2]}" ;;
+    shipping) echo "${SAGA_PARTICIPANT_PIDS[3]}" ;;
+    *) echo "no participant service '$1'" >&2; return 1 ;;
+  esac
+}
+
+# saga_participant_kill NAME: SIGKILLs the participant service NAME (a crash: no clean shutdown).
+saga_participant_kill() {
+  local pid
+  pid="$(saga_participant_pid "$1")"
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# saga_participant_restart NAME LOGDIR [ARGS...]: starts the participant service NAME again (after a kill).
+saga_participant_restart() {
+  local s="$1" logs="$2" i
+  shift 2
+  case "$s" in orders) i=0 ;; inventory) i=1 ;; payments) i=2 ;; shipping) i=3 ;; esac
+  setsid "$SAGA_BUILD/examples/order-participant" "$s" "$@" >>"$logs/$s.log" 2>&1 &
+  SAGA_PARTICIPANT_PIDS[$i]=$!
+}
+
 # saga_participants_stop: stops the participants this shell started (by PID).
 saga_participants_stop() {
   local p

@@ -34,8 +34,7 @@ saga_pg_start() {
   fi
   for try in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + (RANDOM % 30000) ))
-    if _saga_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/sock -c max_connections=200 -c shared_buffers=256MB" \
+    if _saga_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$(_saga_pg_options "$port" "$dir/sock")" \
         start >/dev/null 2>&1; then
       break
     fi
@@ -52,6 +51,24 @@ saga_pg_start() {
   export SAGA_PG_URL="postgresql://saga@127.0.0.1:$port/saga"
   export SAGA_PG_DATA="$dir/data" SAGA_PG_BIN="$bindir" SAGA_PG_RUNAS SAGA_PG_PORT="$port" SAGA_PG_SOCKET="$dir/sock"
   SAGA_PG_STARTED_DIR="$dir"
+}
+
+# The server's options: loopback and a Unix socket only.
+_saga_pg_options() {
+  echo "-c listen_addresses=127.0.0.1 -p $1 -k $2 -c max_connections=200 -c shared_buffers=256MB"
+}
+
+# saga_pg_restart_immediate [DOWN_SECONDS]: kills the server saga_pg_start started (pg_ctl stop -m immediate: no
+# shutdown checkpoint, like a crash), waits DOWN_SECONDS (default 2) and starts it again on the same port. Fault
+# tests only; needs SAGA_PG_DATA (a server named by SAGA_PG_URL alone is never restarted).
+saga_pg_restart_immediate() {
+  [ -n "${SAGA_PG_DATA:-}" ] || { echo "saga_pg_restart_immediate: no private server (SAGA_PG_DATA)" >&2; return 1; }
+  local as=()
+  [ -n "${SAGA_PG_RUNAS:-}" ] && as=(runuser -u "$SAGA_PG_RUNAS" --)
+  "${as[@]}" "$SAGA_PG_BIN/pg_ctl" -D "$SAGA_PG_DATA" -m immediate -w stop >/dev/null
+  sleep "${1:-2}"
+  "${as[@]}" "$SAGA_PG_BIN/pg_ctl" -D "$SAGA_PG_DATA" -l "$SAGA_PG_DATA/../server.log" -w -t 60 \
+    -o "$(_saga_pg_options "$SAGA_PG_PORT" "$SAGA_PG_SOCKET")" start >/dev/null
 }
 
 # saga_pg_stop: stops the server saga_pg_start started (no-op otherwise).

@@ -52,10 +52,11 @@ int main(int argc, char** argv) {
     config.client_id = "saga-fault-replies";
     config.source = "/saga/fault-replies";
     config.log = st::stderr_logger(st::log_level::warning);
-    st::kafka_transport bus(config);
+    // Declared before the transport: its callbacks use them until it is destroyed.
     std::atomic<std::uint64_t> seen{0}, sent{0};
     std::mt19937_64 random(std::random_device{}());
     std::mutex random_mutex;
+    st::kafka_transport bus(config);
     auto produce = [&](const std::string& key, st::header_list headers, const std::string& value) {
       headers.emplace_back(std::string(forged_header), mode);
       bus.send_raw(topic, key, headers, value, [&](std::exception_ptr e) {

@@ -52,8 +52,12 @@ std::string printable(const std::string& key, const std::string& value) {
 
 void set(rd_kafka_conf_t* conf, const std::string& key, const std::string& value) {
   char err[512];
-  if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
-    throw transport_error("kafka property " + key + "=" + printable(key, value) + ": " + err, false);
+  if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) == RD_KAFKA_CONF_OK) return;
+  std::string why = err;  // librdkafka may quote the value ("Invalid value "…" for …"): a secret is cut out of it too
+  if (const auto shown = printable(key, value); shown != value && !value.empty())
+    for (auto at = why.find(value); at != std::string::npos; at = why.find(value, at + shown.size()))
+      why.replace(at, value.size(), shown);
+  throw transport_error("kafka property " + key + "=" + printable(key, value) + ": " + why, false);
 }
 
 // Whether sending the record again later can help.
@@ -686,6 +690,8 @@ kafka_transport::~kafka_transport() { stop(); }
 void kafka_transport::stop() noexcept {
   if (impl_) impl_->stop();
 }
+
+bool kafka_transport::stopping() const noexcept { return !impl_ || impl_->stopped.load(); }
 
 std::string kafka_transport::command_topic(const std::string& service) const {
   return config_.command_topic ? config_.command_topic(service) : config_.topic_prefix + "." + service + ".commands";

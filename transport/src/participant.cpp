@@ -100,10 +100,13 @@ void participant::process(command_message command, handled_callback handled) noe
       } catch (const reply_too_large& e) {
         ++handler_exceptions_;
         return park(command, e.what(), std::move(handled));  // the same every time: no retry
-      } catch (const storage::store_error& e) {
-        if (!e.retryable()) throw;
+      } catch (const storage::store_unavailable& e) {
         // The inbox database is unreachable: an outage to wait out, not a poison message. Nothing was committed;
-        // the same command runs (or is answered from the inbox) once the database is back.
+        // the same command runs (or is answered from the inbox) once the database is back. Other store errors (a
+        // handler's failed statement) count toward dead-lettering below, like any exception.
+        if (transport_.stopping())
+          return say(log_level::warning, "stopping during an inbox outage: " + command.command_id +
+                                             " left unhandled (redelivered to the next owner)");
         say(log_level::warning, "inbox unavailable for " + command.command_id + ", retrying in " +
                                     std::to_string(outage_backoff.count()) + " ms: " + e.what());
         std::this_thread::sleep_for(outage_backoff);  // failure path only

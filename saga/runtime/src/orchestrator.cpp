@@ -7,6 +7,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -213,8 +214,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       e->queue.pop_front();
       process(e, std::move(j));
     }
+    // Finished, parked, or never started (a reply for an unknown saga): nothing to keep in memory.
     if (!e->busy && e->queue.empty() && e->state &&
-        (is_terminal(e->state->status) || e->state->status == saga_status::stuck)) {
+        (is_terminal(e->state->status) || e->state->status == saga_status::stuck ||
+         e->state->status == saga_status::not_started)) {
       std::lock_guard lock(entries_mutex);
       if (auto it = entries.find(e->id); it != entries.end() && it->second == e && e->queue.empty() && !e->busy)
         entries.erase(it);
@@ -271,6 +274,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       bool fresh = false;
       if (!load(e, j, fresh)) return;
       if (j.recover) {
+        if (!owns(e->state->type, e->id)) {  // its partition was revoked while the recovery waited
+          drop(e, "its reply partition was revoked before it was recovered");
+          if (j.done) j.done(decision{}, nullptr);
+          return;
+        }
         ++stats.sagas_recovered;
         perform(e, with_grace(recovery_effects(*e->state)));
         if (j.done) j.done(decision{}, nullptr);
@@ -307,10 +315,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       const auto t0 = steady::now();
       auto pending =
           std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
-      store.async_append(std::move(request),
-                         [self = shared_from_this(), e, pending, t0](std::exception_ptr err, storage::append_result) {
-                           asio::post(e->strand, [self, e, pending, err, t0] { self->appended(e, *pending, err, t0); });
-                         });
+      store.async_append(std::move(request), [self = shared_from_this(), e, pending, t0, generation = e->generation](
+                                                 std::exception_ptr err, storage::append_result) {
+        asio::post(e->strand,
+                   [self, e, pending, err, t0, generation] { self->appended(e, *pending, err, t0, generation); });
+      });
     } catch (...) {
       if (j.done) j.done(decision{}, std::current_exception());
     }
@@ -329,7 +338,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   }
 
   void appended(const std::shared_ptr<entry>& e, std::tuple<job, decision, saga_state>& pending, std::exception_ptr err,
-                steady::time_point t0) {
+                steady::time_point t0, std::uint64_t generation) {
     auto& [j, d, after] = pending;
     e->busy = false;
     --appends_in_flight;
@@ -364,6 +373,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     ++stats.appends;
     stats.events_appended += d.events.size();
     stats.append_latency.observe(ms_since(t0));
+    if (e->generation != generation) {
+      // Dropped while the append was in flight (its partition went to another process): the events are in the log,
+      // and the new owner's recovery sends what they ask for. Caching the state or arming timers here would let
+      // this process go on advancing a saga it no longer owns.
+      finish_job(j, d);
+      return pump(e);
+    }
     e->state = std::move(after);
     perform(e, effects_of(*e->state, d.events));
     finish_job(j, d);
@@ -461,14 +477,23 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       }
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
-      backoff = std::clamp(backoff * 2, options.store_retry_backoff, duration(std::chrono::seconds(5)));
+      backoff = std::min(std::max(backoff * 2, options.store_retry_backoff), duration(std::chrono::seconds(5)));
       log("recovery will be retried in " + std::to_string(backoff.count()) + " ms: " + x.what());
       auto timer = std::make_shared<asio::steady_timer>(io, backoff);
       timer->async_wait([weak = weak_from_this(), timer, filter, backoff](const boost::system::error_code& ec) {
         auto self = weak.lock();
         if (ec || !self || !self->accepting) return;
+        storage::partition_filter still = filter;  // partitions revoked during the outage are another's now
+        if (!filter.partitions.empty()) {
+          std::lock_guard lock(self->owned_mutex);
+          std::erase_if(still.partitions, [&](std::int32_t p) {
+            return std::none_of(self->owned.begin(), self->owned.end(),
+                                [&](const auto& type_partitions) { return type_partitions.second.count(p) > 0; });
+          });
+          if (still.partitions.empty()) return;
+        }
         try {
-          self->recover(filter, backoff);
+          self->recover(still, backoff);
         } catch (const std::exception& e) {
           self->log(std::string("recovery failed: ") + e.what());
         }

@@ -119,6 +119,8 @@ class kafka_transport final : public transport {
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
   // Leaves the group (revoke: in-flight handled + committed, up to revoke_timeout) and flushes the producer.
   void stop() noexcept override;
+  // Whether stop() has begun.
+  [[nodiscard]] bool stopping() const noexcept override;
 
   // Sends a raw record (tools and tests: arbitrary bytes); `done` as for send_command.
   void send_raw(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,

@@ -77,6 +77,8 @@ class transport {
   }
   // Stops receiving: finishes and commits in-flight messages, flushes sends. Idempotent; never throws.
   virtual void stop() noexcept {}
+  // Whether stop() has begun: a handler waiting out an outage gives its message up (unhandled, so redelivered).
+  [[nodiscard]] virtual bool stopping() const noexcept { return false; }
 };
 
 }  // namespace saga::transport
