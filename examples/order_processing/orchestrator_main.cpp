@@ -7,8 +7,9 @@
 // "resumed ..." once every one of them was rebuilt and its pending commands re-sent, and exit when none is left),
 // --check-all, --until-idle, --json, --clock-jump BY_S (the clock steps BY_S forward on SIGUSR1: the
 // fault matrix's clock-jump cell), --rate N (orders
-// per second, steady) and --window S (a JSON line per S seconds: sagas finished, p50/p99 latency; scripts/bench soak).
-// Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
+// per second, steady), --placers N (threads placing orders, default 32) and --window S (a JSON line per S seconds:
+// sagas finished, p50/p99 latency; scripts/bench soak). Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and
+// SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
 
@@ -52,6 +53,7 @@ struct options {
   bool expect_outcomes = false;
   double rate = 0;                 // --rate: orders placed per second (0: as fast as starts return)
   std::chrono::seconds window{0};  // --window: a JSON line of the sagas that finished in each window
+  std::size_t placers = 32;        // --placers: threads placing orders (each start waits for its commit)
   saga::duration step_timeout = saga::retry_policy{}.timeout;
 };
 
@@ -133,6 +135,8 @@ options parse(int argc, char** argv) {
       o.resume_only = true;
     else if (a == "--json")
       o.json = true;
+    else if (a == "--placers")
+      o.placers = std::max<std::size_t>(1, std::stoul(value()));
     else if (a == "--rate")
       o.rate = std::stod(value());
     else if (a == "--window")
@@ -381,8 +385,8 @@ int main(int argc, char** argv) {
     std::cout << "placing " << opt.orders << " orders (run " << opt.run << ", up to " << opt.in_flight
               << " in flight)\n";
     const auto t0 = std::chrono::steady_clock::now();
-    // Orders come in from several threads, as requests to a service would: each start waits for its start event to
-    // be durable, so concurrent starts share group commits; the orchestrator's bound on sagas in flight pushes back.
+    // Orders come in from many threads (--placers), as requests to a service would: each start waits for its start
+    // event to be durable, so concurrent starts share group commits; the bound on sagas in flight pushes back.
     std::vector<std::pair<order, saga::runtime::saga_handle>> placed(opt.orders);
     progress_board board(opt.orders, opt.window);
     std::atomic<std::size_t> next{0};
@@ -417,7 +421,7 @@ int main(int argc, char** argv) {
       }
     };
     std::vector<std::thread> placers;
-    for (int t = 0; t < 8; ++t) placers.emplace_back(place);
+    for (std::size_t t = 0; t < opt.placers; ++t) placers.emplace_back(place);
     for (auto& t : placers) t.join();
     if (place_error) std::rethrow_exception(place_error);
     std::map<std::string, std::size_t> by_reason;

@@ -94,22 +94,28 @@ std::string canonical_json(std::string_view text) {
   return detail::canonical_text(doc);
 }
 
+namespace {
+// The member `name` of the object `doc`; throws json_error when missing. (A scan, as FindMember's is: comparing
+// rapidjson's member iterators is ambiguous under C++20's reversed operators in clang.)
+const rapidjson::Value& member(const rapidjson::Value& doc, std::string_view name) {
+  for (const auto& m : doc.GetObject())
+    if (std::string_view(m.name.GetString(), m.name.GetStringLength()) == name) return m.value;
+  throw json_error("missing member \"" + std::string(name) + "\"");
+}
+}  // namespace
+
 std::string json_member(std::string_view object_text, std::string_view name) {
   rapidjson::Document doc;
   detail::parse_json(doc, object_text);
   if (!doc.IsObject()) throw json_error("expected a JSON object");
-  const auto it = doc.FindMember(rapidjson::Value(name.data(), static_cast<rapidjson::SizeType>(name.size())));
-  if (it == doc.MemberEnd()) throw json_error("missing member \"" + std::string(name) + "\"");
-  return detail::canonical_text(it->value);
+  return detail::canonical_text(member(doc, name));
 }
 
 namespace {
 const rapidjson::Value& member_of(rapidjson::Document& doc, std::string_view object_text, std::string_view name) {
   detail::parse_json(doc, object_text);
   if (!doc.IsObject()) throw json_error("expected a JSON object");
-  const auto it = doc.FindMember(rapidjson::Value(name.data(), static_cast<rapidjson::SizeType>(name.size())));
-  if (it == doc.MemberEnd()) throw json_error("missing member \"" + std::string(name) + "\"");
-  return it->value;
+  return member(doc, name);
 }
 }  // namespace
 

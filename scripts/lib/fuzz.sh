@@ -13,6 +13,10 @@ cmake -S "$SAGA_ROOT" -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYP
   -DSAGA_SANITIZE=address,undefined -DSAGA_BUILD_BENCH=OFF -DSAGA_BUILD_EXAMPLES=OFF >/dev/null
 targets=(envelope event export)
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
+# Reports go to the fuzzer's log; the suppressions are the sanitized builds' (each with its reason).
+supp="$SAGA_ROOT/tests/sanitizers"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp"
+export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 status=0
 for t in "${targets[@]}"; do
   corpus="$build/fuzz-corpus/$t" artifacts="$build/fuzz-artifacts/$t"

@@ -13,8 +13,8 @@
 set -euo pipefail
 export SAGA_BUILD_DIR="$1"
 cell="$2"
-sagas="${3:-1000}"
-in_flight="${4:-600}"
+sagas="${3:-1200}"
+in_flight="${4:-700}"
 min_in_flight=$((in_flight < 500 ? in_flight : 500))
 source "$(dirname "$0")/../../scripts/lib/common.sh"
 source "$SAGA_ROOT/scripts/lib/postgres.sh"
