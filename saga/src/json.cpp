@@ -34,8 +34,9 @@ void write_canonical(const value_t& v, rapidjson::Writer<rapidjson::StringBuffer
         w.Uint64(v.GetUint64());
       } else {
         const double d = v.GetDouble();
-        // Integral doubles within 2^53 print as integers so 1.0 and 1 are the same value.
-        if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -9007199254740992.0 && d < 9007199254740992.0)
+        // Integral doubles within 2^53 print as integers so 1.0 and 1 are the same value. The range is checked
+        // before the conversion: converting a double outside int64's range is undefined (found by fuzzing).
+        if (d > -9007199254740992.0 && d < 9007199254740992.0 && d == static_cast<double>(static_cast<std::int64_t>(d)))
           w.Int64(static_cast<std::int64_t>(d));
         else
           w.Double(d);

@@ -20,7 +20,7 @@ export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 status=0
 for t in "${targets[@]}"; do
   corpus="$build/fuzz-corpus/$t" artifacts="$build/fuzz-artifacts/$t"
-  mkdir -p "$corpus" "$artifacts"
+  rm -rf "$artifacts" && mkdir -p "$corpus" "$artifacts"  # only this run's failures are saved
   say "fuzzing $t for $seconds s"
   if ! "$build/tests/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$artifacts/" "$corpus" "$SAGA_ROOT/tests/fuzz/corpus/$t" >"$build/fuzz-$t.log" 2>&1; then
