@@ -240,7 +240,11 @@ event_body decode(std::string_view type, std::uint32_t schema_version, std::stri
     throw event_decode_error("event " + std::string(type) + ": " + e.what());
   }
   if (!doc.IsObject()) throw event_decode_error("event " + std::string(type) + ": payload is not a JSON object");
-  return decode_alternative(index, reader_visitor{doc, type});
+  try {
+    return decode_alternative(index, reader_visitor{doc, type});
+  } catch (const json_error& e) {  // a field's own JSON (e.g. a duplicate key in `input`): still this event's error
+    throw event_decode_error("event " + std::string(type) + ": " + e.what());
+  }
 }
 
 std::string make_command_id(const saga_id& id, std::uint64_t seq) { return id.to_string() + ":" + std::to_string(seq); }

@@ -115,6 +115,11 @@ TEST(event_codec, decode_errors_name_type_and_field) {
     return "(no error)";
   };
   EXPECT_EQ(message("nope", 1, "{}"), "unknown event type 'nope'");
+  // A field that holds JSON (the saga input) with a duplicate key inside: still this event's typed error (fuzzing).
+  EXPECT_EQ(message("saga_started", 1,
+                    R"({"saga_type":"order","definition_version":1,"definition_fingerprint":"f","idempotency_key":"",)"
+                    R"("input":{"sku":"a","sku":"b"}})"),
+            "event saga_started: duplicate key \"sku\" in JSON object");
   EXPECT_EQ(message("step_timed_out", 9, "{}"),
             "event step_timed_out: unsupported schema version 9 (this build reads 1)");
   EXPECT_EQ(message("step_timed_out", 1, R"({"step":"s","attempt":1})"),
