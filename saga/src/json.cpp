@@ -74,7 +74,61 @@ void write_canonical(const value_t& v, rapidjson::Writer<rapidjson::StringBuffer
 }  // namespace
 
 namespace detail {
+namespace {
+// Calls found(begin, end) for each number token outside strings whose significand is all zeros and that has an
+// exponent; stops early when found returns false.
+template <class Found>
+void zero_exponent_numbers(std::string_view text, Found found) {
+  const std::size_t n = text.size();
+  bool in_string = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;  // the escaped character cannot end the string
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      continue;
+    }
+    if (c != '-' && (c < '0' || c > '9')) continue;
+    std::size_t j = c == '-' ? i + 1 : i;
+    bool zero = true;
+    for (; j < n && ((text[j] >= '0' && text[j] <= '9') || text[j] == '.'); ++j)
+      if (text[j] >= '1' && text[j] <= '9') zero = false;
+    if (zero && j > i && j < n && (text[j] == 'e' || text[j] == 'E')) {
+      std::size_t end = j + 1;
+      if (end < n && (text[end] == '+' || text[end] == '-')) ++end;
+      while (end < n && text[end] >= '0' && text[end] <= '9') ++end;
+      if (!found(i, end)) return;
+      j = end;
+    }
+    if (j > i) i = j - 1;
+  }
+}
+}  // namespace
+
+bool has_zero_with_exponent(std::string_view text) noexcept {
+  bool any = false;
+  zero_exponent_numbers(text, [&](std::size_t, std::size_t) { return !(any = true); });
+  return any;
+}
+
 void parse_json(rapidjson::Document& doc, std::string_view text) {
+  std::string zeroed;  // rapidjson 1.1.0 misreads 0eN in both precisions (see has_zero_with_exponent): such a
+  if (has_zero_with_exponent(text)) {  // number is exactly zero, so it is read as the number 0
+    std::size_t from = 0;
+    zero_exponent_numbers(text, [&](std::size_t begin, std::size_t end) {
+      zeroed.append(text.substr(from, begin - from)).append("0");
+      from = end;
+      return true;
+    });
+    zeroed.append(text.substr(from));
+    text = zeroed;
+  }
   doc.Parse<rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());
   if (doc.HasParseError())
     throw json_error(std::string("invalid JSON at offset ") + std::to_string(doc.GetErrorOffset()) + ": " +

@@ -33,6 +33,11 @@ TEST(json, canonical_form_sorts_keys_and_normalizes_numbers) {
   EXPECT_EQ(canonical_json(R"({"b":1,"a":2})"), R"({"a":2,"b":1})");
   EXPECT_EQ(canonical_json("1e3"), "1000");
   EXPECT_EQ(canonical_json("0.1"), "0.1");
+  // Zero significands with an exponent parse to exactly 0 (rapidjson 1.1.0's full-precision path is undefined there).
+  EXPECT_EQ(canonical_json(R"([0e5,-0.00E-41,0.0e+3,"0e5 in a string",10e1])"), R"([0,0,0,"0e5 in a string",100])");
+  EXPECT_TRUE(detail::has_zero_with_exponent("[1,0e-41]"));
+  EXPECT_TRUE(detail::has_zero_with_exponent("-0.000E2"));
+  EXPECT_FALSE(detail::has_zero_with_exponent(R"(["0e5",10e1,0.5e3,"\"0e1"])"));
   // Integral doubles beyond int64 stay doubles (the conversion to check them was undefined: found by fuzzing).
   EXPECT_EQ(canonical_json("[2.2e43,-1.8e20,1e300,9007199254740991.0]"),
             "[2.2e43,-180000000000000000000.0,1e300,9007199254740991]");

@@ -1,5 +1,7 @@
 #include "saga/transport/envelope.hpp"
 
+#include "saga/json.hpp"
+
 #include "saga/timeline.hpp"
 
 #include <cereal/archives/json.hpp>  // first: configures rapidjson as everywhere else in saga
@@ -109,7 +111,9 @@ void check_json(reader& r, std::string_view value, bool allow_empty) {
   rapidjson::MemoryStream stream(value.data(), value.size());
   rapidjson::BaseReaderHandler<> ignore;
   rapidjson::Reader parser;
-  auto result = parser.Parse<rapidjson::kParseFullPrecisionFlag>(stream, ignore);
+  auto result = saga::detail::has_zero_with_exponent(value)
+                    ? parser.Parse(stream, ignore)  // see there
+                    : parser.Parse<rapidjson::kParseFullPrecisionFlag>(stream, ignore);
   if (result.IsError()) {
     r.fail("value is not JSON: " + std::string(rapidjson::GetParseError_En(result.Code())) + " at offset " +
            std::to_string(result.Offset()));
