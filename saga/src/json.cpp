@@ -6,11 +6,15 @@
 #include <cxxabi.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <cereal/archives/json.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <vector>
@@ -75,64 +79,106 @@ void write_canonical(const value_t& v, rapidjson::Writer<rapidjson::StringBuffer
 
 namespace detail {
 namespace {
-// Calls found(begin, end) for each number token outside strings whose significand is all zeros and that has an
-// exponent; stops early when found returns false.
-template <class Found>
-void zero_exponent_numbers(std::string_view text, Found found) {
-  const std::size_t n = text.size();
-  bool in_string = false;
-  for (std::size_t i = 0; i < n; ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;  // the escaped character cannot end the string
-      else if (c == '"')
-        in_string = false;
-      continue;
+// Builds a document from rapidjson's SAX events with numbers delivered as text (kParseNumbersAsStringsFlag) and read
+// here: rapidjson 1.1.0's own number conversion has undefined behaviour on some tokens (full precision: clz(0) for
+// 0e-41, Tencent/rapidjson#1249, and out-of-range shifts in StrtodDiyFp for long digit strings; normal precision
+// reads -0.00E-41 as 7e-276), all found by our fuzzing. std::from_chars is exact (correctly rounded) and
+// locale-independent. The reader has already checked the token's grammar.
+struct number_reading_handler {
+  rapidjson::Document& doc;
+  std::string error;
+
+  bool Null() { return doc.Null(); }
+  bool Bool(bool b) { return doc.Bool(b); }
+  bool Int(int i) { return doc.Int(i); }
+  bool Uint(unsigned u) { return doc.Uint(u); }
+  bool Int64(std::int64_t i) { return doc.Int64(i); }
+  bool Uint64(std::uint64_t u) { return doc.Uint64(u); }
+  bool Double(double d) { return doc.Double(d); }
+  bool String(const char* s, rapidjson::SizeType n, bool copy) { return doc.String(s, n, copy); }
+  bool StartObject() { return doc.StartObject(); }
+  bool Key(const char* s, rapidjson::SizeType n, bool copy) { return doc.Key(s, n, copy); }
+  bool EndObject(rapidjson::SizeType n) { return doc.EndObject(n); }
+  bool StartArray() { return doc.StartArray(); }
+  bool EndArray(rapidjson::SizeType n) { return doc.EndArray(n); }
+
+  bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+    const std::string_view token(s, n);
+    const char* const first = token.data();
+    const char* const last = first + token.size();
+    if (token.find_first_of(".eE") == std::string_view::npos) {  // an integer: exact when it fits 64 bits
+      if (token.front() == '-') {
+        std::int64_t i = 0;
+        if (auto r = std::from_chars(first, last, i); r.ec == std::errc{} && r.ptr == last) return doc.Int64(i);
+      } else {
+        std::uint64_t u = 0;
+        if (auto r = std::from_chars(first, last, u); r.ec == std::errc{} && r.ptr == last) return doc.Uint64(u);
+      }
     }
-    if (c == '"') {
-      in_string = true;
-      continue;
+    double d = 0;
+    const auto r = std::from_chars(first, last, d);
+    if (r.ec == std::errc::result_out_of_range) {
+      // Too large for a double is an error; too small to be one (1e-400) is the nearest double, zero.
+      if (!tiny(token)) {
+        error = "number " + std::string(token.substr(0, 40)) + (token.size() > 40 ? "..." : "") +
+                " is too large for a double";
+        return false;
+      }
+      d = token.front() == '-' ? -0.0 : 0.0;
+    } else if (r.ec != std::errc{} || r.ptr != last) {
+      error = "unreadable number " + std::string(token.substr(0, 40));
+      return false;
     }
-    if (c != '-' && (c < '0' || c > '9')) continue;
-    std::size_t j = c == '-' ? i + 1 : i;
-    bool zero = true;
-    for (; j < n && ((text[j] >= '0' && text[j] <= '9') || text[j] == '.'); ++j)
-      if (text[j] >= '1' && text[j] <= '9') zero = false;
-    if (zero && j > i && j < n && (text[j] == 'e' || text[j] == 'E')) {
-      std::size_t end = j + 1;
-      if (end < n && (text[end] == '+' || text[end] == '-')) ++end;
-      while (end < n && text[end] >= '0' && text[end] <= '9') ++end;
-      if (!found(i, end)) return;
-      j = end;
-    }
-    if (j > i) i = j - 1;
+    return doc.Double(d);
   }
-}
+
+  // Whether a number token whose conversion was out of range is below the smallest double rather than above the
+  // largest: its decimal magnitude (position of the first non-zero digit plus the exponent) is negative.
+  static bool tiny(std::string_view token) {
+    const auto e = token.find_first_of("eE");
+    const std::string_view mantissa = token.substr(0, e);
+    const auto dot = mantissa.find('.');
+    const auto int_part = mantissa.substr(0, dot);
+    long long magnitude = 0;
+    if (int_part.find_first_not_of("-0") != std::string_view::npos) {
+      magnitude = static_cast<long long>(int_part.size() - int_part.find_first_not_of("-0"));
+    } else if (dot != std::string_view::npos) {
+      const auto frac = mantissa.substr(dot + 1);
+      const auto nz = frac.find_first_not_of('0');
+      if (nz == std::string_view::npos) return true;  // all zeros (never out of range, but zero either way)
+      magnitude = -static_cast<long long>(nz);
+    } else {
+      return true;
+    }
+    if (e != std::string_view::npos) {
+      auto exp = token.substr(e + 1);
+      const bool negative = !exp.empty() && exp.front() == '-';
+      if (!exp.empty() && (exp.front() == '-' || exp.front() == '+')) exp.remove_prefix(1);
+      long long x = 0;
+      for (char c : exp) x = std::min<long long>(x * 10 + (c - '0'), 1'000'000'000LL);
+      magnitude += negative ? -x : x;
+    }
+    return magnitude < 0;
+  }
+};
 }  // namespace
 
-bool has_zero_with_exponent(std::string_view text) noexcept {
-  bool any = false;
-  zero_exponent_numbers(text, [&](std::size_t, std::size_t) { return !(any = true); });
-  return any;
-}
-
 void parse_json(rapidjson::Document& doc, std::string_view text) {
-  std::string zeroed;  // rapidjson 1.1.0 misreads 0eN in both precisions (see has_zero_with_exponent): such a
-  if (has_zero_with_exponent(text)) {  // number is exactly zero, so it is read as the number 0
-    std::size_t from = 0;
-    zero_exponent_numbers(text, [&](std::size_t begin, std::size_t end) {
-      zeroed.append(text.substr(from, begin - from)).append("0");
-      from = end;
-      return true;
-    });
-    zeroed.append(text.substr(from));
-    text = zeroed;
+  rapidjson::MemoryStream stream(text.data(), text.size());
+  rapidjson::Reader reader;
+  number_reading_handler handler{doc, {}};
+  rapidjson::ParseResult result;
+  auto generate = [&](rapidjson::Document&) {
+    result = reader.Parse<rapidjson::kParseNumbersAsStringsFlag>(stream, handler);  // also refuses trailing text
+    return !result.IsError();
+  };
+  doc.Populate(generate);
+  if (result.IsError()) {
+    if (!handler.error.empty())
+      throw json_error("invalid JSON at offset " + std::to_string(result.Offset()) + ": " + handler.error);
+    throw json_error(std::string("invalid JSON at offset ") + std::to_string(result.Offset()) + ": " +
+                     rapidjson::GetParseError_En(result.Code()));
   }
-  doc.Parse<rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());
-  if (doc.HasParseError())
-    throw json_error(std::string("invalid JSON at offset ") + std::to_string(doc.GetErrorOffset()) + ": " +
-                     rapidjson::GetParseError_En(doc.GetParseError()));
 }
 
 std::string canonical_text(const rapidjson::Value& v) {

@@ -111,9 +111,9 @@ void check_json(reader& r, std::string_view value, bool allow_empty) {
   rapidjson::MemoryStream stream(value.data(), value.size());
   rapidjson::BaseReaderHandler<> ignore;
   rapidjson::Reader parser;
-  // Validation only, so the normal-precision parser: rapidjson 1.1.0's full-precision one has undefined behaviour on
-  // some number tokens (see saga::detail::has_zero_with_exponent), and a value's validity does not depend on precision.
-  auto result = parser.Parse<rapidjson::kParseNoFlags>(stream, ignore);  // cereal makes the default full precision
+  // Numbers are checked for their grammar only (kept as text): rapidjson 1.1.0's conversions of number tokens have
+  // undefined behaviour on some inputs (see saga/src/json.cpp), and a value's validity does not depend on them.
+  auto result = parser.Parse<rapidjson::kParseNumbersAsStringsFlag>(stream, ignore);
   if (result.IsError()) {
     r.fail("value is not JSON: " + std::string(rapidjson::GetParseError_En(result.Code())) + " at offset " +
            std::to_string(result.Offset()));

@@ -41,11 +41,6 @@ struct raw_json {
 namespace detail {
 [[nodiscard]] std::string wrap_for_decoding(std::string_view text);
 [[nodiscard]] std::string demangle(const char* name);
-// Whether `json_text` holds a number whose significand is all zeros and that has an exponent (0e5, -0.00E-3).
-// rapidjson 1.1.0 misreads such a number: its full-precision parser computes __builtin_clzll(0), which is undefined
-// (Tencent/rapidjson#1249), and its normal-precision parser returns a wrong value for -0.00E-41 (both found by our
-// fuzzing). It is exactly zero: our parser reads it as 0, and validation uses the normal-precision parser.
-[[nodiscard]] bool has_zero_with_exponent(std::string_view json_text) noexcept;
 }  // namespace detail
 
 // Encodes `value` with cereal's JSON archive and returns canonical JSON text of the value itself.
