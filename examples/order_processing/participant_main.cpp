@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
       p.start();
     } else {  // the participant's own loop, except that it swallows the silenced command types unanswered
       bus.on_command(service, [&](command_message c, saga::transport::handled_callback handled) {
-        if (!silent_on.count(c.command_type)) return p.process(std::move(c), std::move(handled));
+        if (!silent_on.count(c.command_type)) return p.enqueue(std::move(c), std::move(handled));
         ++ignored;
         std::cerr << "silent: " << c.command_type << " " << c.command_id << " attempt " << c.attempt << std::endl;
         if (handled) handled();

@@ -47,6 +47,19 @@ stored_reply handle_command(inbox& box, const std::string& command_id, const std
   return box.process(command_id, work, ran);
 }
 
+std::vector<inbox::command_result> inbox::handle_batch(const std::vector<command_work>& commands) {
+  std::vector<command_result> results(commands.size());
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    try {
+      results[i].reply =
+          handle_command(*this, commands[i].command_id, commands[i].compensates, commands[i].work, &results[i].ran);
+    } catch (...) {
+      results[i].error = std::current_exception();
+    }
+  }
+  return results;
+}
+
 std::optional<stored_reply> memory_inbox::find(const std::string& command_id) {
   std::lock_guard lock(mutex_);
   if (auto it = replies_.find(command_id); it != replies_.end()) return it->second;

@@ -1,10 +1,11 @@
 // saga_kafka_test_participant — a participant service process for the Kafka integration tests.
 //   --brokers B --prefix P --service S --group G --effects FILE --ready FILE [--inbox memory|postgres]
-//   [--crash-after-commit N] [--session-timeout-ms MS]
+//   [--crash-after-commit N] [--session-timeout-ms MS] [--batch N] [--workers N]
 // Command types: "reserve" (success, payload {"reserved":"<command id>"}), "refuse" (business failure),
 // "explode" (always throws). Every handler run is recorded as an effect: a line in FILE (memory inbox) or a row in
 // table kafka_test_effects in the same transaction as the inbox entry (postgres inbox). With --crash-after-commit N
 // the process SIGKILLs itself after the Nth first execution is committed and before its reply is sent.
+// --batch and --workers set participant_options::batch_size and workers (default: the library's).
 // Runs until SIGTERM/SIGINT; writes FILE --ready once it owns partitions.
 #include "saga/transport/kafka_transport.hpp"
 #include "saga/transport/participant.hpp"
@@ -91,6 +92,8 @@ int main(int argc, char** argv) {
   options.service = arg("--service");
   options.max_handler_failures = 2;
   options.retry_backoff = std::chrono::milliseconds(1);
+  options.batch_size = std::stoul(arg("--batch", std::to_string(options.batch_size)));
+  options.workers = std::stoul(arg("--workers", std::to_string(options.workers)));
   if (crash_after > 0) {
     options.before_reply = [&](const st::command_message& c, const saga::storage::stored_reply&) {
       if (executions.load() >= crash_after) {

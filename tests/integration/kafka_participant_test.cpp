@@ -36,6 +36,7 @@ struct kafka_participant_memory : ::testing::Test {
     o.service = "inventory";
     o.max_handler_failures = 2;
     o.retry_backoff = std::chrono::milliseconds(0);
+    o.workers = 0;  // handled on the delivering thread: transport.pump() returns with every reply sent
     o.log = [this](st::log_level, std::string_view line) { log.emplace_back(line); };
     p = std::make_unique<st::participant>(transport, inbox, o);
     p->handle("reserve", [this](const st::command_message& c, saga::storage::transaction&) {

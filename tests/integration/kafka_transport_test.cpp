@@ -508,7 +508,8 @@ TEST_F(kafka_test, a_participant_killed_between_commit_and_reply_answers_from_th
   ASSERT_TRUE(std::getenv("SAGA_PG_URL")) << "SAGA_PG_URL is not set: this test needs PostgreSQL for the inbox";
   create_topics(2);
   orchestrator_side orch(config("orchestrator"));
-  auto first = start_participant("first", {"--crash-after-commit", "5"});
+  // One command per transaction on one worker, so the crash comes exactly after the fifth commit.
+  auto first = start_participant("first", {"--crash-after-commit", "5", "--batch", "1", "--workers", "1"});
   std::vector<st::command_message> sent;
   for (std::uint64_t i = 0; i < 20; ++i) {
     sent.push_back(command(i));
@@ -533,6 +534,41 @@ TEST_F(kafka_test, a_participant_killed_between_commit_and_reply_answers_from_th
   EXPECT_EQ(log.find("duplicates=0"), std::string::npos)
       << "the restarted participant answered nothing from the inbox:\n"
       << log;
+}
+
+TEST_F(kafka_test, a_participant_killed_after_a_batch_commit_answers_the_whole_batch_from_the_inbox_after_restart) {
+  ASSERT_TRUE(std::getenv("SAGA_PG_URL")) << "SAGA_PG_URL is not set: this test needs PostgreSQL for the inbox";
+  create_topics(2);
+  orchestrator_side orch(config("orchestrator"));
+  // The library's batching (several commands per inbox transaction): the crash comes after a batch's commit and
+  // before the first of its replies.
+  auto first = start_participant("first", {"--crash-after-commit", "1"});
+  std::vector<st::command_message> sent;
+  for (std::uint64_t i = 0; i < 200; ++i) {
+    sent.push_back(command(i));
+    orch.transport.send_command(sent.back(), orch.deliveries.callback());
+  }
+  auto status = first->wait_exit(120s);
+  ASSERT_TRUE(status) << "the participant did not crash at the hook";
+  ASSERT_TRUE(WIFSIGNALED(*status) && WTERMSIG(*status) == SIGKILL) << "status " << *status;
+  const auto committed = effects();
+  EXPECT_GE(committed.size(), 1u);
+  for (const auto& [id, n] : committed) EXPECT_EQ(n, 1) << id;
+  auto second = start_participant("second");
+  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s))
+      << "replies for " << orch.replies.unique() << " of " << sent.size() << "\n"
+      << tail((dir_ / "second.log").string());
+  expect_replies_match(orch.replies, sent);
+  auto fx = effects();
+  EXPECT_EQ(fx.size(), sent.size());
+  for (const auto& c : sent) EXPECT_EQ(fx[c.command_id], 1) << c.command_id;
+  second->terminate();
+  ASSERT_TRUE(second->wait_exit(60s));
+  const auto log = tail((dir_ / "second.log").string());
+  EXPECT_EQ(log.find("duplicates=0"), std::string::npos)
+      << "the restarted participant answered nothing from the inbox:\n"
+      << log;
+  RecordProperty("committed_before_the_crash", static_cast<int>(committed.size()));
 }
 #endif
 

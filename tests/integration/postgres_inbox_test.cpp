@@ -3,8 +3,11 @@
 
 #include "saga/storage/postgres_inbox.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <map>
+#include <set>
 #include <thread>
 
 namespace saga {
@@ -148,6 +151,152 @@ TEST_F(postgres_inbox_test, concurrent_deliveries_of_one_command_run_the_handler
   for (auto& t : threads) t.join();
   EXPECT_EQ(runs.load(), commands);
   EXPECT_EQ(reserved("D"), commands);
+}
+
+TEST_F(postgres_inbox_test, a_batch_commits_new_commands_answers_repeats_and_fences_compensations_once) {
+  storage::postgres_inbox inbox(url_);
+  const std::string w = std::to_string(random_word());
+  const std::string stored = "stored-" + w, fresh = "fresh-" + w, refused = "refused-" + w;
+  const std::string undo_stored = "undo-stored-" + w, undo_never = "undo-never-" + w, never = "never-" + w;
+  (void)inbox.process(stored, [&](storage::transaction& tx) { return reserve(tx, "E", 1); });
+  std::map<std::string, int> runs;
+  std::set<std::string> transactions;  // the database transaction each handler ran in
+  auto run = [&](const std::string& id, int qty) {
+    return [&runs, &transactions, id, qty](storage::transaction& tx) {
+      ++runs[id];
+      transactions.insert(*tx.exec("SELECT txid_current()::text").at(0).at(0));
+      return reserve(tx, "E", qty);
+    };
+  };
+  std::vector<storage::inbox::command_work> batch{
+      {fresh, "", run(fresh, 10)},
+      {stored, "", run(stored, 100)},  // answered from the inbox
+      {fresh, "", run(fresh, 10)},     // the same command again within the batch
+      {refused, "",
+       [&](storage::transaction&) {
+         return stored_reply{triggers::outcome::failure, "", "no stock"};
+       }},
+      {undo_stored, stored, run(undo_stored, -1)},  // its forward command ran: the compensation runs
+      {undo_never, never, run(undo_never, -1000)},  // its forward never ran: fenced, nothing to undo
+      {never, "", run(never, 1000)},                // the fenced forward command arrives late: refused
+  };
+  const auto results = inbox.handle_batch(batch);
+  ASSERT_EQ(results.size(), batch.size());
+  for (const auto& r : results) EXPECT_FALSE(r.error);
+  EXPECT_TRUE(results[0].ran);
+  EXPECT_EQ(results[0].reply.payload, R"({"qty":10,"reservation":"r-1"})");
+  EXPECT_FALSE(results[1].ran);
+  EXPECT_EQ(results[1].reply.payload, R"({"qty":1,"reservation":"r-1"})");
+  EXPECT_FALSE(results[2].ran);
+  EXPECT_EQ(results[2].reply, results[0].reply);
+  EXPECT_TRUE(results[3].ran);
+  EXPECT_EQ(results[3].reply.reason, "no stock");
+  EXPECT_TRUE(results[4].ran);
+  EXPECT_EQ(results[4].reply.result, triggers::outcome::success);
+  EXPECT_TRUE(results[5].ran);
+  EXPECT_EQ(results[5].reply.payload, R"({"nothing_to_undo":true})");
+  EXPECT_FALSE(results[6].ran);
+  EXPECT_EQ(results[6].reply.result, triggers::outcome::failure);
+  EXPECT_EQ(results[6].reply.reason, "compensated before it ran");
+  EXPECT_EQ(runs, (std::map<std::string, int>{{fresh, 1}, {undo_stored, 1}}));
+  EXPECT_EQ(transactions.size(), 1u) << "the batch's handlers ran in more than one transaction";
+  EXPECT_EQ(reserved("E"), 1 + 10 - 1);
+  // Everything the batch decided is stored, exactly as answered.
+  for (std::size_t i = 0; i < batch.size(); ++i) EXPECT_EQ(inbox.find(batch[i].command_id), results[i].reply) << i;
+  EXPECT_EQ(inbox.find(never)->reason, "compensated before it ran");
+  // The whole batch again: nothing runs, every answer is the stored one.
+  runs.clear();
+  const auto again = inbox.handle_batch(batch);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    EXPECT_FALSE(again[i].ran) << i;
+    EXPECT_EQ(again[i].reply, results[i].reply) << i;
+  }
+  EXPECT_TRUE(runs.empty());
+  EXPECT_EQ(reserved("E"), 10);
+}
+
+TEST_F(postgres_inbox_test, a_retryable_or_throwing_handler_in_a_batch_costs_the_others_nothing) {
+  storage::postgres_inbox inbox(url_);
+  const std::string w = std::to_string(random_word());
+  std::map<std::string, int> runs;
+  auto ok = [&](const std::string& id) {
+    return [&runs, id](storage::transaction& tx) {
+      ++runs[id];
+      return reserve(tx, "F", 1);
+    };
+  };
+  std::vector<storage::inbox::command_work> batch{
+      {"a-" + w, "", ok("a-" + w)},
+      {"busy-" + w, "",
+       [&](storage::transaction& tx) {
+         ++runs["busy"];
+         (void)reserve(tx, "F", 100);  // rolled back
+         return stored_reply{triggers::outcome::retryable_failure, "{}", "locked"};
+       }},
+      {"b-" + w, "", ok("b-" + w)},
+      {"boom-" + w, "",
+       [&](storage::transaction& tx) -> stored_reply {
+         ++runs["boom"];
+         (void)reserve(tx, "F", 1000);  // rolled back
+         throw std::runtime_error("handler bug");
+       }},
+      {"c-" + w, "", ok("c-" + w)},
+  };
+  const auto results = inbox.handle_batch(batch);
+  ASSERT_EQ(results.size(), batch.size());
+  for (std::size_t i : {0, 2, 4}) {
+    EXPECT_FALSE(results[i].error) << i;
+    EXPECT_TRUE(results[i].ran) << i;
+    EXPECT_EQ(results[i].reply.result, triggers::outcome::success) << i;
+  }
+  EXPECT_FALSE(results[1].error);
+  EXPECT_EQ(results[1].reply.result, triggers::outcome::retryable_failure);
+  ASSERT_TRUE(results[3].error);
+  try {
+    std::rethrow_exception(results[3].error);
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "handler bug");
+  }
+  // Each effect exactly once (the rolled-back attempt of the whole batch left nothing), nothing stored for the
+  // retryable or the throwing command.
+  EXPECT_EQ(reserved("F"), 3);
+  EXPECT_EQ(inbox.find("busy-" + w), std::nullopt);
+  EXPECT_EQ(inbox.find("boom-" + w), std::nullopt);
+  for (const auto& id : {"a-" + w, "b-" + w, "c-" + w}) EXPECT_TRUE(inbox.find(id)) << id;
+}
+
+TEST_F(postgres_inbox_test, concurrent_batches_with_overlapping_commands_run_each_handler_once) {
+  storage::postgres_inbox inbox(url_, {8});
+  constexpr int batches = 6;
+  constexpr int commands = 120;
+  std::atomic<int> runs{0};
+  std::vector<std::string> ids;
+  for (int c = 0; c < commands; ++c) ids.push_back("cmd-" + std::to_string(random_word()));
+  std::barrier sync(batches);
+  std::vector<std::thread> threads;
+  for (int b = 0; b < batches; ++b)
+    threads.emplace_back([&, b] {
+      // Each thread sends every command in its own order, in batches of 40.
+      std::vector<std::string> mine = ids;
+      std::rotate(mine.begin(), mine.begin() + b * 17 % commands, mine.end());
+      if (b % 2) std::reverse(mine.begin(), mine.end());
+      for (std::size_t from = 0; from < mine.size(); from += 40) {
+        std::vector<storage::inbox::command_work> batch;
+        for (std::size_t i = from; i < from + 40 && i < mine.size(); ++i)
+          batch.push_back({mine[i], "", [&](storage::transaction& tx) {
+                             ++runs;
+                             return reserve(tx, "G", 1);
+                           }});
+        sync.arrive_and_wait();
+        for (const auto& r : inbox.handle_batch(batch)) {
+          if (r.error) ADD_FAILURE() << "a command of the batch failed";
+          EXPECT_EQ(r.reply.result, triggers::outcome::success);
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(reserved("G"), commands);  // committed effects: each command once (runs may include rolled-back ones)
+  EXPECT_GE(runs.load(), commands);
 }
 
 }  // namespace

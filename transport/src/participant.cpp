@@ -2,6 +2,7 @@
 
 #include "saga/storage/event_store.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <thread>
 
@@ -46,8 +47,116 @@ void participant::start() {
   if (handlers_.empty()) throw std::logic_error("participant " + options_.service + ": no handlers registered");
   started_ = true;
   transport_.on_command(options_.service, [this](command_message command, handled_callback handled) {
-    process(std::move(command), std::move(handled));
+    enqueue(std::move(command), std::move(handled));
   });
+}
+
+participant::~participant() {
+  {
+    std::lock_guard lock(queue_mutex_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
+}
+
+void participant::enqueue(command_message command, handled_callback handled) noexcept {
+  try {
+    if (options_.workers == 0) return process(std::move(command), std::move(handled));
+    {
+      std::lock_guard lock(queue_mutex_);
+      if (stopping_) return;  // left unhandled: redelivered to the next owner
+      if (workers_.empty())
+        for (std::size_t i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { work_loop(); });
+      queue_.push_back(queued{std::move(command), std::move(handled)});
+    }
+    queue_cv_.notify_one();
+  } catch (const std::exception& e) {
+    say(log_level::error, std::string("cannot queue a command (left unhandled; redelivered later): ") + e.what());
+  }
+}
+
+void participant::work_loop() {
+  std::vector<queued> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(queue_mutex_);
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      const std::size_t most = std::max<std::size_t>(1, options_.batch_size);
+      while (!queue_.empty() && batch.size() < most) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    handle_batch(batch);
+    batch.clear();
+  }
+}
+
+std::string participant::unknown_type(const command_message& command) const {
+  std::string known;
+  for (const auto& [type, h] : handlers_) known += (known.empty() ? "" : ", ") + type;
+  return "unknown command type '" + command.command_type + "' for service " + options_.service + " (known: " + known +
+         ")";
+}
+
+storage::stored_reply participant::run_handler(const handler& h, const command_message& command,
+                                               storage::transaction& tx) const {
+  auto r = h(command, tx);
+  if (r.payload.size() > options_.max_reply_bytes)  // thrown inside: the handler's writes roll back
+    throw reply_too_large("the reply payload of " + std::to_string(r.payload.size()) + " bytes to " +
+                          command.command_type + " exceeds participant_options::max_reply_bytes (" +
+                          std::to_string(options_.max_reply_bytes) + ")");
+  return r;
+}
+
+void participant::handle_batch(std::vector<queued>& batch) noexcept {
+  try {
+    std::vector<storage::inbox::command_work> works;
+    std::vector<queued*> owners;
+    for (auto& q : batch) {
+      auto it = handlers_.find(q.command.command_type);
+      if (it == handlers_.end()) {
+        park(q.command, unknown_type(q.command), std::move(q.handled));
+        continue;
+      }
+      const handler& h = it->second;
+      const command_message& command = q.command;
+      works.push_back(storage::inbox::command_work{
+          command.command_id, command.compensates,
+          [this, &h, &command](storage::transaction& tx) { return run_handler(h, command, tx); }});
+      owners.push_back(&q);
+    }
+    if (works.empty()) return;
+    auto results = inbox_.handle_batch(works);
+    for (std::size_t i = 0; i < owners.size(); ++i) {
+      auto& q = *owners[i];
+      if (results[i].error) {  // on its own, with the retries and dead-lettering of process()
+        process(std::move(q.command), std::move(q.handled));
+        continue;
+      }
+      finish(std::move(q.command), std::move(results[i].reply), results[i].ran, std::move(q.handled));
+    }
+  } catch (const std::exception& e) {
+    say(log_level::error, std::string("cannot handle a batch (left unhandled; redelivered later): ") + e.what());
+  } catch (...) {
+    say(log_level::error, "cannot handle a batch (left unhandled; redelivered later)");
+  }
+}
+
+void participant::finish(command_message command, storage::stored_reply reply, bool first, handled_callback handled) {
+  if (!first && reply.result != triggers::outcome::retryable_failure) {
+    ++duplicates_;
+    say(log_level::debug, "repeat of " + command.command_id + ": answering the stored reply");
+  } else if (reply.result == triggers::outcome::retryable_failure) {
+    ++retryable_;
+  } else {
+    ++executed_;
+  }
+  if (options_.before_reply) options_.before_reply(command, reply);
+  send_reply(std::move(command), std::move(reply), std::move(handled), 1);
 }
 
 void participant::say(log_level level, const std::string& line) const noexcept {
@@ -60,42 +169,19 @@ void participant::say(log_level level, const std::string& line) const noexcept {
 void participant::process(command_message command, handled_callback handled) noexcept {
   try {
     auto it = handlers_.find(command.command_type);
-    if (it == handlers_.end()) {
-      std::string known;
-      for (const auto& [type, h] : handlers_) known += (known.empty() ? "" : ", ") + type;
-      return park(command,
-                  "unknown command type '" + command.command_type + "' for service " + options_.service +
-                      " (known: " + known + ")",
-                  std::move(handled));
-    }
+    if (it == handlers_.end()) return park(command, unknown_type(command), std::move(handled));
     const handler& h = it->second;
     storage::stored_reply reply;
+    bool first = false;
     auto backoff = options_.retry_backoff;
     auto outage_backoff =
         std::max(options_.retry_backoff, decltype(options_.retry_backoff)(std::chrono::milliseconds(50)));
     for (std::uint32_t failures = 0;;) {
       try {
-        bool first = false;
         // Dedup by command id; a compensation first fences the forward command it undoes (storage::handle_command).
         reply = storage::handle_command(
             inbox_, command.command_id, command.compensates,
-            [&](storage::transaction& tx) {
-              auto r = h(command, tx);
-              if (r.payload.size() > options_.max_reply_bytes)  // thrown inside: the handler's writes roll back
-                throw reply_too_large("the reply payload of " + std::to_string(r.payload.size()) + " bytes to " +
-                                      command.command_type + " exceeds participant_options::max_reply_bytes (" +
-                                      std::to_string(options_.max_reply_bytes) + ")");
-              return r;
-            },
-            &first);
-        if (!first && reply.result != triggers::outcome::retryable_failure) {
-          ++duplicates_;
-          say(log_level::debug, "repeat of " + command.command_id + ": answering the stored reply");
-        } else if (reply.result == triggers::outcome::retryable_failure) {
-          ++retryable_;
-        } else {
-          ++executed_;
-        }
+            [&](storage::transaction& tx) { return run_handler(h, command, tx); }, &first);
         break;
       } catch (const reply_too_large& e) {
         ++handler_exceptions_;
@@ -124,8 +210,7 @@ void participant::process(command_message command, handled_callback handled) noe
         backoff *= 2;
       }
     }
-    if (options_.before_reply) options_.before_reply(command, reply);
-    send_reply(std::move(command), std::move(reply), std::move(handled), 1);
+    finish(std::move(command), std::move(reply), first, std::move(handled));
   } catch (const std::exception& e) {
     say(log_level::error, "cannot process " + command.command_id + " (left unhandled; redelivered later): " + e.what());
   } catch (...) {

@@ -4,8 +4,10 @@
 
 #include "saga/json.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
+#include <unordered_map>
 
 namespace saga::storage {
 
@@ -23,17 +25,18 @@ const char* outcome_text(triggers::outcome o) {
   throw store_error("a retryable failure is never stored in the inbox");
 }
 
-stored_reply reply_from(const pqxx::row& row) {
+// A stored reply from the columns result, payload::text, reason starting at column `first`.
+stored_reply reply_from(const pqxx::row& row, pqxx::row::size_type first = 0) {
   stored_reply reply;
-  const std::string result = row[0].as<std::string>();
+  const std::string result = row[first].as<std::string>();
   if (result == "success")
     reply.result = triggers::outcome::success;
   else if (result == "failure")
     reply.result = triggers::outcome::failure;
   else
     throw store_error("saga_inbox.result holds an unknown outcome '" + result + "'");
-  reply.payload = row[1].is_null() ? std::string() : canonical_json(row[1].c_str());
-  reply.reason = row[2].as<std::string>();
+  reply.payload = row[first + 1].is_null() ? std::string() : canonical_json(row[first + 1].c_str());
+  reply.reason = row[first + 2].as<std::string>();
   return reply;
 }
 
@@ -138,6 +141,96 @@ stored_reply postgres_inbox::process(const std::string& command_id,
     if (detail::connection_lost(lease.get())) lease.drop();
     detail::rethrow_translated("postgres_inbox: command " + command_id);
   }
+}
+
+namespace {
+// Thrown inside a batch transaction when a handler answers retryable: the batch is rolled back and handled one
+// command at a time.
+struct batch_declined {};
+}  // namespace
+
+std::vector<inbox::command_result> postgres_inbox::handle_batch(const std::vector<command_work>& commands) {
+  if (commands.size() <= 1) return inbox::handle_batch(commands);
+  std::vector<command_result> results(commands.size());
+  try {
+    impl::lease lease(*impl_);
+    try {
+      pqxx::work tx(lease.conn());
+      // Every id the batch may read or write: its commands and the forward commands its compensations fence.
+      std::vector<std::string> ids;
+      for (const auto& c : commands) {
+        ids.push_back(c.command_id);
+        if (!c.compensates.empty()) ids.push_back(c.compensates);
+      }
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      detail::pg_array id_array;
+      for (const auto& id : ids) id_array.add(id);
+      // The same locks as process() takes one by one, taken in one (hash) order so two batches cannot deadlock.
+      tx.exec_params(
+          "SELECT pg_advisory_xact_lock($1, h) FROM"
+          " (SELECT DISTINCT hashtext(x) AS h FROM unnest($2::text[]) AS x ORDER BY 1) AS locks",
+          inbox_lock_class, id_array.str());
+      std::unordered_map<std::string, stored_reply> decided;
+      for (const auto& r : tx.exec_params(
+               "SELECT command_id, result, payload::text, reason FROM saga_inbox WHERE command_id = ANY($1::text[])",
+               id_array.str())) {
+        decided.emplace(r[0].as<std::string>(), reply_from(r, 1));
+      }
+      detail::pg_array new_id, new_result, new_payload, new_reason;
+      auto store = [&](const std::string& id, const stored_reply& reply) {
+        decided.emplace(id, reply);
+        new_id.add(id);
+        new_result.add(outcome_text(reply.result));
+        if (reply.payload.empty())
+          new_payload.add_null();
+        else
+          new_payload.add(reply.payload);
+        new_reason.add(reply.reason);
+      };
+      detail::work_transaction handler_tx(tx);
+      for (std::size_t i = 0; i < commands.size(); ++i) {
+        const auto& c = commands[i];
+        auto& result = results[i];
+        if (auto it = decided.find(c.command_id); it != decided.end()) {  // a repeat (maybe within this batch)
+          result.reply = it->second;
+          continue;
+        }
+        result.ran = true;
+        if (!c.compensates.empty()) {  // handle_command's fence, inside this transaction
+          auto fwd = decided.find(c.compensates);
+          if (fwd == decided.end()) {
+            store(c.compensates, stored_reply{triggers::outcome::failure, "{}", "compensated before it ran"});
+            fwd = decided.find(c.compensates);
+          }
+          if (fwd->second.result != triggers::outcome::success) {
+            result.reply = stored_reply{triggers::outcome::success, R"({"nothing_to_undo":true})", ""};
+            store(c.command_id, result.reply);
+            continue;
+          }
+        }
+        stored_reply reply = c.work(handler_tx);  // an exception aborts the batch on the way out
+        if (reply.result == triggers::outcome::retryable_failure) throw batch_declined{};
+        if (!reply.payload.empty()) reply.payload = canonical_json(reply.payload);
+        result.reply = reply;
+        store(c.command_id, reply);
+      }
+      if (!new_id.empty())
+        tx.exec_params(
+            "INSERT INTO saga_inbox (command_id, result, payload, reason)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[])",
+            new_id.str(), new_result.str(), new_payload.str(), new_reason.str());
+      tx.commit();
+      return results;
+    } catch (...) {
+      if (detail::connection_lost(lease.get())) lease.drop();
+      throw;
+    }
+  } catch (...) {
+    // Nothing of the batch was committed (or, with the connection lost during COMMIT, maybe everything: the
+    // one-at-a-time path then finds the stored replies and runs nothing twice).
+  }
+  return inbox::handle_batch(commands);
 }
 
 std::optional<stored_reply> postgres_inbox::find(const std::string& command_id) {

@@ -3,6 +3,7 @@
 
 #include "saga/decide.hpp"
 
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -44,6 +45,23 @@ class inbox {
                                bool* first_delivery = nullptr) = 0;
   // The stored reply of a command id, if any.
   [[nodiscard]] virtual std::optional<stored_reply> find(const std::string& command_id) = 0;
+
+  // One delivered command for handle_batch.
+  struct command_work {
+    std::string command_id;
+    std::string compensates;  // the forward command a compensation undoes; empty for a forward command
+    std::function<stored_reply(transaction&)> work;
+  };
+  // What handle_batch did with one command.
+  struct command_result {
+    stored_reply reply;
+    bool ran = false;          // the first delivery: its reply was produced now (see handle_command)
+    std::exception_ptr error;  // handle_command threw this (nothing of this command was committed)
+  };
+  // handle_command for each of `commands`, in order; results[i] belongs to commands[i]. Never throws: a command
+  // whose handling threw has `error` set. The default handles them one at a time; postgres_inbox handles the whole
+  // batch in one transaction (one commit) when every handler answers success or failure.
+  [[nodiscard]] virtual std::vector<command_result> handle_batch(const std::vector<command_work>& commands);
 };
 
 // The participant protocol for one delivered command, on top of an inbox:

@@ -32,6 +32,11 @@ class postgres_inbox final : public inbox {
                        bool* first_delivery = nullptr) override;
   // The stored reply of a command id, if any; throws store_unavailable / store_error like process.
   [[nodiscard]] std::optional<stored_reply> find(const std::string& command_id) override;
+  // See inbox::handle_batch: one transaction for the whole batch (advisory locks on every command id in one order,
+  // one read of the stored replies, the handlers in order, one multi-row insert of the new replies, one commit).
+  // When a handler throws or answers retryable, or the transaction fails, everything is rolled back and the batch
+  // is handled one command at a time instead, so one command's trouble never costs another its effect.
+  [[nodiscard]] std::vector<command_result> handle_batch(const std::vector<command_work>& commands) override;
 
  private:
   struct impl;

@@ -8,10 +8,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace saga::transport {
 
@@ -28,7 +33,7 @@ struct participant_options {
   std::string service;
   // A command whose handler throws more than this many times in a row goes to the dead-letter place.
   std::uint32_t max_handler_failures = 3;
-  // Wait before re-running a handler that threw (doubles each time); blocks this service's consumer meanwhile.
+  // Wait before re-running a handler that threw (doubles each time); blocks one worker thread meanwhile.
   std::chrono::milliseconds retry_backoff{20};
   // How often a reply whose delivery failed is sent again before the command is left unhandled (it is then
   // redelivered after a restart or rebalance and answered from the inbox).
@@ -36,6 +41,15 @@ struct participant_options {
   // A handler whose reply payload is larger is rolled back (nothing stored) and its command dead-lettered with the
   // sizes in the reason: a reply must fit a Kafka record (kafka_config::max_message_bytes) with its headers.
   std::size_t max_reply_bytes = 900'000;
+  // Commands handled together: start() queues the delivered commands, and each of `workers` threads takes up to
+  // this many and handles them through inbox::handle_batch (with postgres_inbox: one transaction and one commit for
+  // all of them). 1 handles each command in its own transaction. A command whose handler throws or answers
+  // retryable is handled on its own (with the retries below) and costs the others nothing.
+  std::size_t batch_size = 64;
+  // Threads handling queued commands (each batch holds one inbox connection while it runs). 0: no queue, no
+  // batching; each command is handled on the transport's delivery thread before the next is delivered (what a test
+  // driving memory_transport::pump() wants: pump() returns with every reply sent).
+  std::size_t workers = 2;
   // Where log lines go (default: stderr, info and above).
   logger log;
   // Test hook: runs after the inbox committed and before the reply is sent (e.g. to crash right there).
@@ -54,7 +68,8 @@ struct participant_stats {
 };
 
 // A participant service's command loop. Usage: construct, handle(type, fn) for each command type, start().
-// The transport and inbox must outlive it, and the transport must be stopped before it is destroyed.
+// The transport and inbox must outlive it, and the transport must be stopped before it is destroyed. Destruction
+// stops the worker threads; commands still queued then are left unhandled (redelivered to the next owner).
 class participant {
  public:
   // A handler: reads the command, writes through `tx` (committed with the reply), returns the answer.
@@ -65,6 +80,7 @@ class participant {
   participant(transport& t, storage::inbox& inbox, participant_options options);
   participant(const participant&) = delete;
   participant& operator=(const participant&) = delete;
+  ~participant();
 
   // Registers the handler of `command_type`; throws std::invalid_argument for an empty or duplicate type, or
   // std::logic_error after start().
@@ -75,10 +91,21 @@ class participant {
   // The whole per-command protocol (what start() wires to the transport); `handled` is called once the reply
   // (or dead letter) was accepted by the transport. Never throws.
   void process(command_message command, handled_callback handled) noexcept;
+  // Queues a command for the worker threads (what start() wires to the transport). Never throws.
+  void enqueue(command_message command, handled_callback handled) noexcept;
   // Counters so far.
   [[nodiscard]] participant_stats stats() const;
 
  private:
+  struct queued {
+    command_message command;
+    handled_callback handled;
+  };
+  void work_loop();
+  void handle_batch(std::vector<queued>& batch) noexcept;
+  [[nodiscard]] std::string unknown_type(const command_message& command) const;
+  storage::stored_reply run_handler(const handler& h, const command_message& command, storage::transaction& tx) const;
+  void finish(command_message command, storage::stored_reply reply, bool first, handled_callback handled);
   void send_reply(command_message command, storage::stored_reply reply, handled_callback handled,
                   std::uint32_t attempt);
   void park(const command_message& command, const std::string& reason, handled_callback handled);
@@ -89,6 +116,11 @@ class participant {
   participant_options options_;
   std::map<std::string, handler> handlers_;
   bool started_ = false;
+  std::mutex queue_mutex_;
+  std::condition_variable queue_cv_;
+  std::deque<queued> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
   std::atomic<std::uint64_t> executed_{0}, duplicates_{0}, retryable_{0}, handler_exceptions_{0}, dead_lettered_{0},
       replies_sent_{0}, reply_failures_{0};
 };
