@@ -475,6 +475,10 @@ int main(int argc, char** argv) {
               << static_cast<long>(static_cast<double>(m.events_appended.load()) / seconds) << " events/s appended ("
               << seconds << " s)\n"
               << "  recovered    " << m.sagas_recovered.load() << " unfinished sagas taken over from their logs\n";
+    const auto st = store.stats();
+    std::cout << "  store        " << st.batches << " group commits, "
+              << (st.batches ? static_cast<double>(st.appends) / static_cast<double>(st.batches) : 0.0)
+              << " appends per commit, " << st.conflicts << " conflicts\n";
     saga::storage::postgres_session session(url);
     books b;
     session.run([&](saga::storage::transaction& tx) { b = check_books(tx, endings); });
