@@ -56,8 +56,9 @@ struct entry {
   asio::strand<asio::io_context::executor_type> strand;
   saga_id id;
   std::optional<saga_state> state;
-  // Bumped whenever `state` is set or cleared (on the strand; read by recovery before it reads logs in bulk): a
-  // preloaded log read after the count was taken is no older than what this process last knew of the saga.
+  // Bumped whenever `state` is set or cleared and whenever an append of this saga completes (on the strand; read by
+  // recovery before it reads logs in bulk): a log read after the count was taken, and used while the count is
+  // unchanged, is no older than what this process wrote to or knew of the saga.
   std::atomic<std::uint64_t> state_changes{0};
   std::deque<job> queue;
   bool busy = false;
@@ -370,6 +371,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     auto& [j, d, after] = pending;
     e->busy = false;
     --appends_in_flight;
+    ++e->state_changes;  // committed or not, a bulk read taken while it was in flight may predate it
     if (err) {
       try {
         std::rethrow_exception(err);
