@@ -194,6 +194,7 @@ struct counting_store final : storage::event_store {
   std::atomic<int> loads{0}, bulk_loads{0};
   std::atomic<std::size_t> bulk_sagas{0};
   std::function<void()> during_load_many;
+  std::atomic<bool> bulk_unavailable{false};  // load_many throws store_unavailable
 
   void async_append(storage::append_request r, storage::append_callback done) override {
     inner.async_append(std::move(r), std::move(done));
@@ -205,6 +206,7 @@ struct counting_store final : storage::event_store {
   std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
     ++bulk_loads;
     bulk_sagas += ids.size();
+    if (bulk_unavailable) throw storage::store_unavailable("test: bulk reads are down");
     auto logs = inner.load_many(ids);
     if (during_load_many) std::exchange(during_load_many, nullptr)();
     return logs;
@@ -258,6 +260,37 @@ TEST(orchestrator, recovery_reads_the_logs_of_many_sagas_in_bulk_and_folds_them_
   for (std::size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
   EXPECT_EQ(second.stats().append_conflicts.load(), 0u);
+}
+
+TEST(orchestrator, recovery_loads_saga_by_saga_when_the_bulk_read_fails) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  std::vector<saga_id> ids;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    for (int i = 0; i < 30; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+    first.shutdown();
+  }
+  r.bus.pump();
+  r.silent.clear();
+  counting_store store(r.store);
+  store.bulk_unavailable = true;
+  auto options = r.options();
+  options.recovery_load_batch = 8;
+  orchestrator second(store, r.bus, options);
+  second.add(order_processing::order_saga());
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 30u; }));
+  EXPECT_EQ(store.bulk_loads.load(), 4);
+  EXPECT_EQ(second.stats().recovery_preloaded.load(), 0u);
+  EXPECT_GE(store.loads.load(), 30) << "each saga was read on its own instead";
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
 }
 
 TEST(orchestrator, a_saga_advanced_while_recovery_reads_in_bulk_keeps_its_newer_state) {
