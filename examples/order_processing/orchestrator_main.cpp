@@ -366,10 +366,18 @@ int main(int argc, char** argv) {
       std::cout << "resuming " << to_resume << " unfinished sagas" << std::endl;
       // Every unfinished saga of the partitions this process was given is rebuilt and its pending commands re-sent
       // and timers re-armed (alone in the group, it is given every partition).
-      while (!interrupted && orchestrator.stats().sagas_recovered.load() < to_resume)
+      // The time until this process was given its partitions (joining the consumer group) is printed apart from the
+      // time recovery itself took.
+      double assigned_at = -1;
+      while (!interrupted && orchestrator.stats().sagas_recovered.load() < to_resume) {
+        if (assigned_at < 0 && orchestrator.stats().reply_partitions_owned.load() > 0) assigned_at = since_start();
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      const double resumed_at = since_start();
+      if (assigned_at < 0) assigned_at = resumed_at;
+      std::printf("partitions assigned after %.3f s\n", assigned_at);
       std::printf("resumed %zu sagas in %.3f s\n",
-                  static_cast<std::size_t>(orchestrator.stats().sagas_recovered.load()), since_start());
+                  static_cast<std::size_t>(orchestrator.stats().sagas_recovered.load()), resumed_at);
       std::fflush(stdout);
       while (!interrupted && !store.list_unfinished({}).empty())
         std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -38,6 +38,13 @@ append_result event_store::append(append_request request) {
   return future.get();
 }
 
+std::vector<saga_log> event_store::load_many(std::span<const saga_id> sagas) {
+  std::vector<saga_log> out;
+  out.reserve(sagas.size());
+  for (const auto& id : sagas) out.emplace_back(id, load(id));
+  return out;
+}
+
 std::vector<saga_summary> event_store::list(const saga_query&) {
   throw store_error("this event store cannot list sagas");
 }

@@ -460,6 +460,94 @@ TEST_F(postgres_store, the_destructor_fails_or_finishes_every_queued_append) {
   }
 }
 
+// Everything load_many returns for one saga must be what load returns for it, field by field.
+void expect_same_log(const std::vector<storage::recorded_event>& bulk, const std::vector<storage::recorded_event>& one,
+                     const saga_id& id) {
+  SCOPED_TRACE(id.to_string());
+  ASSERT_EQ(bulk.size(), one.size());
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(bulk[i].saga, one[i].saga);
+    EXPECT_EQ(bulk[i].seq, one[i].seq);
+    EXPECT_EQ(bulk[i].position, one[i].position);
+    EXPECT_EQ(bulk[i].type, one[i].type);
+    EXPECT_EQ(bulk[i].schema_version, one[i].schema_version);
+    EXPECT_EQ(bulk[i].payload, one[i].payload);
+    EXPECT_EQ(bulk[i].metadata, one[i].metadata);
+    EXPECT_EQ(bulk[i].recorded_at, one[i].recorded_at);
+    EXPECT_EQ(bulk[i].prev_hash, one[i].prev_hash);
+    EXPECT_EQ(bulk[i].hash, one[i].hash);
+  }
+}
+
+TEST_F(postgres_store, load_many_returns_what_load_returns_for_each_saga_in_request_order) {
+  postgres_event_store store(url_);
+  // 2,345 sagas of 1 to 6 events (more than two chunks of the default 1,000), one with every event type, appended
+  // in an interleaved order so that positions of one saga are not contiguous.
+  std::vector<saga_id> ids(2345);
+  for (auto& id : ids) id = random_saga_id();
+  for (std::size_t round = 0; round < 6; ++round) {
+    std::vector<std::future<void>> done;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (round > 0 && i % 6 < round) continue;
+      auto p = std::make_shared<std::promise<void>>();
+      done.push_back(p->get_future());
+      store.async_append(round == 0 ? start_request(ids[i]) : next_request(ids[i], round, 1, std::to_string(i)),
+                         [p](std::exception_ptr e, storage::append_result) {
+                           if (e)
+                             p->set_exception(e);
+                           else
+                             p->set_value();
+                         });
+    }
+    for (auto& f : done) ASSERT_NO_THROW(f.get());
+  }
+  const auto every = random_saga_id();
+  std::uint64_t seq = 0;
+  for (const auto& body : every_event_type(every)) {
+    append_request r;
+    r.saga = every;
+    r.saga_type = "order";
+    r.expected_seq = seq;
+    r.events.push_back(make_event(++seq, body));
+    store.append(r);
+  }
+
+  // The request: a saga with every event type, an unknown id in the middle, a saga asked for twice, then the rest
+  // in an order unrelated to the ids' sort order.
+  std::vector<saga_id> request{every};
+  request.insert(request.end(), ids.rbegin(), ids.rbegin() + 1000);
+  const auto unknown = random_saga_id();
+  request.push_back(unknown);
+  request.push_back(ids.front());
+  request.insert(request.end(), ids.begin(), ids.end() - 1000);
+
+  const auto logs = store.load_many(request);
+  ASSERT_EQ(logs.size(), request.size());
+  std::size_t events = 0;
+  for (std::size_t i = 0; i < request.size(); ++i) {
+    ASSERT_EQ(logs[i].first, request[i]) << "position " << i;
+    expect_same_log(logs[i].second, store.load(request[i]), request[i]);
+    events += logs[i].second.size();
+  }
+  EXPECT_TRUE(logs[1001].second.empty()) << "an unknown saga has an empty log";
+  EXPECT_EQ(logs[0].second.size(), every_event_type(every).size());
+  EXPECT_EQ(storage::verify_chain(logs[0].second), std::nullopt);
+  EXPECT_GT(events, request.size() * 3);
+
+  // Small chunks give the same answer; an empty request reads nothing.
+  storage::postgres_event_store_options small;
+  small.load_many_chunk = 7;
+  postgres_event_store chunked(url_, small);
+  const std::vector<saga_id> some(request.begin(), request.begin() + 50);
+  const auto again = chunked.load_many(some);
+  ASSERT_EQ(again.size(), some.size());
+  for (std::size_t i = 0; i < some.size(); ++i) {
+    ASSERT_EQ(again[i].first, some[i]);
+    expect_same_log(again[i].second, logs[i].second, some[i]);
+  }
+  EXPECT_TRUE(store.load_many({}).empty());
+}
+
 TEST_F(postgres_store, an_unreachable_server_is_store_unavailable) {
   EXPECT_THROW(postgres_event_store("postgresql://saga@127.0.0.1:1/saga?connect_timeout=2"),
                storage::store_unavailable);

@@ -12,8 +12,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <set>
+#include <span>
 #include <thread>
+#include <utility>
 
 using namespace saga;
 using namespace std::chrono_literals;
@@ -182,6 +185,142 @@ TEST(orchestrator, a_new_process_recovers_unfinished_sagas_from_the_log) {
   EXPECT_EQ(second.stats().sagas_recovered.load(), 20u);
   for (std::size_t i = 0; i < ids.size(); ++i)
     EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
+}
+
+// Forwards to a store, counting how sagas are read; `during_load_many` runs after a bulk read, before it returns.
+struct counting_store final : storage::event_store {
+  explicit counting_store(storage::event_store& s) : inner(s) {}
+  storage::event_store& inner;
+  std::atomic<int> loads{0}, bulk_loads{0};
+  std::atomic<std::size_t> bulk_sagas{0};
+  std::function<void()> during_load_many;
+  std::atomic<bool> bulk_unavailable{false};  // load_many throws store_unavailable
+
+  void async_append(storage::append_request r, storage::append_callback done) override {
+    inner.async_append(std::move(r), std::move(done));
+  }
+  std::vector<storage::recorded_event> load(const saga_id& id) override {
+    ++loads;
+    return inner.load(id);
+  }
+  std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
+    ++bulk_loads;
+    bulk_sagas += ids.size();
+    if (bulk_unavailable) throw storage::store_unavailable("test: bulk reads are down");
+    auto logs = inner.load_many(ids);
+    if (during_load_many) std::exchange(during_load_many, nullptr)();
+    return logs;
+  }
+  std::vector<storage::recorded_event> read_all(std::uint64_t from, std::size_t limit) override {
+    return inner.read_all(from, limit);
+  }
+  std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
+    return inner.list_unfinished(f);
+  }
+  std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
+  std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override {
+    return inner.find_by_idempotency_key(type, key);
+  }
+};
+
+TEST(orchestrator, recovery_reads_the_logs_of_many_sagas_in_bulk_and_folds_them_without_a_load_each) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  std::vector<saga_id> ids;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    for (int i = 0; i < 250; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+    first.shutdown();
+  }
+  r.bus.pump();  // the first process's commands were lost on the way
+  const auto lost = r.bus.sent_commands();
+  r.silent.clear();
+  counting_store store(r.store);
+  auto options = r.options();
+  options.recovery_load_batch = 40;
+  orchestrator second(store, r.bus, options);
+  second.add(order_processing::order_saga());
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 250u; }));
+  EXPECT_EQ(store.bulk_loads.load(), 7);  // ceil(250 / 40) reads
+  EXPECT_EQ(store.bulk_sagas.load(), 250u);
+  EXPECT_EQ(second.stats().recovery_preloaded.load(), 250u);
+  EXPECT_EQ(store.loads.load(), 0) << "no recovered saga was read again on its own";
+  // The resent commands carry the ids of the lost ones.
+  const auto sent = r.bus.sent_commands();
+  std::set<std::string> lost_ids, resent_ids;
+  for (const auto& c : lost) lost_ids.insert(c.command_id);
+  for (std::size_t i = lost.size(); i < sent.size(); ++i) resent_ids.insert(sent[i].command_id);
+  for (const auto& id : lost_ids) EXPECT_EQ(resent_ids.count(id), 1u) << id;
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
+  EXPECT_EQ(second.stats().append_conflicts.load(), 0u);
+}
+
+TEST(orchestrator, recovery_loads_saga_by_saga_when_the_bulk_read_fails) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  std::vector<saga_id> ids;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    for (int i = 0; i < 30; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+    first.shutdown();
+  }
+  r.bus.pump();
+  r.silent.clear();
+  counting_store store(r.store);
+  store.bulk_unavailable = true;
+  auto options = r.options();
+  options.recovery_load_batch = 8;
+  orchestrator second(store, r.bus, options);
+  second.add(order_processing::order_saga());
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 30u; }));
+  EXPECT_EQ(store.bulk_loads.load(), 4);
+  EXPECT_EQ(second.stats().recovery_preloaded.load(), 0u);
+  EXPECT_GE(store.loads.load(), 30) << "each saga was read on its own instead";
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
+}
+
+TEST(orchestrator, a_saga_advanced_while_recovery_reads_in_bulk_keeps_its_newer_state) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition p0{"order.replies", 0, "order"};
+  counting_store store(r.store);
+  orchestrator o(store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  auto cancelled = o.start("order", to_json(make_order(1)));
+  auto waiting = o.start("order", to_json(make_order(2)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 2; }));
+  // The partition is assigned again; while recovery reads the logs, this process cancels one saga: the log read
+  // misses the cancel, the cached state has it.
+  store.during_load_many = [&] { EXPECT_TRUE(o.cancel(cancelled.id, "changed my mind", "test").rejected.empty()); };
+  r.silent.clear();  // the commands resent by recovery are answered
+  r.bus.assign({p0});
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_recovered.load() == 2u; }));
+  EXPECT_EQ(store.bulk_loads.load(), 1);
+  EXPECT_EQ(o.stats().recovery_preloaded.load(), 0u) << "both sagas were cached: the bulk-read logs are not used";
+  ASSERT_TRUE(r.pump_until([&] { return ready(cancelled.outcome) && ready(waiting.outcome); }));
+  EXPECT_EQ(cancelled.outcome.get().status, saga_status::compensated);
+  EXPECT_EQ(waiting.outcome.get().status, saga_status::completed);
+  EXPECT_EQ(o.stats().append_conflicts.load(), 0u) << "no decision was taken on the stale log";
+  const auto log = r.store.load(cancelled.id);
+  EXPECT_EQ(std::count_if(log.begin(), log.end(), [](const auto& e) { return e.type == "cancel_requested"; }), 1);
+  o.shutdown();
 }
 
 TEST(orchestrator, a_revoked_partition_drops_its_sagas_and_their_timers_until_it_is_assigned_again) {

@@ -63,6 +63,8 @@ std::string metrics::prometheus() const {
   counter(out, "saga_triggers_rejected_total", "Triggers refused (e.g. cancel after the pivot).", triggers_rejected);
   counter(out, "saga_send_failures_total", "Commands the transport failed to send (resent on timeout).", send_failures);
   counter(out, "saga_sagas_recovered_total", "Unfinished sagas rebuilt from their logs.", sagas_recovered);
+  counter(out, "saga_recovery_preloaded_total", "Recovered sagas folded from a log read in bulk with others.",
+          recovery_preloaded);
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);
   out +=

@@ -15,6 +15,7 @@
 #include <random>
 #include <semaphore>
 #include <set>
+#include <span>
 #include <thread>
 #include <unordered_map>
 
@@ -23,8 +24,18 @@ namespace saga::runtime {
 namespace asio = boost::asio;
 using steady = std::chrono::steady_clock;
 
+struct entry;
+
 namespace {
 using done_fn = std::function<void(const decision&, std::exception_ptr)>;
+
+// A saga's log read in bulk by recovery, valid only for the entry it was read for and only while that entry's
+// state has not changed since (see entry::state_changes).
+struct preloaded_log {
+  std::weak_ptr<entry> read_for;
+  std::uint64_t state_changes = 0;
+  std::vector<storage::recorded_event> events;
+};
 
 // One trigger waiting for its saga, or a request to rebuild the saga and resume it.
 struct job {
@@ -32,7 +43,8 @@ struct job {
   trigger what;
   std::string type;  // the saga type, for start
   done_fn done;
-  bool reloaded = false;  // already decided once more on a state fresh from the store
+  bool reloaded = false;                 // already decided once more on a state fresh from the store
+  std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -44,6 +56,10 @@ struct entry {
   asio::strand<asio::io_context::executor_type> strand;
   saga_id id;
   std::optional<saga_state> state;
+  // Bumped whenever `state` is set or cleared and whenever an append of this saga completes (on the strand; read by
+  // recovery before it reads logs in bulk): a log read after the count was taken, and used while the count is
+  // unchanged, is no older than what this process wrote to or knew of the saga.
+  std::atomic<std::uint64_t> state_changes{0};
   std::deque<job> queue;
   bool busy = false;
   bool reloaded_after_error = false;
@@ -119,6 +135,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     ++stats.sagas_dropped;
     ++e->generation;
     e->state.reset();
+    ++e->state_changes;
     e->reloaded_after_error = false;
     log("dropped saga " + e->id.to_string() + ": " + why);
     bool awaited = false;
@@ -225,11 +242,21 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   }
 
   // Returns false when the job was parked for a retry; `fresh` says whether the state came from the store now.
+  // A recovery job brings its log read in bulk; it is folded only when nothing changed the entry since that read
+  // (else the cached state, or a fresh load, is newer).
   bool load(const std::shared_ptr<entry>& e, job& j, bool& fresh) {
     fresh = !e->state;
+    auto preloaded = std::move(j.log);
     if (e->state) return true;
     try {
-      e->state = storage::fold_recorded(e->id, store.load(e->id));
+      const auto read_for = preloaded ? preloaded->read_for.lock() : nullptr;
+      if (read_for && read_for == e && preloaded->state_changes == read_for->state_changes.load()) {
+        ++stats.recovery_preloaded;
+        e->state = storage::fold_recorded(e->id, preloaded->events);
+      } else {
+        e->state = storage::fold_recorded(e->id, store.load(e->id));
+      }
+      ++e->state_changes;
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
       retry_later(e, std::move(j));
@@ -257,6 +284,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     ++stats.append_retries;
     e->busy = true;
     e->state.reset();
+    ++e->state_changes;
     e->reloaded_after_error = true;
     auto timer = std::make_shared<asio::steady_timer>(io, options.store_retry_backoff);
     timer->async_wait(
@@ -301,6 +329,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         // A reply the cached state does not know: an operator tool may have appended and sent commands
         // meanwhile, so decide once more on the log.
         e->state.reset();
+        ++e->state_changes;
         j.reloaded = true;
         return process(e, std::move(j));
       }
@@ -342,6 +371,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     auto& [j, d, after] = pending;
     e->busy = false;
     --appends_in_flight;
+    ++e->state_changes;  // committed or not, a bulk read taken while it was in flight may predate it
     if (err) {
       try {
         std::rethrow_exception(err);
@@ -356,6 +386,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         }
         log(std::string("reloading after ") + c.what());
         e->state.reset();
+        ++e->state_changes;
         e->reloaded_after_error = true;
         e->queue.push_front(std::move(j));
       } catch (const storage::store_error& x) {
@@ -381,6 +412,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       return pump(e);
     }
     e->state = std::move(after);
+    ++e->state_changes;
     perform(e, effects_of(*e->state, d.events));
     finish_job(j, d);
     pump(e);
@@ -470,11 +502,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
   // unrecovered because the database was down when their partitions arrived.
   void recover(const storage::partition_filter& filter, duration backoff = {}) {
+    std::vector<saga_id> ids;
     try {
-      for (const auto& summary : store.list_unfinished(filter)) {
-        if (!latest(summary.type)) continue;  // another service's saga type
-        submit(summary.id, job{true, {}, {}, {}});
-      }
+      for (const auto& summary : store.list_unfinished(filter))
+        if (latest(summary.type)) ids.push_back(summary.id);  // else another service's saga type
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
       backoff = std::min(std::max(backoff * 2, options.store_retry_backoff), duration(std::chrono::seconds(5)));
@@ -498,6 +529,40 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           self->log(std::string("recovery failed: ") + e.what());
         }
       });
+      return;
+    }
+    submit_recovery(ids);
+  }
+
+  // Queues a recovery job per saga, each with its log read in bulk (recovery_load_batch sagas per load_many, on
+  // this thread, while the strands fold the batch before). A batch that cannot be read is recovered without
+  // preloaded logs: each job then loads its saga itself, retrying with backoff while the store is unavailable.
+  void submit_recovery(const std::vector<saga_id>& ids) {
+    const std::size_t batch = std::max<std::size_t>(1, options.recovery_load_batch);
+    for (std::size_t from = 0; from < ids.size(); from += batch) {
+      const std::span<const saga_id> chunk(ids.data() + from, std::min(batch, ids.size() - from));
+      // The entries and their state counts first: a log read after this is at least as new as any state they had.
+      std::vector<std::pair<std::shared_ptr<entry>, std::uint64_t>> read_for;
+      read_for.reserve(chunk.size());
+      for (const auto& id : chunk) {
+        auto e = get(id);
+        const std::uint64_t changes = e->state_changes.load();
+        read_for.emplace_back(std::move(e), changes);
+      }
+      std::vector<storage::saga_log> logs;
+      try {
+        logs = store.load_many(chunk);
+      } catch (const std::exception& x) {
+        log("recovery reads " + std::to_string(chunk.size()) + " sagas one by one: " + x.what());
+        logs.clear();
+      }
+      for (std::size_t i = 0; i < chunk.size(); ++i) {
+        job j{true, {}, {}, {}};
+        if (logs.size() == chunk.size() && logs[i].first == chunk[i])
+          j.log = std::make_shared<preloaded_log>(
+              preloaded_log{read_for[i].first, read_for[i].second, std::move(logs[i].second)});
+        submit(chunk[i], std::move(j));
+      }
     }
   }
 };

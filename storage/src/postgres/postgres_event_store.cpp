@@ -650,6 +650,7 @@ postgres_event_store::postgres_event_store(std::string url, postgres_event_store
   impl_->options = options;
   if (impl_->options.max_batch_size == 0) impl_->options.max_batch_size = 1;
   if (impl_->options.read_connections == 0) impl_->options.read_connections = 1;
+  if (impl_->options.load_many_chunk == 0) impl_->options.load_many_chunk = 1;
   if (impl_->options.reconnect_backoff_min.count() <= 0)
     impl_->options.reconnect_backoff_min = std::chrono::milliseconds(1);
   if (impl_->options.reconnect_backoff_max < impl_->options.reconnect_backoff_min)
@@ -727,6 +728,40 @@ std::vector<recorded_event> postgres_event_store::load(const saga_id& saga) {
       out.push_back(event_from(r));
     return out;
   });
+}
+
+std::vector<saga_log> postgres_event_store::load_many(std::span<const saga_id> sagas) {
+  std::unordered_map<saga_id, std::vector<recorded_event>> found;
+  for (std::size_t from = 0; from < sagas.size(); from += impl_->options.load_many_chunk) {
+    const auto chunk = sagas.subspan(from, std::min(impl_->options.load_many_chunk, sagas.size() - from));
+    detail::pg_array ids;
+    for (const auto& id : chunk) ids.add(id.to_string());
+    auto rows = impl_->with_reader("postgres_event_store load_many", [&](pqxx::transaction_base& tx) {
+      std::vector<recorded_event> out;
+      for (const auto& r : tx.exec_params(
+               std::string(event_columns) + "WHERE saga_id = ANY($1::uuid[]) ORDER BY saga_id, seq", ids.str()))
+        out.push_back(event_from(r));
+      return out;
+    });
+    for (auto& e : rows) {
+      const saga_id id = e.saga;
+      found[id].push_back(std::move(e));
+    }
+  }
+  std::vector<saga_log> out;
+  out.reserve(sagas.size());
+  std::unordered_map<saga_id, std::size_t> given;  // where each id's log went (an id asked for twice gets a copy)
+  for (const auto& id : sagas) {
+    if (auto g = given.find(id); g != given.end()) {
+      auto copy = out[g->second].second;
+      out.emplace_back(id, std::move(copy));
+      continue;
+    }
+    given.emplace(id, out.size());
+    auto it = found.find(id);
+    out.emplace_back(id, it == found.end() ? std::vector<recorded_event>{} : std::move(it->second));
+  }
+  return out;
 }
 
 std::vector<recorded_event> postgres_event_store::read_all(std::uint64_t from_position, std::size_t limit) {

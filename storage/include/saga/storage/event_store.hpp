@@ -10,6 +10,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace saga::storage {
@@ -81,6 +82,9 @@ struct recorded_event {
   [[nodiscard]] event to_event() const;
 };
 
+// One saga's log as returned by load_many.
+using saga_log = std::pair<saga_id, std::vector<recorded_event>>;
+
 // A saga instance's row: cheap listing and counting without reading events.
 struct saga_summary {
   saga_id id;
@@ -138,6 +142,9 @@ class event_store {
   append_result append(append_request request);
   // Every event of the saga in seq order (empty when unknown).
   [[nodiscard]] virtual std::vector<recorded_event> load(const saga_id& saga) = 0;
+  // The logs of many sagas at once: one (id, events in seq order) per requested id, in request order (empty for
+  // an unknown saga). Throws what load throws. The default calls load per saga; stores override it to read in bulk.
+  [[nodiscard]] virtual std::vector<saga_log> load_many(std::span<const saga_id> sagas);
   // Up to `limit` events with position >= `from_position`, in global order.
   [[nodiscard]] virtual std::vector<recorded_event> read_all(std::uint64_t from_position, std::size_t limit) = 0;
   // Sagas that are running, compensating or stuck, in the given partitions.

@@ -19,6 +19,7 @@ struct postgres_event_store_options {
   std::chrono::milliseconds reconnect_backoff_min{50};    // first wait before reconnecting the writer
   std::chrono::milliseconds reconnect_backoff_max{2000};  // longest wait between reconnect attempts
   std::chrono::milliseconds in_doubt_timeout{30000};      // how long to keep trying to learn a cut-off commit's outcome
+  std::size_t load_many_chunk = 1000;                     // saga ids per query of load_many (recovery)
 };
 
 // Counters since construction (monitoring, benchmarks, tests).
@@ -49,6 +50,9 @@ class postgres_event_store final : public event_store {
   void async_append(append_request request, append_callback done) override;
   // Every event of the saga in seq order; throws store_unavailable (retry helps) or store_error.
   [[nodiscard]] std::vector<recorded_event> load(const saga_id& saga) override;
+  // The logs of many sagas, one query per chunk of load_many_chunk ids; throws like load (a chunk that fails
+  // fails the whole call).
+  [[nodiscard]] std::vector<saga_log> load_many(std::span<const saga_id> sagas) override;
   // Up to `limit` events with position >= from_position in global order; throws like load.
   [[nodiscard]] std::vector<recorded_event> read_all(std::uint64_t from_position, std::size_t limit) override;
   // Running, compensating and stuck sagas of the partitions, oldest first; throws like load.

@@ -44,6 +44,8 @@ struct orchestrator_options {
   std::size_t max_input_bytes = 1 << 20;  // start() refuses a larger saga input (std::invalid_argument naming both)
   // After recovery, a resent command's deadline is at least this far away (the downtime is not the participant's).
   duration recovery_grace{30'000};
+  // Recovery reads the logs of this many unfinished sagas per store.load_many call (one query on PostgreSQL).
+  std::size_t recovery_load_batch = 1000;
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
   std::shared_ptr<runtime::clock> clock;                              // default: system_clock
   std::function<std::uint64_t()> entropy;       // ids and jitter; default: std::random_device-seeded generator
