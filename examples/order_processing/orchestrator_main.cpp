@@ -487,6 +487,7 @@ int main(int argc, char** argv) {
     std::cout << "  store        " << st.batches << " group commits, "
               << (st.batches ? static_cast<double>(st.appends) / static_cast<double>(st.batches) : 0.0)
               << " appends per commit, " << st.conflicts << " conflicts\n";
+    std::cout << "  held         " << orchestrator.active() << " sagas still in the orchestrator's memory\n";
     saga::storage::postgres_session session(url);
     books b;
     session.run([&](saga::storage::transaction& tx) { b = check_books(tx, endings); });
