@@ -379,9 +379,18 @@ int main(int argc, char** argv) {
       std::printf("resumed %zu sagas in %.3f s\n",
                   static_cast<std::size_t>(orchestrator.stats().sagas_recovered.load()), resumed_at);
       std::fflush(stdout);
-      while (!interrupted && !store.list_unfinished({}).empty())
+      // Until nothing is running or compensating: a stuck saga waits for an operator (sagactl), not for this process.
+      std::size_t stuck = 0;
+      for (;;) {
+        std::size_t moving = 0;
+        stuck = 0;
+        for (const auto& summary : store.list_unfinished({}))
+          ++(summary.status == saga::saga_status::stuck ? stuck : moving);
+        if (interrupted || moving == 0) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
       std::printf("finished in %.3f s\n", since_start());
+      if (stuck > 0) std::printf("%zu sagas are stuck and wait for an operator (sagactl list --status stuck)\n", stuck);
       orchestrator.shutdown();
       return interrupted ? 130 : 0;
     }
