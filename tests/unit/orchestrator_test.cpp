@@ -248,11 +248,17 @@ TEST(orchestrator, recovery_reads_the_logs_of_many_sagas_in_bulk_and_folds_them_
   EXPECT_EQ(store.bulk_sagas.load(), 250u);
   EXPECT_EQ(second.stats().recovery_preloaded.load(), 250u);
   EXPECT_EQ(store.loads.load(), 0) << "no recovered saga was read again on its own";
-  // The resent commands carry the ids of the lost ones.
-  const auto sent = r.bus.sent_commands();
+  // The resent commands carry the ids of the lost ones. (A saga counts as recovered before its resent command has
+  // reached the bus: wait for them, then compare.)
   std::set<std::string> lost_ids, resent_ids;
   for (const auto& c : lost) lost_ids.insert(c.command_id);
-  for (std::size_t i = lost.size(); i < sent.size(); ++i) resent_ids.insert(sent[i].command_id);
+  auto all_resent = [&] {
+    const auto sent = r.bus.sent_commands();
+    resent_ids.clear();
+    for (std::size_t i = lost.size(); i < sent.size(); ++i) resent_ids.insert(sent[i].command_id);
+    return std::all_of(lost_ids.begin(), lost_ids.end(), [&](const auto& id) { return resent_ids.count(id) > 0; });
+  };
+  EXPECT_TRUE(r.pump_until(all_resent));
   for (const auto& id : lost_ids) EXPECT_EQ(resent_ids.count(id), 1u) << id;
   std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
   for (const auto& id : ids) outcomes.push_back(second.outcome(id));
