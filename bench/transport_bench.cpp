@@ -3,6 +3,7 @@
 //              → reply → kafka_transport; replies/s with N in flight, p50/p99 round trip with one in flight;
 //   baseline:  a bare librdkafka producer/consumer pair doing the same, as the ceiling.
 // Usage: transport_bench [--in-flight 200] [--total 20000] [--samples 1000] [--partitions 4] [--rounds 3]
+//                        [--participant-workers N]   (participant_options::workers; default the library's)
 // Throughput runs alternate saga path and baseline for --rounds rounds; the best of each is reported (the machine
 // may be shared: the best run is the one least disturbed), the medians too.
 // Last output line: one JSON object with the figures.
@@ -65,7 +66,7 @@ struct saga_result {
 
 // Runs `total` commands keeping `in_flight` outstanding; replies deduplicated by command id.
 saga_result run_saga_path(const st::kafka_config& base, const std::string& prefix, int in_flight, int total,
-                          std::uint64_t seed) {
+                          std::uint64_t seed, int participant_workers) {
   auto config = [&](const std::string& group) {
     auto c = base;
     c.topic_prefix = prefix;
@@ -78,6 +79,7 @@ saga_result run_saga_path(const st::kafka_config& base, const std::string& prefi
   st::participant_options options;
   options.service = "inventory";
   options.log = st::stderr_logger(st::log_level::warning);
+  if (participant_workers >= 0) options.workers = static_cast<std::size_t>(participant_workers);
   st::participant participant(participant_side, inbox, options);
   participant.handle("reserve",
                      [](const st::command_message& c, saga::storage::transaction&) { return st::success(c.payload); });
@@ -146,7 +148,7 @@ saga_result run_saga_path(const st::kafka_config& base, const std::string& prefi
 }  // namespace
 
 int main(int argc, char** argv) {
-  int in_flight = 200, total = 20000, samples = 1000, partitions = 4, rounds = 3;
+  int in_flight = 200, total = 20000, samples = 1000, partitions = 4, rounds = 3, participant_workers = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = std::stoi(argv[i + 1]);
@@ -160,6 +162,8 @@ int main(int argc, char** argv) {
       partitions = v;
     else if (a == "--rounds")
       rounds = std::max(1, v);
+    else if (a == "--participant-workers")  // participant_options::workers (0: handled on the consumer thread)
+      participant_workers = std::max(0, v);
   }
   st::dev_broker broker(SAGA_KAFKA_DEV_PROGRAM);
   std::random_device rd;
@@ -192,7 +196,8 @@ int main(int argc, char** argv) {
     auto p = run + "-t" + std::to_string(round);
     topics(p, {"inventory.commands", "order.replies"});
     auto cpu = cpu_seconds();
-    auto r = run_saga_path(base, p, in_flight, total, seed + 100 + static_cast<std::uint64_t>(round));
+    auto r =
+        run_saga_path(base, p, in_flight, total, seed + 100 + static_cast<std::uint64_t>(round), participant_workers);
     std::fprintf(stderr,
                  "round %d: saga path %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
                  round + 1, r.replies_per_s, in_flight, (cpu_seconds() - cpu) * 1e6 / total);
@@ -212,7 +217,7 @@ int main(int argc, char** argv) {
   saga_bench::baseline_result base_t;
   base_t.replies_per_s = *std::max_element(base_runs.begin(), base_runs.end());
   topics(run + "-l", {"inventory.commands", "order.replies"});
-  auto latency = run_saga_path(base, run + "-l", 1, samples, seed + 1);
+  auto latency = run_saga_path(base, run + "-l", 1, samples, seed + 1, participant_workers);
   double p50 = percentile(latency.rtt_ms, 0.5), p99 = percentile(latency.rtt_ms, 0.99);
   std::fprintf(stderr, "saga path: round trip p50 %.2f ms, p99 %.2f ms (one in flight)\n", p50, p99);
 
