@@ -6,6 +6,11 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <future>
 
 namespace st = saga::transport;
@@ -67,3 +72,49 @@ TEST(secrets, a_postgres_password_never_appears_in_an_error) {
 }
 
 }  // namespace
+
+TEST(kafka_config, from_env_reads_the_properties_file_that_saga_kafka_config_names) {
+  const auto dir = std::filesystem::temp_directory_path() / ("saga-kafka-config-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto good = (dir / "client.properties").string();
+  std::ofstream(good) << "# SASL for the orders cluster\n"
+                         "security.protocol=SASL_SSL\n"
+                         "  sasl.mechanisms = SCRAM-SHA-512  \n"
+                         "\n"
+                         "! another comment\n"
+                         "sasl.password="
+                      << secret
+                      << "=with=equals\n"
+                         "consumer.fetch.wait.max.ms=100\n";
+  ::setenv("SAGA_KAFKA_BROKERS", "127.0.0.1:1", 1);
+  ::setenv("SAGA_KAFKA_CONFIG", good.c_str(), 1);
+  const auto c = st::kafka_config::from_env("g");
+  EXPECT_EQ(c.bootstrap_servers, "127.0.0.1:1");
+  EXPECT_EQ(c.group_id, "g");
+  EXPECT_EQ(c.properties, (std::map<std::string, std::string>{{"consumer.fetch.wait.max.ms", "100"},
+                                                              {"sasl.mechanisms", "SCRAM-SHA-512"},
+                                                              {"sasl.password", secret + "=with=equals"},
+                                                              {"security.protocol", "SASL_SSL"}}));
+  auto error_of = [&](const std::string& text) {
+    const auto bad = (dir / "bad.properties").string();
+    std::ofstream(bad) << text;
+    ::setenv("SAGA_KAFKA_CONFIG", bad.c_str(), 1);
+    try {
+      (void)st::kafka_config::from_env();
+      return std::string("no error");
+    } catch (const st::transport_error& e) {
+      EXPECT_FALSE(e.retryable());
+      return std::string(e.what());
+    }
+  };
+  const auto bad = (dir / "bad.properties").string();
+  EXPECT_EQ(error_of("a=1\n" + secret + "\n"), bad + ":2: expected key=value (a librdkafka property)");
+  EXPECT_EQ(error_of("a=1\n=x\n"), bad + ":2: expected key=value (a librdkafka property)");
+  EXPECT_EQ(error_of("a=1\n# c\na = 2\n"), bad + ":3: property a is set twice");
+  ::setenv("SAGA_KAFKA_CONFIG", (dir / "missing.properties").string().c_str(), 1);
+  EXPECT_THROW((void)st::kafka_config::from_env(), st::transport_error);
+  ::unsetenv("SAGA_KAFKA_CONFIG");
+  EXPECT_TRUE(st::kafka_config::from_env().properties.empty());
+  ::unsetenv("SAGA_KAFKA_BROKERS");
+  std::filesystem::remove_all(dir);
+}

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -142,7 +143,6 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::uint64_t next_epoch = 1;
   std::atomic<std::chrono::steady_clock::rep> last_commit{0};  // steady_clock ticks of the last commit
   std::map<std::string, std::int32_t> partition_counts;
-  std::set<std::string> learned_topics;  // topics whose metadata the producer asked for (learn_topic)
 
   std::atomic<std::uint64_t> sent{0}, delivered{0}, delivery_failures{0}, queue_full{0}, received{0}, dead_lettered{0},
       commits{0};
@@ -263,7 +263,6 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
                   "a record of " + std::to_string(bytes) + " bytes for " + topic +
                       " exceeds kafka_config::max_message_bytes (" + std::to_string(cfg.max_message_bytes) + ")",
                   false);
-    learn_topic(topic);
     auto ctx = std::make_unique<delivery_callback>(std::move(done));
     auto deadline = std::chrono::steady_clock::now() + cfg.enqueue_timeout;
     const bool on_producer_thread = std::this_thread::get_id() == producer_thread.get_id();
@@ -637,21 +636,6 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     });
   }
 
-  // The first record for a topic this producer has not seen would wait in librdkafka's unassigned queue until its
-  // once-a-second topic scan asks for the topic's metadata (~1 s for the first command to each service and for each
-  // participant's first reply: the first sagas after a start took 4-5 s instead of 40 ms). Asking for it here takes
-  // one round trip, once per topic (bounded wait; on failure the record goes the slow way).
-  void learn_topic(const std::string& topic) {
-    {
-      std::lock_guard lock(mutex);
-      if (!learned_topics.insert(topic).second) return;
-    }
-    topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
-    const rd_kafka_metadata_t* md = nullptr;
-    if (t) (void)rd_kafka_metadata(producer.get(), 0, t.get(), &md, 1000);
-    const metadata_ptr guard(md);  // nothing to read: librdkafka updated its own view of the topic
-  }
-
   std::optional<std::int32_t> partition_count(const std::string& topic) {
     {
       std::lock_guard lock(mutex);
@@ -696,7 +680,32 @@ kafka_config kafka_config::from_env(std::string group_id) {
   kafka_config c;
   c.bootstrap_servers = brokers;
   c.group_id = std::move(group_id);
+  if (const char* file = std::getenv("SAGA_KAFKA_CONFIG"); file && *file) c.properties = read_properties(file);
   return c;
+}
+
+std::map<std::string, std::string> kafka_config::read_properties(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw transport_error("cannot read the Kafka properties file " + path, false);
+  std::map<std::string, std::string> out;
+  auto trim = [](std::string_view s) {
+    const auto first = s.find_first_not_of(" \t\r");
+    if (first == std::string_view::npos) return std::string();
+    return std::string(s.substr(first, s.find_last_not_of(" \t\r") - first + 1));
+  };
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    const std::string text = trim(line);
+    if (text.empty() || text.front() == '#' || text.front() == '!') continue;
+    const auto eq = text.find('=');
+    const std::string key = eq == std::string::npos ? std::string() : trim(std::string_view(text).substr(0, eq));
+    if (key.empty())  // the line itself is not repeated: it may hold a secret
+      throw transport_error(path + ":" + std::to_string(number) + ": expected key=value (a librdkafka property)",
+                            false);
+    if (!out.emplace(key, trim(std::string_view(text).substr(eq + 1))).second)
+      throw transport_error(path + ":" + std::to_string(number) + ": property " + key + " is set twice", false);
+  }
+  return out;
 }
 
 kafka_transport::kafka_transport(kafka_config config) : config_(std::move(config)) {

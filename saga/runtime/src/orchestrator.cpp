@@ -257,6 +257,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         e->state = storage::fold_recorded(e->id, store.load(e->id));
       }
       ++e->state_changes;
+      settle_if_ended(e);
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
       retry_later(e, std::move(j));
@@ -405,9 +406,20 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     stats.events_appended += d.events.size();
     stats.append_latency.observe(ms_since(t0));
     if (e->generation != generation) {
-      // Dropped while the append was in flight (its partition went to another process): the events are in the log,
-      // and the new owner's recovery sends what they ask for. Caching the state or arming timers here would let
-      // this process go on advancing a saga it no longer owns.
+      // Dropped while the append was in flight (its partition was revoked). If the partition is another process's
+      // now, the events are in the log for it: caching the state or arming timers here would let this process go
+      // on advancing a saga it no longer owns. If it came back to this process (a rebalance that revoked and
+      // reassigned it), its recovery may have listed the sagas before this append committed (a saga started just
+      // then would be missed and never get its first command): adopt the state and act as recovery does.
+      // Either way an end that is now durable is final: whoever awaits the saga gets its outcome.
+      if (!e->state && owns(after.type, e->id)) {
+        e->state = std::move(after);
+        ++e->state_changes;
+        perform(e, with_grace(recovery_effects(*e->state)));
+        settle_if_ended(e);
+      } else {
+        settle_if_ended(e, after);
+      }
       finish_job(j, d);
       return pump(e);
     }
@@ -456,6 +468,17 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       default: break;
     }
     fulfil(e, saga_outcome{f.status, f.output, f.reason});
+  }
+
+  // A state read from the log that has already ended (or is stuck) answers whoever awaits the saga: its finish
+  // effect ran in another process, or in this one while the saga was dropped (its last append completed after its
+  // partition was revoked, and the partition came back). Without this the entry, once forgotten, would take an
+  // unfulfilled promise with it (a broken promise for the caller holding the saga's outcome).
+  void settle_if_ended(const std::shared_ptr<entry>& e) { settle_if_ended(e, *e->state); }
+  void settle_if_ended(const std::shared_ptr<entry>& e, const saga_state& st) {
+    if (st.status == saga_status::completed) fulfil(e, saga_outcome{st.status, st.data, ""});
+    if (st.status == saga_status::compensated) fulfil(e, saga_outcome{st.status, "", st.reason});
+    if (st.status == saga_status::stuck) fulfil(e, saga_outcome{st.status, "", st.stuck_reason});
   }
 
   void fulfil(const std::shared_ptr<entry>& e, saga_outcome outcome) {

@@ -60,6 +60,12 @@ struct kafka_config {
 
   // A config for the cluster named by SAGA_KAFKA_BROKERS; throws transport_error(non-retryable) when it is unset.
   [[nodiscard]] static kafka_config from_env(std::string group_id = {});
+  // librdkafka properties from a file of key=value lines ('#' or '!' starts a comment line; blanks around keys and
+  // values are dropped), as Kafka's own tools read them. from_env() reads the file SAGA_KAFKA_CONFIG names, if set,
+  // into `properties`: SASL and TLS settings (and their secrets) stay out of the environment and the command line.
+  // Throws transport_error naming the file (and the line, never its text) when it cannot be read or a line is not
+  // key=value or sets a key twice.
+  [[nodiscard]] static std::map<std::string, std::string> read_properties(const std::string& path);
 };
 
 // A raw record as received (for dead-letter readers, tools and tests).
