@@ -707,10 +707,7 @@ std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
   // Already finished (or stuck)? Its finish effect is in the past: answer from the log.
   const auto log = s.store.load(id);
   if (log.empty()) throw std::invalid_argument("no saga " + id.to_string());
-  const saga_state st = storage::fold_recorded(id, log);
-  if (st.status == saga_status::completed) s.fulfil(e, saga_outcome{st.status, st.data, ""});
-  if (st.status == saga_status::compensated) s.fulfil(e, saga_outcome{st.status, "", st.reason});
-  if (st.status == saga_status::stuck) s.fulfil(e, saga_outcome{st.status, "", st.stuck_reason});
+  s.settle_if_ended(e, storage::fold_recorded(id, log));
   return future;
 }
 
