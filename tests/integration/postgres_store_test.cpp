@@ -179,6 +179,67 @@ TEST_F(postgres_store, a_thousand_sagas_from_32_threads_are_group_committed_gap_
   EXPECT_EQ(total, sagas * (appends_per_saga + 1));
 }
 
+// Several writer connections (here two stores, as two processes would have) commit batches side by side. A reader
+// that tails read_all from the last position it saw must still see every event: a position must never commit after
+// a higher one was already readable.
+TEST_F(postgres_store, a_reader_tailing_read_all_never_skips_a_position_while_writer_connections_overlap) {
+  storage::postgres_event_store_options options;
+  options.writer_connections = 2;
+  postgres_event_store first(url_, options), second(url_, options);
+  constexpr int threads_count = 16;
+  constexpr int sagas = 400;
+  constexpr std::uint64_t appends_per_saga = 8;
+  std::vector<saga_id> ids(sagas);
+  for (auto& id : ids) id = random_saga_id();
+  // The tail starts at the log's current end: this database holds other tests' events too.
+  std::uint64_t from = 1;
+  for (auto page = first.read_all(from, 100000); !page.empty(); page = first.read_all(from, 100000))
+    from = page.back().position + 1;
+  const std::uint64_t start = from;
+  std::atomic<int> next{0};
+  std::atomic<bool> writing{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < threads_count; ++t)
+    threads.emplace_back([&, t] {
+      auto& store = t % 2 == 0 ? first : second;
+      for (int i = next++; i < sagas; i = next++) {
+        try {
+          store.append(start_request(ids[i]));
+          for (std::uint64_t seq = 1; seq < appends_per_saga; ++seq) store.append(next_request(ids[i], seq));
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  std::set<std::uint64_t> seen;
+  std::thread tail([&] {
+    for (bool last_round = false;;) {
+      const auto page = first.read_all(from, 1000);
+      for (const auto& e : page) seen.insert(e.position);
+      if (!page.empty()) from = page.back().position + 1;
+      if (last_round && page.empty()) break;
+      if (!writing) last_round = true;
+    }
+  });
+  for (auto& t : threads) t.join();
+  writing = false;
+  tail.join();
+  std::vector<std::uint64_t> skipped;
+  std::size_t total = 0;
+  for (std::uint64_t at = start;;) {
+    const auto page = first.read_all(at, 5000);
+    if (page.empty()) break;
+    for (const auto& e : page)
+      if (!seen.contains(e.position)) skipped.push_back(e.position);
+    total += page.size();
+    at = page.back().position + 1;
+  }
+  EXPECT_EQ(total, static_cast<std::size_t>(sagas) * appends_per_saga);
+  EXPECT_TRUE(skipped.empty()) << skipped.size() << " events committed below a position the reader had passed, e.g. "
+                               << skipped.front();
+  EXPECT_GT(first.stats().batches + second.stats().batches, 0u);
+}
+
 TEST_F(postgres_store, a_new_saga_over_an_existing_one_and_a_wrong_seq_conflict) {
   postgres_event_store store(url_);
   const auto id = random_saga_id();
@@ -207,7 +268,10 @@ TEST_F(postgres_store, a_new_saga_over_an_existing_one_and_a_wrong_seq_conflict)
 }
 
 TEST_F(postgres_store, one_conflict_fails_only_its_own_append_in_a_batch) {
-  postgres_event_store store(url_);
+  // One writer connection: while it is held up, the next appends must queue into one batch.
+  storage::postgres_event_store_options one_writer;
+  one_writer.writer_connections = 1;
+  postgres_event_store store(url_, one_writer);
   const auto blocker = random_saga_id(), good1 = random_saga_id(), good2 = random_saga_id(), stale = random_saga_id();
   for (const auto& id : {blocker, good1, good2, stale}) store.append(start_request(id));
   store.append(next_request(stale, 1));

@@ -1,5 +1,7 @@
 #include "pg_detail.hpp"
 
+#include <algorithm>
+
 #include <array>
 #include <stdexcept>
 
@@ -100,6 +102,16 @@ void pg_array::add(std::string_view value) {
     value.remove_prefix(special + 1);
   }
   text_.push_back('"');
+}
+
+void pg_array::add_plain(std::string_view token) {
+  const auto plain = [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+  };
+  // NULL (any case) unquoted would be the null element.
+  if (token.empty() || token.size() == 4 || !std::all_of(token.begin(), token.end(), plain)) return add(token);
+  separate();
+  text_.append(token);
 }
 
 void pg_array::add(std::int64_t value) {

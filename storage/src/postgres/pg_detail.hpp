@@ -31,6 +31,9 @@ class pg_array {
  public:
   pg_array() { text_.push_back('{'); }
   void add(std::string_view value);
+  // Adds `token` unquoted when it needs no quotes (uuids, hex hashes, plain words: less for the server to parse),
+  // else quoted like add().
+  void add_plain(std::string_view token);
   void add(std::int64_t value);
   void add_null();
   [[nodiscard]] std::string str() const { return text_ + "}"; }
@@ -40,6 +43,21 @@ class pg_array {
   void separate() {
     if (text_.size() > 1) text_.push_back(',');
   }
+  std::string text_;
+};
+
+// Builds the text of a JSON array from JSON texts ('[{"a":1},2]'), for a jsonb parameter whose elements a statement
+// takes with jsonb_array_elements(): one parse for the whole batch, and no escaping, unlike a jsonb[] literal.
+class json_array {
+ public:
+  json_array() { text_.push_back('['); }
+  void add(std::string_view json) {
+    if (text_.size() > 1) text_.push_back(',');
+    text_.append(json);
+  }
+  [[nodiscard]] std::string str() const { return text_ + "]"; }
+
+ private:
   std::string text_;
 };
 

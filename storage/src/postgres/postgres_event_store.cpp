@@ -26,29 +26,35 @@ constexpr const char* heads_sql =
     "SELECT s.id::text, s.last_seq, s.last_hash FROM unnest($1::uuid[]) AS k(id)"
     " JOIN saga_instances s ON s.id = k.id";
 // One statement per batch: start new sagas, move existing heads only where they still are at the expected seq,
-// and insert the events of exactly those sagas, in request order (positions follow seq within a saga).
+// and insert the events of exactly those sagas, in request order (positions follow seq within a saga). After the
+// saga rows are written and before it takes a position, the statement takes the position lock ($26), held until its
+// commit is durable: batches of several writer connections (and of other processes) commit in position order, so
+// read_all never skips a position that commits later; row locks are always taken before it, so no deadlock.
 constexpr const char* write_sql =
     "WITH new_sagas AS ("
     " INSERT INTO saga_instances (id, type, definition_version, status, last_seq, last_hash, partition, started_at,"
     " updated_at, idempotency_key)"
-    " SELECT u.id, u.type, u.def, u.status, u.last_seq, u.last_hash, u.part, to_timestamp(u.started / 1000.0),"
-    " to_timestamp(u.updated / 1000.0), u.key"
+    " SELECT u.id, u.type, u.def, u.status, u.last_seq, u.last_hash, u.part, to_timestamp(u.started / 1000.0::float8),"
+    " to_timestamp(u.updated / 1000.0::float8), u.key"
     " FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::text[], $7::integer[],"
     " $8::bigint[], $9::bigint[], $10::text[])"
     " AS u(id, type, def, status, last_seq, last_hash, part, started, updated, key)"
     " ON CONFLICT DO NOTHING RETURNING id),"
     " moved AS ("
     " UPDATE saga_instances s SET last_seq = u.last_seq, last_hash = u.last_hash, status = u.status,"
-    " updated_at = to_timestamp(u.at / 1000.0)"
+    " updated_at = to_timestamp(u.at / 1000.0::float8)"
     " FROM unnest($11::uuid[], $12::bigint[], $13::text[], $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
     " AS u(id, expected, prev, last_seq, last_hash, status, at)"
     " WHERE s.id = u.id AND s.last_seq = u.expected AND s.last_hash = u.prev RETURNING s.id),"
     " written AS ("
     " INSERT INTO saga_events (saga_id, seq, type, schema_version, payload, metadata, prev_hash, hash)"
     " SELECT e.saga_id, e.seq, e.type, e.ver, e.payload, e.metadata, e.prev, e.hash"
-    " FROM unnest($18::uuid[], $19::bigint[], $20::text[], $21::integer[], $22::jsonb[], $23::jsonb[], $24::text[],"
-    " $25::text[]) WITH ORDINALITY AS e(saga_id, seq, type, ver, payload, metadata, prev, hash, ord)"
+    " FROM ROWS FROM (unnest($18::uuid[]), unnest($19::bigint[]), unnest($20::text[]), unnest($21::integer[]),"
+    " jsonb_array_elements($22::jsonb), jsonb_array_elements($23::jsonb), unnest($24::text[]), unnest($25::text[]))"
+    " WITH ORDINALITY AS e(saga_id, seq, type, ver, payload, metadata, prev, hash, ord)"
     " WHERE e.saga_id IN (SELECT id FROM new_sagas UNION ALL SELECT id FROM moved)"
+    " AND (SELECT pg_advisory_xact_lock($26) FROM (SELECT count(*) FROM new_sagas) n, (SELECT count(*) FROM moved) m)"
+    " IS NOT NULL"
     " ORDER BY e.ord"
     " RETURNING saga_id, position)"
     " SELECT saga_id::text, max(position) FROM written GROUP BY saga_id";
@@ -110,11 +116,11 @@ struct completion {
 // One append of a batch while the batch is being written.
 struct slot {
   pending* item = nullptr;
-  std::vector<recorded_event> sealed;  // empty until accepted
-  std::exception_ptr error;            // set once the append is refused
+  std::vector<recorded_event>* sealed = nullptr;  // the item's records, linked onto the head; null until accepted
+  std::exception_ptr error;                       // set once the append is refused
   append_result result;
   bool is_new = false;
-  [[nodiscard]] bool accepted() const noexcept { return !error && !sealed.empty(); }
+  [[nodiscard]] bool accepted() const noexcept { return !error && sealed != nullptr; }
 };
 
 // Thrown out of write_batch when the connection broke before the batch statement went out: nothing was committed.
@@ -132,10 +138,30 @@ struct head {
   std::string hash;
 };
 
+// A batch stops waiting for more appends when none arrived for this long.
+constexpr std::chrono::microseconds arrival_pause{100};
+
 // Heads remembered by the writer (what it committed last per saga); cleared when it grows past this.
 constexpr std::size_t max_cached_heads = 1 << 20;
 
 std::exception_ptr unavailable(const std::string& what) { return std::make_exception_ptr(store_unavailable(what)); }
+
+// The key of the transaction-level advisory lock that orders positions: ('saga' 'evts' as ASCII).
+constexpr std::int64_t position_lock_key = 0x7361676165767473;
+
+// One writer thread's connection (that thread only).
+struct writer_connection {
+  std::unique_ptr<pqxx::connection> conn;
+  steady::time_point next_connect{};
+  std::chrono::milliseconds backoff{0};
+
+  void drop() noexcept {
+    try {
+      conn.reset();
+    } catch (...) {
+    }
+  }
+};
 
 }  // namespace
 
@@ -147,8 +173,13 @@ struct postgres_event_store::impl {
   std::mutex mutex;
   std::condition_variable queue_cv;
   std::deque<pending> queue;
-  std::size_t target = 1;  // how many appends the writer waits for (the previous batch's size)
+  // How many appends a writer waits for: an even share of the appends the writers' latest batches held, so batches
+  // of several writers overlap instead of one writer taking everything while the others idle.
+  std::size_t target = 1;
+  std::vector<std::size_t> latest_batch;  // per writer
+  std::size_t busy = 0;                   // writers writing a batch
   bool stopping = false;
+  std::unordered_set<saga_id> in_flight;  // sagas with an append in a batch being written
 
   // Finished appends waiting for their callbacks.
   std::mutex done_mutex;
@@ -162,24 +193,21 @@ struct postgres_event_store::impl {
   std::vector<std::unique_ptr<pqxx::connection>> idle;
   std::size_t open = 0;
 
-  // Writer state (writer thread only).
-  std::unique_ptr<pqxx::connection> writer;
-  steady::time_point next_connect{};
-  std::chrono::milliseconds backoff{0};
+  // Heads committed by this store's writers.
+  std::mutex head_mutex;
   std::unordered_map<saga_id, head> head_cache;
 
   std::atomic<std::uint64_t> batches{0}, appends{0}, events{0}, conflicts{0}, in_doubt{0};
 
-  std::thread writer_thread;
+  std::vector<std::thread> writer_threads;
   std::thread completion_thread;
 
-  void writer_loop();
+  void writer_loop(writer_connection& w, std::size_t index);
   void completion_loop();
-  void run_batch(std::vector<pending>& batch, std::vector<completion>& out);
-  bool write_batch(std::vector<slot>& slots);  // true when a statement was committed
+  void run_batch(writer_connection& w, std::vector<pending>& batch, std::vector<completion>& out);
+  bool write_batch(writer_connection& w, std::vector<slot>& slots);  // true when a statement was committed
   void resolve_in_doubt(std::vector<slot>& slots);
-  bool ensure_writer(bool ignore_backoff);
-  void drop_writer() noexcept;
+  bool ensure_writer(writer_connection& w, bool ignore_backoff);
   void deliver(std::vector<completion>&& out);
   bool wait_or_stop(std::chrono::milliseconds d);
 
@@ -190,28 +218,25 @@ struct postgres_event_store::impl {
 // ---------------------------------------------------------------------------------------------------------------
 // Writer
 
-bool postgres_event_store::impl::ensure_writer(bool ignore_backoff) {
-  if (writer && writer->is_open()) return true;
-  writer.reset();
-  if (!ignore_backoff && steady::now() < next_connect) return false;
+bool postgres_event_store::impl::ensure_writer(writer_connection& w, bool ignore_backoff) {
+  if (w.conn && w.conn->is_open()) return true;
+  w.drop();
+  if (!ignore_backoff && steady::now() < w.next_connect) return false;
   try {
     auto conn = detail::connect(url, "postgres_event_store writer");
+    // The writer's statements look sagas up by id. Without this, a saga_instances table that is small or not yet
+    // analyzed is scanned whole for every batch (a hash join), which costs most of a batch's time as it grows.
+    conn->set_variable("enable_seqscan", "off");
+    conn->set_variable("plan_cache_mode", "force_generic_plan");
     conn->prepare("saga_heads", heads_sql);
     conn->prepare("saga_write", write_sql);
-    writer = std::move(conn);
-    backoff = std::chrono::milliseconds(0);
+    w.conn = std::move(conn);
+    w.backoff = std::chrono::milliseconds(0);
     return true;
   } catch (...) {
-    backoff = std::clamp(backoff * 2, options.reconnect_backoff_min, options.reconnect_backoff_max);
-    next_connect = steady::now() + backoff;
+    w.backoff = std::clamp(w.backoff * 2, options.reconnect_backoff_min, options.reconnect_backoff_max);
+    w.next_connect = steady::now() + w.backoff;
     return false;
-  }
-}
-
-void postgres_event_store::impl::drop_writer() noexcept {
-  try {
-    writer.reset();
-  } catch (...) {
   }
 }
 
@@ -220,34 +245,58 @@ bool postgres_event_store::impl::wait_or_stop(std::chrono::milliseconds d) {
   return !queue_cv.wait_for(lock, d, [&] { return stopping; });
 }
 
-void postgres_event_store::impl::writer_loop() {
+void postgres_event_store::impl::writer_loop(writer_connection& w, std::size_t index) {
   std::vector<pending> batch;
   std::vector<completion> out;
+  // An append whose saga is not in a batch being written (one append per saga in flight: a later one for the same
+  // saga waits until the earlier commits, so its expected_seq is checked against what that batch committed).
+  const auto ready = [&] {
+    return std::any_of(queue.begin(), queue.end(),
+                       [&](const pending& p) { return !in_flight.contains(p.request.saga); });
+  };
   for (;;) {
     {
       std::unique_lock lock(mutex);
-      queue_cv.wait(lock, [&] { return stopping || !queue.empty(); });
+      queue_cv.wait(lock, [&] { return stopping || ready(); });
       if (stopping) break;
+      // Wait for the target while appends keep coming: up to max_batch_wait, but not past a pause in arrivals.
       const std::size_t want = std::min(target, options.max_batch_size);
-      if (queue.size() < want && options.max_batch_wait.count() > 0)
-        queue_cv.wait_for(lock, options.max_batch_wait, [&] { return stopping || queue.size() >= want; });
-      // One append per saga per batch: a later one for the same saga waits for the next batch (its expected_seq
-      // is then checked against what this batch committed).
+      const auto deadline = steady::now() + options.max_batch_wait;
+      for (std::size_t seen = queue.size(); seen < want && !stopping;) {
+        if (queue_cv.wait_until(lock, std::min(deadline, steady::now() + arrival_pause),
+                                [&] { return stopping || queue.size() >= want; }))
+          break;
+        if (steady::now() >= deadline || queue.size() == seen) break;
+        seen = queue.size();
+      }
+      // While another writer is idle take only the target and leave it the rest, so the two batches overlap.
+      const std::size_t cap = busy + 1 < latest_batch.size() ? want : options.max_batch_size;
       std::unordered_set<saga_id> sagas;
       std::deque<pending> rest;
       for (auto& p : queue) {
-        if (batch.size() < options.max_batch_size && sagas.insert(p.request.saga).second)
+        if (batch.size() < cap && !in_flight.contains(p.request.saga) && sagas.insert(p.request.saga).second)
           batch.push_back(std::move(p));
         else
           rest.push_back(std::move(p));
       }
       queue.swap(rest);
+      in_flight.insert(sagas.begin(), sagas.end());
+      if (!batch.empty()) ++busy;
+      if (!queue.empty()) queue_cv.notify_one();
     }
-    run_batch(batch, out);
+    if (!batch.empty()) run_batch(w, batch, out);
     {
       std::lock_guard lock(mutex);
-      target = std::max<std::size_t>(1, batch.size());
+      if (!batch.empty()) {
+        latest_batch[index] = batch.size();
+        std::size_t held = 0;
+        for (auto n : latest_batch) held += n;
+        target = std::max<std::size_t>(1, (held + latest_batch.size() - 1) / latest_batch.size());
+      }
+      for (const auto& p : batch) in_flight.erase(p.request.saga);
+      if (!batch.empty()) --busy;
     }
+    if (!batch.empty()) queue_cv.notify_all();  // appends of these sagas may be waiting
     batch.clear();
     deliver(std::move(out));
     out.clear();
@@ -261,10 +310,11 @@ void postgres_event_store::impl::writer_loop() {
   for (auto& p : left)
     out.push_back({std::move(p.done), unavailable("postgres_event_store is shutting down; append not written"), {}});
   deliver(std::move(out));
-  drop_writer();
+  w.drop();
 }
 
-void postgres_event_store::impl::run_batch(std::vector<pending>& batch, std::vector<completion>& out) {
+void postgres_event_store::impl::run_batch(writer_connection& w, std::vector<pending>& batch,
+                                           std::vector<completion>& out) {
   std::vector<slot> slots(batch.size());
   for (std::size_t i = 0; i < batch.size(); ++i) slots[i].item = &batch[i];
   auto fail_open = [&](const std::exception_ptr& error) {
@@ -276,19 +326,19 @@ void postgres_event_store::impl::run_batch(std::vector<pending>& batch, std::vec
   int retries = 0;
   for (;;) {
     for (auto& s : slots) s = slot{s.item, {}, nullptr, {}, false};
-    if (!ensure_writer(false)) {
+    if (!ensure_writer(w, false)) {
       fail_open(unavailable("postgres_event_store: PostgreSQL unavailable; reconnecting with backoff"));
       break;
     }
     try {
-      if (write_batch(slots)) batches.fetch_add(1, std::memory_order_relaxed);
+      if (write_batch(w, slots)) batches.fetch_add(1, std::memory_order_relaxed);
       break;
     } catch (const connection_broken& e) {
       // Nothing was committed. The connection may just have gone stale (server restarted): retry once at once.
-      drop_writer();
+      w.drop();
       if (!reconnected) {
         reconnected = true;
-        if (ensure_writer(true)) continue;
+        if (ensure_writer(w, true)) continue;
       }
       try {
         std::rethrow_exception(e.cause);
@@ -301,7 +351,7 @@ void postgres_event_store::impl::run_batch(std::vector<pending>& batch, std::vec
       }
       break;
     } catch (const commit_in_doubt&) {
-      drop_writer();
+      w.drop();
       resolve_in_doubt(slots);
       break;
     } catch (...) {
@@ -323,7 +373,7 @@ void postgres_event_store::impl::run_batch(std::vector<pending>& batch, std::vec
           std::vector<pending> one;
           one.push_back(std::move(*s.item));
           std::vector<completion> single;
-          run_batch(one, single);
+          run_batch(w, one, single);
           for (auto& c : single) out.push_back(std::move(c));
         }
         return;
@@ -337,14 +387,14 @@ void postgres_event_store::impl::run_batch(std::vector<pending>& batch, std::vec
       out.push_back({std::move(s.item->done), s.error, {}});
     } else {
       appends.fetch_add(1, std::memory_order_relaxed);
-      events.fetch_add(s.sealed.size(), std::memory_order_relaxed);
+      events.fetch_add(s.sealed->size(), std::memory_order_relaxed);
       out.push_back({std::move(s.item->done), nullptr, s.result});
     }
   }
 }
 
-bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
-  pqxx::connection& conn = *writer;
+bool postgres_event_store::impl::write_batch(writer_connection& w, std::vector<slot>& slots) {
+  pqxx::connection& conn = *w.conn;
   bool sent = false;  // the batch statement went out: from here on a lost connection leaves the outcome unknown
   try {
     // Sorted by saga id, so concurrent writers (other processes) take row locks in one order.
@@ -357,14 +407,17 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
     //    conditional write below re-checks it, so a stale head only turns into a conflict).
     std::unordered_map<saga_id, head> heads;
     detail::pg_array unknown;
-    for (auto* s : order) {
-      const auto& req = s->item->request;
-      if (req.expected_seq == 0) continue;
-      auto it = head_cache.find(req.saga);
-      if (it != head_cache.end() && it->second.seq == req.expected_seq)
-        heads.emplace(req.saga, it->second);
-      else
-        unknown.add(req.saga.to_string());
+    {
+      std::lock_guard lock(head_mutex);
+      for (auto* s : order) {
+        const auto& req = s->item->request;
+        if (req.expected_seq == 0) continue;
+        auto it = head_cache.find(req.saga);
+        if (it != head_cache.end() && it->second.seq == req.expected_seq)
+          heads.emplace(req.saga, it->second);
+        else
+          unknown.add(req.saga.to_string());
+      }
     }
     if (!unknown.empty()) {
       pqxx::nontransaction tx(conn);
@@ -375,7 +428,8 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
     // 2. Check each expected seq against its head and link the encoded events onto the chain.
     detail::pg_array n_id, n_type, n_def, n_status, n_seq, n_hash, n_part, n_started, n_updated, n_key;
     detail::pg_array u_id, u_expected, u_prev, u_seq, u_hash, u_status, u_at;
-    detail::pg_array e_id, e_seq, e_type, e_ver, e_payload, e_meta, e_prev, e_hash;
+    detail::pg_array e_id, e_seq, e_type, e_ver, e_prev, e_hash;
+    detail::json_array e_payload, e_meta;  // one JSON document each: PostgreSQL parses it once, nothing escaped
     bool any = false;
     for (auto* s : order) {
       const auto& req = s->item->request;
@@ -385,7 +439,10 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
         const std::uint64_t actual = it == heads.end() ? 0 : it->second.seq;
         if (actual != req.expected_seq) {
           conflicts.fetch_add(1, std::memory_order_relaxed);
-          head_cache.erase(req.saga);
+          {
+            std::lock_guard lock(head_mutex);
+            head_cache.erase(req.saga);
+          }
           s->error = std::make_exception_ptr(concurrency_conflict(req.saga, req.expected_seq, actual));
           continue;
         }
@@ -394,9 +451,9 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
       const std::string id = req.saga.to_string();
       try {
         const char* status = detail::status_text(req.status_after);
-        s->sealed = s->item->sealed;  // a copy: a retried batch starts again from the encoded records
+        s->sealed = &s->item->sealed;  // re-linked in place: a retried batch links them again from its head
         std::string link = prev;
-        for (auto& r : s->sealed) {
+        for (auto& r : *s->sealed) {
           if (r.prev_hash != link) {
             r.prev_hash = link;
             r.hash = chain_hash(r.prev_hash, r.type, r.seq, r.payload, r.metadata);
@@ -406,12 +463,12 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
         if (req.expected_seq == 0) {
           const auto& started = std::get<events::saga_started>(req.events.front().body);
           s->is_new = true;
-          n_id.add(id);
+          n_id.add_plain(id);
           n_type.add(req.saga_type);
           n_def.add(static_cast<std::int64_t>(started.definition_version));
-          n_status.add(status);
-          n_seq.add(static_cast<std::int64_t>(s->sealed.back().seq));
-          n_hash.add(s->sealed.back().hash);
+          n_status.add_plain(status);
+          n_seq.add(static_cast<std::int64_t>(s->sealed->back().seq));
+          n_hash.add_plain(s->sealed->back().hash);
           n_part.add(static_cast<std::int64_t>(req.partition));
           n_started.add(ms(req.events.front().at));
           n_updated.add(ms(req.events.back().at));
@@ -420,29 +477,29 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
           else
             n_key.add(started.idempotency_key);
         } else {
-          u_id.add(id);
+          u_id.add_plain(id);
           u_expected.add(static_cast<std::int64_t>(req.expected_seq));
-          u_prev.add(prev);
-          u_seq.add(static_cast<std::int64_t>(s->sealed.back().seq));
-          u_hash.add(s->sealed.back().hash);
-          u_status.add(status);
+          u_prev.add_plain(prev);
+          u_seq.add(static_cast<std::int64_t>(s->sealed->back().seq));
+          u_hash.add_plain(s->sealed->back().hash);
+          u_status.add_plain(status);
           u_at.add(ms(req.events.back().at));
         }
       } catch (...) {
         s->error = std::current_exception();
-        s->sealed.clear();
+        s->sealed = nullptr;
         continue;
       }
       any = true;
-      for (const auto& r : s->sealed) {
-        e_id.add(id);
+      for (const auto& r : *s->sealed) {
+        e_id.add_plain(id);
         e_seq.add(static_cast<std::int64_t>(r.seq));
         e_type.add(r.type);
         e_ver.add(static_cast<std::int64_t>(r.schema_version));
         e_payload.add(r.payload);
         e_meta.add(r.metadata);
-        e_prev.add(r.prev_hash);
-        e_hash.add(r.hash);
+        e_prev.add_plain(r.prev_hash);
+        e_hash.add_plain(r.hash);
       }
     }
     if (!any) return false;
@@ -457,26 +514,28 @@ bool postgres_event_store::impl::write_batch(std::vector<slot>& slots) {
                                  n_hash.str(), n_part.str(), n_started.str(), n_updated.str(), n_key.str(), u_id.str(),
                                  u_expected.str(), u_prev.str(), u_seq.str(), u_hash.str(), u_status.str(), u_at.str(),
                                  e_id.str(), e_seq.str(), e_type.str(), e_ver.str(), e_payload.str(), e_meta.str(),
-                                 e_prev.str(), e_hash.str());
+                                 e_prev.str(), e_hash.str(), position_lock_key);
     }
     std::unordered_map<saga_id, std::uint64_t> last_position;
     for (const auto& r : written) last_position.emplace(detail::parse_saga_id(r[0].c_str()), r[1].as<std::uint64_t>());
-    if (head_cache.size() > max_cached_heads) head_cache.clear();
     std::vector<slot*> refused;
+    std::unique_lock heads_lock(head_mutex);
+    if (head_cache.size() > max_cached_heads) head_cache.clear();
     for (auto* s : order) {
       if (!s->accepted()) continue;
       const auto& req = s->item->request;
       auto it = last_position.find(req.saga);
       if (it != last_position.end()) {
-        s->result = append_result{s->sealed.back().seq, it->second};
-        head_cache[req.saga] = head{s->sealed.back().seq, s->sealed.back().hash};
+        s->result = append_result{s->sealed->back().seq, it->second};
+        head_cache[req.saga] = head{s->sealed->back().seq, s->sealed->back().hash};
         continue;
       }
       head_cache.erase(req.saga);
-      s->sealed.clear();
+      s->sealed = nullptr;
       s->error = unavailable("postgres_event_store: append to saga " + req.saga.to_string() + " was not written");
       refused.push_back(s);
     }
+    heads_lock.unlock();
 
     // 4. Say why the left-out appends were refused (rare: another writer got there first).
     if (!refused.empty()) {
@@ -520,7 +579,7 @@ void postgres_event_store::impl::resolve_in_doubt(std::vector<slot>& slots) {
     if (!s.accepted()) continue;
     any = true;
     ids.add(s.item->request.saga.to_string());
-    seqs.add(static_cast<std::int64_t>(s.sealed.back().seq));
+    seqs.add(static_cast<std::int64_t>(s.sealed->back().seq));
   }
   if (!any) return;
   const auto deadline = steady::now() + options.in_doubt_timeout;
@@ -546,7 +605,7 @@ void postgres_event_store::impl::resolve_in_doubt(std::vector<slot>& slots) {
         if (it == rows.end()) {
           s.error = unavailable("postgres_event_store: connection lost during COMMIT; read back: saga " +
                                 req.saga.to_string() + " was not committed, retrying is safe");
-        } else if (it->second.hash != s.sealed.back().hash) {
+        } else if (it->second.hash != s.sealed->back().hash) {
           conflicts.fetch_add(1, std::memory_order_relaxed);
           s.error = std::make_exception_ptr(concurrency_conflict(req.saga, req.expected_seq, it->second.seq));
         } else {
@@ -655,10 +714,16 @@ postgres_event_store::postgres_event_store(std::string url, postgres_event_store
     impl_->options.reconnect_backoff_min = std::chrono::milliseconds(1);
   if (impl_->options.reconnect_backoff_max < impl_->options.reconnect_backoff_min)
     impl_->options.reconnect_backoff_max = impl_->options.reconnect_backoff_min;
-  if (!impl_->ensure_writer(true))
-    throw store_unavailable("postgres_event_store: cannot connect to PostgreSQL at the given URL");
+  if (impl_->options.writer_connections == 0) impl_->options.writer_connections = 1;
+  // Every writer connects here, so a wrong URL fails the constructor rather than the first appends.
+  std::vector<writer_connection> writers(impl_->options.writer_connections);
+  for (auto& w : writers)
+    if (!impl_->ensure_writer(w, true))
+      throw store_unavailable("postgres_event_store: cannot connect to PostgreSQL at the given URL");
   impl_->completion_thread = std::thread([this] { impl_->completion_loop(); });
-  impl_->writer_thread = std::thread([this] { impl_->writer_loop(); });
+  impl_->latest_batch.assign(writers.size(), 0);
+  for (std::size_t i = 0; i < writers.size(); ++i)
+    impl_->writer_threads.emplace_back([this, i, w = std::move(writers[i])]() mutable { impl_->writer_loop(w, i); });
 }
 
 postgres_event_store::~postgres_event_store() {
@@ -668,7 +733,8 @@ postgres_event_store::~postgres_event_store() {
       impl_->stopping = true;
     }
     impl_->queue_cv.notify_all();
-    if (impl_->writer_thread.joinable()) impl_->writer_thread.join();
+    for (auto& t : impl_->writer_threads)
+      if (t.joinable()) t.join();
     {
       std::lock_guard lock(impl_->done_mutex);
       impl_->done_stopping = true;
@@ -687,12 +753,19 @@ void postgres_event_store::async_append(append_request request, append_callback 
     return;
   }
   lock.unlock();
-  // Encode and hash on the caller's thread (chained from "" for now): the writer only re-links the chain.
+  // Encode and hash on the caller's thread, chained from the head this store committed last (the writer re-links
+  // the chain only when the head it finds differs, e.g. after another process appended).
   std::vector<recorded_event> sealed;
   try {
     if (request.saga.is_nil()) throw store_error("append to the nil saga id");
     (void)detail::status_text(request.status_after);
-    sealed = seal(request, std::string());
+    std::string prev;
+    if (request.expected_seq > 0) {
+      std::lock_guard heads_lock(impl_->head_mutex);
+      auto it = impl_->head_cache.find(request.saga);
+      if (it != impl_->head_cache.end() && it->second.seq == request.expected_seq) prev = it->second.hash;
+    }
+    sealed = seal(request, std::move(prev));
     const auto refuse = [&](const std::string& what, const std::string& why) {
       throw store_error("postgres_event_store: append to saga " + request.saga.to_string() + " refused: " + what +
                         " contains " + why);

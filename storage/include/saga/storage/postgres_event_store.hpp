@@ -15,6 +15,7 @@ namespace saga::storage {
 struct postgres_event_store_options {
   std::size_t max_batch_size = 256;                       // appends (distinct sagas) per group-commit transaction
   std::chrono::microseconds max_batch_wait{2000};         // longest a batch waits for more appends (0 = never)
+  std::size_t writer_connections = 2;                     // batches in flight at once, one connection each (>= 1)
   std::size_t read_connections = 2;                       // pooled connections for load/read_all/list/find
   std::chrono::milliseconds reconnect_backoff_min{50};    // first wait before reconnecting the writer
   std::chrono::milliseconds reconnect_backoff_max{2000};  // longest wait between reconnect attempts
@@ -31,11 +32,12 @@ struct postgres_event_store_stats {
   std::uint64_t in_doubt = 0;   // commits whose outcome had to be read back
 };
 
-// Needs the schema of migrate(url). Appends queue for one writer thread that commits them in batches: one
-// multi-row statement, one transaction, one WAL flush for up to max_batch_size sagas; a conflicting append fails
-// alone. One writer commits in position order, so while it is the only writing process read_all never skips a
-// position that commits later. Callbacks run on a completion thread (never inside async_append) and must not block
-// on another append of this store. Thread-safe.
+// Needs the schema of migrate(url). Appends queue for writer_connections writer threads that commit them in
+// batches: one multi-row statement, one transaction, one WAL flush for up to max_batch_size sagas; a conflicting
+// append fails alone, and a saga has at most one append in flight. Batches take positions under a transaction-level
+// advisory lock held until their commit is durable, so positions commit in order across connections and processes
+// and a reader tailing read_all never skips one. Callbacks run on a completion thread (never inside async_append) and
+// must not block on another append of this store. Thread-safe.
 class postgres_event_store final : public event_store {
  public:
   // Connects once to check `url`; throws store_unavailable when the server cannot be reached (retry helps).
