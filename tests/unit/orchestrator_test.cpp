@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <future>
 #include <set>
 #include <span>
 #include <thread>
@@ -352,6 +353,85 @@ TEST(orchestrator, a_saga_advanced_while_recovery_reads_in_bulk_keeps_its_newer_
   const auto log = r.store.load(cancelled.id);
   EXPECT_EQ(std::count_if(log.begin(), log.end(), [](const auto& e) { return e.type == "cancel_requested"; }), 1);
   o.shutdown();
+}
+
+// Starts `n` order sagas in a process that owns the only reply partition, with every participant silent, and shuts
+// it down: their logs hold a requested, unanswered first step.
+std::vector<saga_id> leave_unfinished(rig& r, int n) {
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  std::vector<saga_id> ids;
+  orchestrator first(r.store, r.bus, r.options());
+  first.add(order_processing::order_saga());
+  first.run();
+  r.bus.assign({{"order.replies", 0, "order"}});
+  for (int i = 0; i < n; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+  first.shutdown();
+  r.bus.pump();  // the commands were lost on the way
+  r.silent.clear();
+  return ids;
+}
+
+TEST(orchestrator, a_new_process_folds_unfinished_sagas_before_its_partitions_arrive_and_does_not_read_them_again) {
+  rig r;
+  r.bus.set_reply_partitions(1);
+  const auto ids = leave_unfinished(r, 120);
+  counting_store store(r.store);
+  std::promise<void> read_ahead;
+  store.during_load_many = [&] { read_ahead.set_value(); };
+  auto options = r.options();
+  options.recovery_load_batch = 500;
+  orchestrator second(store, r.bus, options);
+  second.add(order_processing::order_saga());
+  second.run();
+  // The read-ahead runs before any partition is assigned.
+  ASSERT_EQ(read_ahead.get_future().wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(second.stats().reply_partitions_owned.load(), 0u);
+  r.bus.assign({{"order.replies", 0, "order"}});
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 120u; }));
+  EXPECT_EQ(second.stats().recovery_prefetched.load(), 120u);
+  EXPECT_EQ(store.bulk_loads.load(), 1) << "only the read-ahead read the logs";
+  EXPECT_EQ(store.loads.load(), 0);
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    EXPECT_EQ(outcomes[i].get().status, i % 10 == 9 ? saga_status::compensated : saga_status::completed);
+  EXPECT_EQ(second.stats().append_conflicts.load(), 0u);
+  second.shutdown();
+}
+
+TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_its_partition_arrives) {
+  rig r;
+  r.bus.set_reply_partitions(1);
+  const auto ids = leave_unfinished(r, 20);
+  counting_store store(r.store);
+  std::promise<void> read_ahead;
+  store.during_load_many = [&] { read_ahead.set_value(); };
+  orchestrator second(store, r.bus, r.options());
+  second.add(order_processing::order_saga());
+  second.run();
+  ASSERT_EQ(read_ahead.get_future().wait_for(10s), std::future_status::ready);
+  {
+    // Meanwhile another process (it owns every saga of its own transport) cancels one saga: its log grows past
+    // what the read-ahead folded.
+    transport::memory_transport elsewhere;
+    orchestrator other(r.store, elsewhere, r.options());
+    other.add(order_processing::order_saga());
+    other.run();
+    ASSERT_TRUE(r.pump_until([&] { return other.stats().sagas_recovered.load() == 20u; }));
+    EXPECT_TRUE(other.cancel(ids[0], "changed my mind", "test").rejected.empty());
+    other.shutdown();
+  }
+  r.bus.assign({{"order.replies", 0, "order"}});
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 20u; }));
+  EXPECT_EQ(second.stats().recovery_prefetched.load(), 19u) << "the cancelled saga's folded state was stale";
+  const auto cancelled = second.outcome(ids[0]);
+  ASSERT_TRUE(r.pump_until([&] { return ready(cancelled); }));
+  EXPECT_EQ(cancelled.get().status, saga_status::compensated);
+  EXPECT_EQ(second.stats().append_conflicts.load(), 0u) << "no decision was taken on the stale state";
+  const auto log = r.store.load(ids[0]);
+  EXPECT_EQ(std::count_if(log.begin(), log.end(), [](const auto& e) { return e.type == "cancel_requested"; }), 1);
+  second.shutdown();
 }
 
 TEST(orchestrator, a_revoked_partition_drops_its_sagas_and_their_timers_until_it_is_assigned_again) {

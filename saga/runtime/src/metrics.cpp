@@ -65,6 +65,9 @@ std::string metrics::prometheus() const {
   counter(out, "saga_sagas_recovered_total", "Unfinished sagas rebuilt from their logs.", sagas_recovered);
   counter(out, "saga_recovery_preloaded_total", "Recovered sagas folded from a log read in bulk with others.",
           recovery_preloaded);
+  counter(out, "saga_recovery_prefetched_total",
+          "Recovered sagas whose state was read and folded ahead, before their partition was assigned.",
+          recovery_prefetched);
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);
   out +=

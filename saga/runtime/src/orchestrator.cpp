@@ -8,6 +8,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -35,6 +36,13 @@ struct preloaded_log {
   std::weak_ptr<entry> read_for;
   std::uint64_t state_changes = 0;
   std::vector<storage::recorded_event> events;
+  std::optional<saga_state> state;  // already folded (read ahead at run()); then `events` is empty
+};
+
+// A saga's state folded by the read-ahead at run(), with the seq of the last event it folded.
+struct prefetched_state {
+  std::uint64_t last_seq = 0;
+  saga_state state;
 };
 
 // One trigger waiting for its saga, or a request to rebuild the saga and resume it.
@@ -106,6 +114,15 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   mutable std::mutex entries_mutex;
   std::unordered_map<saga_id, std::shared_ptr<entry>> entries;
+
+  // The read-ahead of recovery (a transport that partitions): at run(), while the consumer group is still handing
+  // out partitions, every unfinished saga's log is read and folded; the first recovery takes the states that are
+  // still current (same last seq as the listing it makes after the assignment), then the rest is dropped.
+  std::mutex prefetch_mutex;
+  std::condition_variable prefetch_cv;
+  bool prefetching = false;
+  std::unordered_map<saga_id, prefetched_state> prefetched;
+  std::thread prefetch_thread;
 
   // Reply partitions this process was assigned, by saga type (used only on a transport that partitions).
   std::mutex owned_mutex;
@@ -252,7 +269,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       const auto read_for = preloaded ? preloaded->read_for.lock() : nullptr;
       if (read_for && read_for == e && preloaded->state_changes == read_for->state_changes.load()) {
         ++stats.recovery_preloaded;
-        e->state = storage::fold_recorded(e->id, preloaded->events);
+        if (preloaded->state) {
+          ++stats.recovery_prefetched;
+          e->state = std::move(*preloaded->state);
+        } else {
+          e->state = storage::fold_recorded(e->id, preloaded->events);
+        }
       } else {
         e->state = storage::fold_recorded(e->id, store.load(e->id));
       }
@@ -525,10 +547,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
   // unrecovered because the database was down when their partitions arrived.
   void recover(const storage::partition_filter& filter, duration backoff = {}) {
-    std::vector<saga_id> ids;
+    std::vector<storage::saga_summary> unfinished;
     try {
-      for (const auto& summary : store.list_unfinished(filter))
-        if (latest(summary.type)) ids.push_back(summary.id);  // else another service's saga type
+      for (auto& summary : store.list_unfinished(filter))
+        if (latest(summary.type)) unfinished.push_back(std::move(summary));  // else another service's saga type
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
       backoff = std::min(std::max(backoff * 2, options.store_retry_backoff), duration(std::chrono::seconds(5)));
@@ -554,13 +576,67 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       });
       return;
     }
-    submit_recovery(ids);
+    submit_recovery(unfinished, take_prefetched(unfinished));
   }
 
-  // Queues a recovery job per saga, each with its log read in bulk (recovery_load_batch sagas per load_many, on
-  // this thread, while the strands fold the batch before). A batch that cannot be read is recovered without
-  // preloaded logs: each job then loads its saga itself, retrying with backoff while the store is unavailable.
-  void submit_recovery(const std::vector<saga_id>& ids) {
+  // Reads and folds every unfinished saga's log ahead of the first assignment (prefetch_thread).
+  void prefetch() {
+    std::unordered_map<saga_id, prefetched_state> states;
+    try {
+      std::vector<saga_id> ids;
+      for (const auto& summary : store.list_unfinished({}))
+        if (latest(summary.type) && ids.size() < options.recovery_prefetch_limit) ids.push_back(summary.id);
+      const std::size_t batch = std::max<std::size_t>(1, options.recovery_load_batch);
+      for (std::size_t from = 0; from < ids.size() && accepting; from += batch) {
+        const std::span<const saga_id> chunk(ids.data() + from, std::min(batch, ids.size() - from));
+        for (auto& [id, events] : store.load_many(chunk))
+          if (!events.empty()) {
+            const std::uint64_t last = events.back().seq;
+            states.emplace(id, prefetched_state{last, storage::fold_recorded(id, events)});
+          }
+      }
+    } catch (const std::exception& x) {  // recovery reads what it needs itself
+      log(std::string("recovery read-ahead stopped: ") + x.what());
+    }
+    std::lock_guard lock(prefetch_mutex);
+    prefetched = std::move(states);
+    prefetching = false;
+    prefetch_cv.notify_all();
+  }
+
+  // The read-ahead states of `unfinished` that are still current; waits for the read-ahead to finish (it reads
+  // what this recovery would read next anyway). Drops the read-ahead: later recoveries read for themselves.
+  std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished) {
+    std::unordered_map<saga_id, saga_state> out;
+    std::unique_lock lock(prefetch_mutex);
+    prefetch_cv.wait(lock, [&] { return !prefetching; });
+    if (prefetched.empty()) return out;
+    for (const auto& summary : unfinished)
+      if (auto it = prefetched.find(summary.id); it != prefetched.end() && it->second.last_seq == summary.last_seq)
+        out.emplace(summary.id, std::move(it->second.state));
+    prefetched.clear();
+    return out;
+  }
+
+  // Queues a recovery job per saga: with its state from the read-ahead when `ready` has it, else with its log read
+  // in bulk (recovery_load_batch sagas per load_many, on this thread, while the strands fold the batch before). A
+  // batch that cannot be read is recovered without preloaded logs: each job then loads its saga itself, retrying
+  // with backoff while the store is unavailable.
+  void submit_recovery(const std::vector<storage::saga_summary>& unfinished,
+                       std::unordered_map<saga_id, saga_state> ready) {
+    std::vector<saga_id> ids;
+    for (const auto& summary : unfinished) {
+      auto it = ready.find(summary.id);
+      if (it == ready.end()) {
+        ids.push_back(summary.id);
+        continue;
+      }
+      auto e = get(summary.id);
+      const std::uint64_t changes = e->state_changes.load();
+      job j{true, {}, {}, {}};
+      j.log = std::make_shared<preloaded_log>(preloaded_log{e, changes, {}, std::move(it->second)});
+      submit(summary.id, std::move(j));
+    }
     const std::size_t batch = std::max<std::size_t>(1, options.recovery_load_batch);
     for (std::size_t from = 0; from < ids.size(); from += batch) {
       const std::span<const saga_id> chunk(ids.data() + from, std::min(batch, ids.size() - from));
@@ -583,7 +659,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         job j{true, {}, {}, {}};
         if (logs.size() == chunk.size() && logs[i].first == chunk[i])
           j.log = std::make_shared<preloaded_log>(
-              preloaded_log{read_for[i].first, read_for[i].second, std::move(logs[i].second)});
+              preloaded_log{read_for[i].first, read_for[i].second, std::move(logs[i].second), std::nullopt});
         submit(chunk[i], std::move(j));
       }
     }
@@ -610,6 +686,18 @@ void orchestrator::run() {
   s.work.emplace(asio::make_work_guard(s.io));
   for (std::size_t i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
   s.accepting = true;
+  const bool partitions =
+      s.bus
+          .reply_partition(s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
+                           saga_id::from_words(0, 0))
+          .has_value();
+  if (partitions && s.options.recovery_prefetch) {  // read the logs ahead while the group hands out partitions
+    {
+      std::lock_guard lock(s.prefetch_mutex);
+      s.prefetching = true;
+    }
+    s.prefetch_thread = std::thread([&s] { s.prefetch(); });
+  }
   std::weak_ptr<impl> weak = impl_;
   s.bus.on_partitions_assigned([weak](const std::vector<transport::topic_partition>& assigned) {
     auto self = weak.lock();
@@ -639,10 +727,7 @@ void orchestrator::run() {
     });
   }
   // Transports that do not partition never call on_partitions_assigned: this process owns every saga.
-  if (!s.bus.reply_partition(
-          s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
-          saga_id::from_words(0, 0)))
-    s.recover({});
+  if (!partitions) s.recover({});
 }
 
 saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
@@ -722,6 +807,7 @@ void orchestrator::shutdown() noexcept {
   s.io.stop();
   for (auto& t : s.threads)
     if (t.joinable()) t.join();
+  if (s.prefetch_thread.joinable()) s.prefetch_thread.join();  // stops after the chunk it reads
 }
 
 const runtime::metrics& orchestrator::stats() const noexcept { return impl_->stats; }

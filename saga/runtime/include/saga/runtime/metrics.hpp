@@ -39,6 +39,7 @@ struct metrics {
   std::atomic<std::uint64_t> replies_ignored{0}, triggers_rejected{0}, send_failures{0}, sagas_recovered{0};
   std::atomic<std::uint64_t> sagas_dropped{0};  // cached sagas let go: their reply partition went to another process
   std::atomic<std::uint64_t> recovery_preloaded{0};      // recovered sagas folded from a log read in bulk (no own load)
+  std::atomic<std::uint64_t> recovery_prefetched{0};     // of those, folded ahead by run() before the assignment
   std::atomic<std::uint64_t> reply_partitions_owned{0};  // gauge: reply partitions assigned to this process now
   histogram append_latency;                              // trigger decided -> append durable
   histogram saga_latency;                                // start -> finished, for sagas started by this process

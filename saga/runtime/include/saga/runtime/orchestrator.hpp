@@ -46,6 +46,10 @@ struct orchestrator_options {
   duration recovery_grace{30'000};
   // Recovery reads the logs of this many unfinished sagas per store.load_many call (one query on PostgreSQL).
   std::size_t recovery_load_batch = 1000;
+  // On a transport that partitions, run() reads and folds the unfinished sagas' logs (up to the limit) while the
+  // consumer group hands out partitions; recovery then takes the states still current instead of reading them.
+  bool recovery_prefetch = true;
+  std::size_t recovery_prefetch_limit = 100'000;
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
   std::shared_ptr<runtime::clock> clock;                              // default: system_clock
   std::function<std::uint64_t()> entropy;       // ids and jitter; default: std::random_device-seeded generator
