@@ -2,7 +2,7 @@
 # One cell of the fault matrix: BUILD_DIR CELL [SAGAS] [IN_FLIGHT].
 #
 # Runs the multi-process order example (four participant processes, the orchestrator, the embedded Kafka broker, a
-# database of the cell's own on the test PostgreSQL), waits until at least 500 sagas are in flight, injects the
+# database of the cell's own on the test PostgreSQL) with at least 500 sagas in flight (see below), injects the
 # cell's fault with real process kills, the broker's own fault injection or pg_ctl, and lets the system recover.
 # Passes when every saga ended, each participant effect happened exactly once (the books add up for every ending),
 # every log is gap-free with a valid hash chain, and replaying every log with the definition decides exactly the
@@ -59,7 +59,6 @@ saga_kafka_start "$work/kafka"
 export SAGA_KAFKA_PREFIX="fm$$"
 replies_topic="$SAGA_KAFKA_PREFIX.order.replies"
 saga_kafka_control "create_topic $replies_topic 6" >/dev/null
-saga_participants_start "$work/logs"
 
 run="fm-$cell-$$"
 orch_args=(--orders "$sagas" --in-flight "$in_flight" --run "$run")
@@ -80,22 +79,34 @@ case "$cell" in
 esac
 
 t0=$(date +%s.%N)
+# Under load: the orchestrator places orders before the participants run, so the sagas in flight reach its bound
+# whatever the machine's speed (the commands wait in their topics; once running, the system ends sagas faster than
+# 32 placers start them, so a bound is never reached otherwise). Then the participants start, and the fault comes
+# as soon as the orchestrator has taken a reply (a saga's log went past its start and first command), that is with
+# commands being handled and replies coming back.
 start_orchestrator
-# Under load: wait until enough sagas are in flight.
 peak=0
 for _ in $(seq 1 600); do
   n="$(unfinished)"
   [ "$n" -gt "$peak" ] && peak="$n"
-  [ "$n" -ge "$min_in_flight" ] && break
+  [ "$n" -ge "$in_flight" ] && break
   kill -0 "$orch_pid" 2>/dev/null || break
   sleep 0.1
 done
-if [ "$peak" -lt "$min_in_flight" ]; then
-  echo "FAIL: only $peak sagas were ever in flight (need $min_in_flight)"
+saga_participants_start "$work/logs"
+advanced() { sql "SELECT count(*) FROM saga_instances WHERE last_seq > 2" || echo 0; }
+for _ in $(seq 1 1200); do
+  [ "$(advanced)" -gt 0 ] && break
+  kill -0 "$orch_pid" 2>/dev/null || break
+  sleep 0.05
+done
+at_fault="$(unfinished)"
+if [ "$at_fault" -lt "$min_in_flight" ]; then
+  echo "FAIL: only $at_fault sagas were in flight at the fault (need $min_in_flight; peak before the participants" \
+       "ran: $peak)"
   tail -n 20 "$work/logs/orchestrator-$n_orch.log"
   exit 1
 fi
-at_fault="$(unfinished)"
 echo "fault $cell: injecting with $at_fault sagas in flight ($(ended) ended so far)"
 
 case "$cell" in

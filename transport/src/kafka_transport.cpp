@@ -143,6 +143,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::uint64_t next_epoch = 1;
   std::atomic<std::chrono::steady_clock::rep> last_commit{0};  // steady_clock ticks of the last commit
   std::map<std::string, std::int32_t> partition_counts;
+  std::set<std::string> learned_topics;  // topics whose metadata the producer asked for (learn_topic)
 
   std::atomic<std::uint64_t> sent{0}, delivered{0}, delivery_failures{0}, queue_full{0}, received{0}, dead_lettered{0},
       commits{0};
@@ -263,6 +264,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
                   "a record of " + std::to_string(bytes) + " bytes for " + topic +
                       " exceeds kafka_config::max_message_bytes (" + std::to_string(cfg.max_message_bytes) + ")",
                   false);
+    learn_topic(topic);
     auto ctx = std::make_unique<delivery_callback>(std::move(done));
     auto deadline = std::chrono::steady_clock::now() + cfg.enqueue_timeout;
     const bool on_producer_thread = std::this_thread::get_id() == producer_thread.get_id();
@@ -634,6 +636,21 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         say(log_level::error, "cannot park dead letter in " + dlq + " (offset stays uncommitted): " + e.what());
       }
     });
+  }
+
+  // The first record for a topic this producer has not seen would wait in librdkafka's unassigned queue until its
+  // once-a-second topic scan asks for the topic's metadata (~1 s for the first command to each service and for each
+  // participant's first reply: the first sagas after a start took 4-5 s instead of 40 ms). Asking for it here takes
+  // one round trip, once per topic (bounded wait; on failure the record goes the slow way).
+  void learn_topic(const std::string& topic) {
+    {
+      std::lock_guard lock(mutex);
+      if (!learned_topics.insert(topic).second) return;
+    }
+    topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
+    const rd_kafka_metadata_t* md = nullptr;
+    if (t) (void)rd_kafka_metadata(producer.get(), 0, t.get(), &md, 1000);
+    const metadata_ptr guard(md);  // nothing to read: librdkafka updated its own view of the topic
   }
 
   std::optional<std::int32_t> partition_count(const std::string& topic) {
