@@ -82,7 +82,7 @@ t0=$(date +%s.%N)
 # Under load: the orchestrator places orders before the participants run, so the sagas in flight reach its bound
 # whatever the machine's speed (the commands wait in their topics; once running, the system ends sagas faster than
 # 32 placers start them, so a bound is never reached otherwise). Then the participants start, and the fault comes
-# as soon as the orchestrator has taken a reply (a saga's log went past its start and first command), that is with
+# as soon as the orchestrator has recorded a reply (a step_succeeded or step_failed event), that is with
 # commands being handled and replies coming back.
 start_orchestrator
 peak=0
@@ -94,12 +94,17 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 saga_participants_start "$work/logs"
-advanced() { sql "SELECT count(*) FROM saga_instances WHERE last_seq > 2" || echo 0; }
+replies_taken() { sql "SELECT count(*) FROM saga_events WHERE type IN ('step_succeeded', 'step_failed')" || echo 0; }
 for _ in $(seq 1 1200); do
-  [ "$(advanced)" -gt 0 ] && break
+  [ "$(replies_taken)" -gt 0 ] && break
   kill -0 "$orch_pid" 2>/dev/null || break
   sleep 0.05
 done
+if ! kill -0 "$orch_pid" 2>/dev/null; then
+  echo "FAIL: the orchestrator ended before the fault"
+  tail -n 20 "$work/logs/orchestrator-$n_orch.log"
+  exit 1
+fi
 at_fault="$(unfinished)"
 if [ "$at_fault" -lt "$min_in_flight" ]; then
   echo "FAIL: only $at_fault sagas were in flight at the fault (need $min_in_flight; peak before the participants" \

@@ -376,15 +376,13 @@ TEST(orchestrator, a_new_process_folds_unfinished_sagas_before_its_partitions_ar
   r.bus.set_reply_partitions(1);
   const auto ids = leave_unfinished(r, 120);
   counting_store store(r.store);
-  std::promise<void> read_ahead;
-  store.during_load_many = [&] { read_ahead.set_value(); };
   auto options = r.options();
   options.recovery_load_batch = 500;
   orchestrator second(store, r.bus, options);
   second.add(order_processing::order_saga());
   second.run();
   // The read-ahead runs before any partition is assigned.
-  ASSERT_EQ(read_ahead.get_future().wait_for(10s), std::future_status::ready);
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().recovery_read_ahead.load() == 120u; }));
   EXPECT_EQ(second.stats().reply_partitions_owned.load(), 0u);
   r.bus.assign({{"order.replies", 0, "order"}});
   ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 120u; }));
@@ -422,6 +420,7 @@ TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_
     EXPECT_TRUE(other.cancel(ids[0], "changed my mind", "test").rejected.empty());
     other.shutdown();
   }
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().recovery_read_ahead.load() == 20u; }));
   r.bus.assign({{"order.replies", 0, "order"}});
   ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 20u; }));
   EXPECT_EQ(second.stats().recovery_prefetched.load(), 19u) << "the cancelled saga's folded state was stale";
@@ -431,6 +430,67 @@ TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_
   EXPECT_EQ(second.stats().append_conflicts.load(), 0u) << "no decision was taken on the stale state";
   const auto log = r.store.load(ids[0]);
   EXPECT_EQ(std::count_if(log.begin(), log.end(), [](const auto& e) { return e.type == "cancel_requested"; }), 1);
+  second.shutdown();
+}
+
+// Forwards to a store; the first load_many (the read-ahead's) waits until the test opens the gate.
+struct gated_store final : storage::event_store {
+  explicit gated_store(storage::event_store& s) : inner(s) {}
+  storage::event_store& inner;
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  std::atomic<bool> first{true};
+  std::atomic<bool> held{false};
+  void async_append(storage::append_request r, storage::append_callback done) override {
+    inner.async_append(std::move(r), std::move(done));
+  }
+  std::vector<storage::recorded_event> load(const saga_id& id) override { return inner.load(id); }
+  std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
+    if (first.exchange(false)) {
+      held = true;
+      opened.wait();
+    }
+    return inner.load_many(ids);
+  }
+  std::vector<storage::recorded_event> read_all(std::uint64_t from, std::size_t limit) override {
+    return inner.read_all(from, limit);
+  }
+  std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
+    return inner.list_unfinished(f);
+  }
+  std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
+  std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override {
+    return inner.find_by_idempotency_key(type, key);
+  }
+};
+
+TEST(orchestrator, a_read_ahead_still_running_when_partitions_arrive_is_abandoned_and_recovery_reads_for_itself) {
+  rig r;
+  r.bus.set_reply_partitions(1);
+  const auto ids = leave_unfinished(r, 30);
+  gated_store store(r.store);
+  orchestrator second(store, r.bus, r.options());
+  second.add(order_processing::order_saga());
+  second.run();
+  // Opens the gate however the test ends (before `second` is destroyed: its shutdown joins the read-ahead).
+  struct opener {
+    gated_store& s;
+    bool open = false;
+    void operator()() {
+      if (!std::exchange(open, true)) s.gate.set_value();
+    }
+    ~opener() { (*this)(); }
+  } open_gate{store};
+  ASSERT_TRUE(r.pump_until([&] { return store.held.load(); }));
+  // The assignment does not wait for the read-ahead.
+  r.bus.assign({{"order.replies", 0, "order"}});
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 30u; }));
+  open_gate();
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
+  EXPECT_EQ(second.stats().recovery_prefetched.load(), 0u);
+  EXPECT_EQ(second.stats().recovery_read_ahead.load(), 0u) << "the abandoned read-ahead publishes nothing";
   second.shutdown();
 }
 

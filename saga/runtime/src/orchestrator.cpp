@@ -8,7 +8,6 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -117,10 +116,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // The read-ahead of recovery (a transport that partitions): at run(), while the consumer group is still handing
   // out partitions, every unfinished saga's log is read and folded; the first recovery takes the states that are
-  // still current (same last seq as the listing it makes after the assignment), then the rest is dropped.
+  // still current (same last seq as the listing it makes after the assignment), then the rest is dropped. One that
+  // has not finished by then is abandoned.
   std::mutex prefetch_mutex;
-  std::condition_variable prefetch_cv;
-  bool prefetching = false;
+  bool prefetch_abandoned = false;  // recovery came first: the read-ahead's result is not wanted any more
   std::unordered_map<saga_id, prefetched_state> prefetched;
   std::thread prefetch_thread;
 
@@ -587,7 +586,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       for (const auto& summary : store.list_unfinished({}))
         if (latest(summary.type) && ids.size() < options.recovery_prefetch_limit) ids.push_back(summary.id);
       const std::size_t batch = std::max<std::size_t>(1, options.recovery_load_batch);
-      for (std::size_t from = 0; from < ids.size() && accepting; from += batch) {
+      const auto wanted = [&] {
+        std::lock_guard lock(prefetch_mutex);
+        return accepting && !prefetch_abandoned;
+      };
+      for (std::size_t from = 0; from < ids.size() && wanted(); from += batch) {
         const std::span<const saga_id> chunk(ids.data() + from, std::min(batch, ids.size() - from));
         for (auto& [id, events] : store.load_many(chunk))
           if (!events.empty()) {
@@ -595,22 +598,37 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
             states.emplace(id, prefetched_state{last, storage::fold_recorded(id, events)});
           }
       }
-    } catch (const std::exception& x) {  // recovery reads what it needs itself
-      log(std::string("recovery read-ahead stopped: ") + x.what());
+    } catch (...) {  // the states folded so far stay good; recovery reads the rest itself
+      try {
+        std::rethrow_exception(std::current_exception());
+      } catch (const std::exception& x) {
+        log_quietly(std::string("recovery read-ahead stopped: ") + x.what());
+      } catch (...) {
+        log_quietly("recovery read-ahead stopped");
+      }
     }
     std::lock_guard lock(prefetch_mutex);
-    prefetched = std::move(states);
-    prefetching = false;
-    prefetch_cv.notify_all();
+    if (!prefetch_abandoned) {
+      stats.recovery_read_ahead = states.size();
+      prefetched = std::move(states);
+    }
   }
 
-  // The read-ahead states of `unfinished` that are still current; waits for the read-ahead to finish (it reads
-  // what this recovery would read next anyway). Drops the read-ahead: later recoveries read for themselves.
+  // The user's log callback, from a thread of our own: what it throws is dropped.
+  void log_quietly(const std::string& line) noexcept {
+    try {
+      log(line);
+    } catch (...) {
+    }
+  }
+
+  // The read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
+  // abandoned (this recovery reads what it needs, as it would without one). Either way the read-ahead is dropped
+  // here, at the first recovery: later recoveries read for themselves.
   std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished) {
     std::unordered_map<saga_id, saga_state> out;
-    std::unique_lock lock(prefetch_mutex);
-    prefetch_cv.wait(lock, [&] { return !prefetching; });
-    if (prefetched.empty()) return out;
+    std::lock_guard lock(prefetch_mutex);
+    prefetch_abandoned = true;
     for (const auto& summary : unfinished)
       if (auto it = prefetched.find(summary.id); it != prefetched.end() && it->second.last_seq == summary.last_seq)
         out.emplace(summary.id, std::move(it->second.state));
@@ -691,13 +709,8 @@ void orchestrator::run() {
           .reply_partition(s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
                            saga_id::from_words(0, 0))
           .has_value();
-  if (partitions && s.options.recovery_prefetch) {  // read the logs ahead while the group hands out partitions
-    {
-      std::lock_guard lock(s.prefetch_mutex);
-      s.prefetching = true;
-    }
+  if (partitions && s.options.recovery_prefetch)  // read the logs ahead while the group hands out partitions
     s.prefetch_thread = std::thread([&s] { s.prefetch(); });
-  }
   std::weak_ptr<impl> weak = impl_;
   s.bus.on_partitions_assigned([weak](const std::vector<transport::topic_partition>& assigned) {
     auto self = weak.lock();

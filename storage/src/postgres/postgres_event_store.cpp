@@ -786,11 +786,17 @@ void postgres_event_store::async_append(append_request request, append_callback 
     impl_->deliver({completion{std::move(done), unavailable("postgres_event_store is shutting down"), {}}});
     return;
   }
+  // Wake a writer for the first append it can take (an idle writer sleeps while every queued append's saga is in a
+  // batch being written) and when a batch's worth has queued.
+  const bool ready = !impl_->in_flight.contains(request.saga);
+  const bool first_ready = ready && std::none_of(impl_->queue.begin(), impl_->queue.end(), [&](const pending& p) {
+                             return !impl_->in_flight.contains(p.request.saga);
+                           });
   impl_->queue.push_back(pending{std::move(request), std::move(done), std::move(sealed)});
   const std::size_t size = impl_->queue.size();
   const std::size_t want = std::min(impl_->target, impl_->options.max_batch_size);
   lock.unlock();
-  if (size == 1 || size >= want) impl_->queue_cv.notify_one();
+  if (first_ready || size >= want) impl_->queue_cv.notify_one();
 }
 
 std::vector<recorded_event> postgres_event_store::load(const saga_id& saga) {

@@ -40,6 +40,7 @@ struct metrics {
   std::atomic<std::uint64_t> sagas_dropped{0};  // cached sagas let go: their reply partition went to another process
   std::atomic<std::uint64_t> recovery_preloaded{0};      // recovered sagas folded from a log read in bulk (no own load)
   std::atomic<std::uint64_t> recovery_prefetched{0};     // of those, folded ahead by run() before the assignment
+  std::atomic<std::uint64_t> recovery_read_ahead{0};     // sagas folded by the read-ahead of run() (once it finished)
   std::atomic<std::uint64_t> reply_partitions_owned{0};  // gauge: reply partitions assigned to this process now
   histogram append_latency;                              // trigger decided -> append durable
   histogram saga_latency;                                // start -> finished, for sagas started by this process
