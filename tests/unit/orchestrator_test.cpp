@@ -494,6 +494,46 @@ TEST(orchestrator, a_read_ahead_still_running_when_partitions_arrive_is_abandone
   second.shutdown();
 }
 
+TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_recovered_from_the_log_not_the_cache) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  const transport::topic_partition p0{"order.replies", 0, "order"}, p1{"order.replies", 1, "order"};
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  // A saga whose replies go to p1, which another process owns: this process caches the state it started.
+  std::optional<runtime::saga_handle> elsewhere_owned;
+  for (int i = 0; i < 64 && !elsewhere_owned; ++i) {
+    auto h = o.start("order", to_json(make_order(i)));
+    if (r.bus.reply_partition("order", h.id) == 1) elsewhere_owned = h;
+  }
+  ASSERT_TRUE(elsewhere_owned);
+  {
+    // The owner of p1 cancels it: compensation is requested there, then that process dies.
+    transport::memory_transport owners_bus;
+    orchestrator owner(r.store, owners_bus, r.options());
+    owner.add(order_processing::order_saga());
+    owner.run();
+    const auto moved = r.store.load(elsewhere_owned->id).size();
+    EXPECT_TRUE(owner.cancel(elsewhere_owned->id, "changed my mind", "test").rejected.empty());
+    ASSERT_GT(r.store.load(elsewhere_owned->id).size(), moved);
+    owner.shutdown();
+  }
+  // p1 comes to this process: recovery must resend what the log says is pending (the compensation), not what the
+  // stale cached state says.
+  r.silent.clear();
+  const auto before = o.stats().recovery_preloaded.load();
+  r.bus.assign({p0, p1});
+  ASSERT_TRUE(r.pump_until([&] { return ready(elsewhere_owned->outcome); }));
+  // Recovery took the log of that saga (newer than the cache) and kept the cache of the sagas it owned all along.
+  EXPECT_EQ(o.stats().recovery_preloaded.load() - before, 1u);
+  EXPECT_EQ(elsewhere_owned->outcome.get().status, saga_status::compensated);
+  EXPECT_EQ(elsewhere_owned->outcome.get().reason, "cancelled by test: changed my mind");
+  o.shutdown();
+}
+
 TEST(orchestrator, a_revoked_partition_drops_its_sagas_and_their_timers_until_it_is_assigned_again) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};

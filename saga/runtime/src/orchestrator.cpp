@@ -258,27 +258,34 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   }
 
   // Returns false when the job was parked for a retry; `fresh` says whether the state came from the store now.
-  // A recovery job brings its log read in bulk; it is folded only when nothing changed the entry since that read
-  // (else the cached state, or a fresh load, is newer).
+  // A cached state is this process's newest view of a saga it owns. Recovery is the exception: a saga this process
+  // started (or advanced) while another process owned its reply partition may have moved on there, so a recovery
+  // job takes the newer of the cached state and the log. Its log read in bulk is used only when nothing changed the
+  // entry since that read (else the cached state, which this process changed since, is newer); without one it
+  // loads the saga.
   bool load(const std::shared_ptr<entry>& e, job& j, bool& fresh) {
-    fresh = !e->state;
+    fresh = false;
     auto preloaded = std::move(j.log);
-    if (e->state) return true;
+    if (e->state && !j.recover) return true;
     try {
       const auto read_for = preloaded ? preloaded->read_for.lock() : nullptr;
-      if (read_for && read_for == e && preloaded->state_changes == read_for->state_changes.load()) {
-        ++stats.recovery_preloaded;
-        if (preloaded->state) {
-          ++stats.recovery_prefetched;
-          e->state = std::move(*preloaded->state);
-        } else {
-          e->state = storage::fold_recorded(e->id, preloaded->events);
+      const bool current = read_for && read_for == e && preloaded->state_changes == read_for->state_changes.load();
+      if (e->state && preloaded && !current) return true;
+      std::optional<saga_state> loaded;
+      if (current)
+        loaded = preloaded->state ? std::move(*preloaded->state) : storage::fold_recorded(e->id, preloaded->events);
+      else
+        loaded = storage::fold_recorded(e->id, store.load(e->id));
+      if (!e->state || loaded->seq > e->state->seq) {
+        if (current) {
+          ++stats.recovery_preloaded;
+          if (preloaded->state) ++stats.recovery_prefetched;
         }
-      } else {
-        e->state = storage::fold_recorded(e->id, store.load(e->id));
+        e->state = std::move(*loaded);
+        ++e->state_changes;
+        fresh = true;
+        settle_if_ended(e);
       }
-      ++e->state_changes;
-      settle_if_ended(e);
     } catch (const storage::store_error& x) {
       if (!x.retryable()) throw;
       retry_later(e, std::move(j));
