@@ -505,8 +505,10 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
   r.bus.assign({p0});
   // A saga whose replies go to p1, which another process owns: this process caches the state it started.
   std::optional<runtime::saga_handle> elsewhere_owned;
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
   for (int i = 0; i < 64 && !elsewhere_owned; ++i) {
     auto h = o.start("order", to_json(make_order(i)));
+    outcomes.push_back(h.outcome);
     if (r.bus.reply_partition("order", h.id) == 1) elsewhere_owned = h;
   }
   ASSERT_TRUE(elsewhere_owned);
@@ -529,6 +531,7 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
   ASSERT_TRUE(r.pump_until([&] { return ready(elsewhere_owned->outcome); }));
   // Recovery took the log of that saga (newer than the cache) and kept the cache of the sagas it owned all along.
   EXPECT_EQ(o.stats().recovery_preloaded.load() - before, 1u);
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
   EXPECT_EQ(elsewhere_owned->outcome.get().status, saga_status::compensated);
   EXPECT_EQ(elsewhere_owned->outcome.get().reason, "cancelled by test: changed my mind");
   o.shutdown();
