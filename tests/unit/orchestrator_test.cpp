@@ -365,6 +365,8 @@ std::vector<saga_id> leave_unfinished(rig& r, int n) {
   first.run();
   r.bus.assign({{"order.replies", 0, "order"}});
   for (int i = 0; i < n; ++i) ids.push_back(first.start("order", to_json(make_order(i))).id);
+  // Every first command went out before the shutdown (no strand work is left queued).
+  EXPECT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() >= static_cast<std::size_t>(n); }));
   first.shutdown();
   r.bus.pump();  // the commands were lost on the way
   r.silent.clear();
@@ -425,7 +427,9 @@ TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_
   ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 20u; }));
   EXPECT_EQ(second.stats().recovery_prefetched.load(), 19u) << "the cancelled saga's folded state was stale";
   const auto cancelled = second.outcome(ids[0]);
-  ASSERT_TRUE(r.pump_until([&] { return ready(cancelled); }));
+  std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
+  for (const auto& id : ids) outcomes.push_back(second.outcome(id));
+  ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
   EXPECT_EQ(cancelled.get().status, saga_status::compensated);
   EXPECT_EQ(second.stats().append_conflicts.load(), 0u) << "no decision was taken on the stale state";
   const auto log = r.store.load(ids[0]);
