@@ -198,6 +198,10 @@ struct counting_store final : storage::event_store {
   std::atomic<std::size_t> bulk_sagas{0};
   std::function<void()> during_load_many;
   std::atomic<bool> bulk_unavailable{false};  // load_many throws store_unavailable
+  // With hold_first_bulk set, the first load_many waits until `gate` is set (bulk_waiting says it is waiting).
+  std::atomic<bool> hold_first_bulk{false}, bulk_waiting{false};
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
 
   // With hold_final set, an append that ends a saga is kept (not written) until release_held().
   std::atomic<bool> hold_final{false};
@@ -230,6 +234,10 @@ struct counting_store final : storage::event_store {
     return inner.load(id);
   }
   std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
+    if (hold_first_bulk.exchange(false)) {
+      bulk_waiting = true;
+      opened.wait();
+    }
     ++bulk_loads;
     bulk_sagas += ids.size();
     if (bulk_unavailable) throw storage::store_unavailable("test: bulk reads are down");
@@ -437,55 +445,25 @@ TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_
   second.shutdown();
 }
 
-// Forwards to a store; the first load_many (the read-ahead's) waits until the test opens the gate.
-struct gated_store final : storage::event_store {
-  explicit gated_store(storage::event_store& s) : inner(s) {}
-  storage::event_store& inner;
-  std::promise<void> gate;
-  std::shared_future<void> opened = gate.get_future().share();
-  std::atomic<bool> first{true};
-  std::atomic<bool> held{false};
-  void async_append(storage::append_request r, storage::append_callback done) override {
-    inner.async_append(std::move(r), std::move(done));
-  }
-  std::vector<storage::recorded_event> load(const saga_id& id) override { return inner.load(id); }
-  std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
-    if (first.exchange(false)) {
-      held = true;
-      opened.wait();
-    }
-    return inner.load_many(ids);
-  }
-  std::vector<storage::recorded_event> read_all(std::uint64_t from, std::size_t limit) override {
-    return inner.read_all(from, limit);
-  }
-  std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
-    return inner.list_unfinished(f);
-  }
-  std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
-  std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override {
-    return inner.find_by_idempotency_key(type, key);
-  }
-};
-
 TEST(orchestrator, a_read_ahead_still_running_when_partitions_arrive_is_abandoned_and_recovery_reads_for_itself) {
   rig r;
   r.bus.set_reply_partitions(1);
   const auto ids = leave_unfinished(r, 30);
-  gated_store store(r.store);
+  counting_store store(r.store);
+  store.hold_first_bulk = true;
   orchestrator second(store, r.bus, r.options());
   second.add(order_processing::order_saga());
   second.run();
   // Opens the gate however the test ends (before `second` is destroyed: its shutdown joins the read-ahead).
   struct opener {
-    gated_store& s;
+    counting_store& s;
     bool open = false;
     void operator()() {
       if (!std::exchange(open, true)) s.gate.set_value();
     }
     ~opener() { (*this)(); }
   } open_gate{store};
-  ASSERT_TRUE(r.pump_until([&] { return store.held.load(); }));
+  ASSERT_TRUE(r.pump_until([&] { return store.bulk_waiting.load(); }));
   // The assignment does not wait for the read-ahead.
   r.bus.assign({{"order.replies", 0, "order"}});
   ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 30u; }));
