@@ -78,6 +78,9 @@ int main(int argc, char** argv) {
   config.source = "/test/" + arg("--service");
   config.properties["consumer.session.timeout.ms"] = arg("--session-timeout-ms", "6000");
   config.properties["consumer.heartbeat.interval.ms"] = "500";
+  config.revoke_timeout = std::chrono::milliseconds(std::stol(arg("--revoke-timeout-ms", "30000")));
+  config.commit_interval =
+      std::chrono::milliseconds(std::stol(arg("--commit-interval-ms", std::to_string(config.commit_interval.count()))));
   st::kafka_transport transport(config);
   std::atomic<bool> ready{false};
   transport.on_partitions_assigned([&](const std::vector<st::topic_partition>&) {

@@ -236,12 +236,13 @@ class kafka_test : public ::testing::Test {
   static const char* inbox_kind() { return SAGA_HAVE_POSTGRES_INBOX ? "postgres" : "memory"; }
 
   // Starts a participant process; waits until it owns partitions.
-  std::unique_ptr<child_process> start_participant(const std::string& name, std::vector<std::string> extra = {}) {
+  std::unique_ptr<child_process> start_participant(const std::string& name, std::vector<std::string> extra = {},
+                                                   const st::dev_broker* via = nullptr) {
     auto ready = (dir_ / (name + ".ready")).string();
     std::filesystem::remove(ready);
     std::vector<std::string> args{participant_program,
                                   "--brokers",
-                                  broker->bootstrap_servers(),
+                                  (via ? via : broker.get())->bootstrap_servers(),
                                   "--prefix",
                                   prefix_,
                                   "--service",
@@ -356,6 +357,22 @@ struct orchestrator_side {
   ~orchestrator_side() { transport.stop(); }
 };
 
+// What a failed wait for replies tells: each command without a reply, whether the participant ran it, its counters.
+std::string missing_replies(reply_collector& replies, const std::vector<st::command_message>& sent,
+                            counted_participant& p) {
+  auto runs = p.run_counts();
+  auto s = p.participant.stats();
+  std::ostringstream out;
+  out << "replies for " << replies.unique() << " of " << sent.size() << "; participant executed=" << s.executed
+      << " duplicates=" << s.duplicates << " replies_sent=" << s.replies_sent << " reply_failures=" << s.reply_failures
+      << " dead_lettered=" << s.dead_lettered << "; without a reply:";
+  std::lock_guard lock(replies.mutex);
+  for (const auto& c : sent)
+    if (!replies.by_id.count(c.command_id))
+      out << "\n  " << c.command_id << " " << c.payload << " ran " << runs[c.command_id];
+  return out.str();
+}
+
 void expect_replies_match(reply_collector& replies, const std::vector<st::command_message>& sent) {
   std::lock_guard lock(replies.mutex);
   for (const auto& c : sent) {
@@ -436,8 +453,7 @@ TEST_F(kafka_test, a_broker_down_and_up_again_loses_no_reply_and_runs_no_handler
   std::this_thread::sleep_for(3s);  // let the outage bite (requests fail, clients reconnect); not a pass criterion
   broker->control("up 2");
   send(600, 700);
-  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s))
-      << "replies for " << orch.replies.unique() << " of " << sent.size();
+  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s)) << missing_replies(orch.replies, sent, p);
   ASSERT_TRUE(orch.deliveries.wait(sent.size(), 60s));
   EXPECT_EQ(orch.deliveries.failed, 0u);
   expect_replies_match(orch.replies, sent);
@@ -458,13 +474,45 @@ TEST_F(kafka_test, injected_produce_errors_lose_no_reply_and_run_no_handler_twic
     sent.push_back(command(i));
     orch.transport.send_command(sent.back(), orch.deliveries.callback());
   }
-  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s))
-      << "replies for " << orch.replies.unique() << " of " << sent.size();
+  ASSERT_TRUE(orch.replies.wait_unique(sent.size(), 300s)) << missing_replies(orch.replies, sent, p);
   ASSERT_TRUE(orch.deliveries.wait(sent.size(), 60s));
   EXPECT_EQ(orch.deliveries.failed, 0u) << (orch.deliveries.errors.empty() ? "" : orch.deliveries.errors[0]);
   expect_replies_match(orch.replies, sent);
   auto runs = p.run_counts();
   for (const auto& c : sent) EXPECT_EQ(runs[c.command_id], 1) << c.command_id;
+}
+
+TEST_F(kafka_test, a_participant_stopped_after_its_broker_died_exits_within_its_bounds) {
+  // A broker of its own, killed with everything on it (the fault matrix's broker_data_lost), while the participant
+  // has handled offsets not yet committed. Stopping then waits for in-flight work, the consumer's close (its revoke
+  // commits to the dead coordinator) and the producer's flush, each bounded by revoke_timeout; the destruction that
+  // follows must not close the consumer again (that close waits for the dead cluster forever).
+  auto own = std::make_unique<st::dev_broker>(broker_program);
+  if (!own->owned()) GTEST_SKIP() << "needs the embedded broker: this test kills it";
+  for (const auto& t : {commands_topic(), replies_topic(), commands_topic() + ".dlq"})
+    own->control("create_topic " + t + " 4");
+  auto participant =
+      start_participant("participant", {"--revoke-timeout-ms", "2000", "--commit-interval-ms", "600000"}, own.get());
+  auto c = config("orchestrator");
+  c.bootstrap_servers = own->bootstrap_servers();
+  c.revoke_timeout = 2s;
+  auto orch = std::make_unique<orchestrator_side>(c);
+  std::vector<st::command_message> sent;
+  for (std::uint64_t i = 0; i < 2000; ++i) {
+    sent.push_back(command(i));
+    orch->transport.send_command(sent.back(), orch->deliveries.callback());
+  }
+  ASSERT_TRUE(orch->replies.wait_unique(50, 120s)) << "replies for " << orch->replies.unique();
+  own.reset();  // the broker process dies with commands and replies in flight; its ports close
+  participant->terminate();
+  // 3 × revoke_timeout (drain, close, flush) and room for a slow machine.
+  auto status = participant->wait_exit(60s);
+  EXPECT_TRUE(status) << "the participant did not exit within 60 s of SIGTERM after its broker died:\n"
+                      << tail((dir_ / "participant.log").string());
+  // The same for a transport in this process (replies still to receive, commands still to deliver).
+  auto t0 = std::chrono::steady_clock::now();
+  orch.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 60s);
 }
 
 TEST_F(kafka_test, a_rebalance_hands_partitions_over_without_losing_or_repeating_work) {

@@ -16,8 +16,11 @@ namespace saga::transport {
 
 namespace {
 
+// Without the flag, destroying a consumer whose close did not finish (consume_loop bounds it by revoke_timeout) closes
+// it again, and that close waits forever for a cluster that is gone: a participant stopped after its broker died
+// never exited. The group frees the member's partitions after its session timeout instead.
 struct handle_deleter {
-  void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy(rk); }
+  void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE); }
 };
 struct conf_deleter {
   void operator()(rd_kafka_conf_t* c) const noexcept { rd_kafka_conf_destroy(c); }
@@ -350,7 +353,8 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   }
 
   void consume_loop() {
-    const int timeout = static_cast<int>(std::max<std::int64_t>(1, cfg.commit_interval.count()));
+    // Short enough for stop() to be seen soon whatever the commit interval.
+    const int timeout = static_cast<int>(std::clamp<std::int64_t>(cfg.commit_interval.count(), 1, 100));
     while (consumer_running.load(std::memory_order_acquire)) {
       if (unhandled.load() >= cfg.max_unhandled) {
         std::unique_lock lock(mutex);
@@ -446,11 +450,37 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       if (list->cnt == 0) return;
     }
     ++commits;
-    auto err = rd_kafka_commit(consumer.get(), list.get(), sync ? 0 : 1);
+    if (sync) return commit_and_wait(list.get());
+    auto err = rd_kafka_commit(consumer.get(), list.get(), 1);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
       say(log_level::warning, std::string("kafka offset commit failed: ") + rd_kafka_err2str(err));
       forget_commits(list.get());
     }
+  }
+
+  // A commit whose result is awaited, for at most revoke_timeout: rd_kafka_commit(…, async = 0) waits without a
+  // bound, and a revoke's commit to a coordinator that is gone then never returned (the process never stopped).
+  void commit_and_wait(rd_kafka_topic_partition_list_t* list) {
+    std::unique_ptr<rd_kafka_queue_t, void (*)(rd_kafka_queue_t*)> queue(rd_kafka_queue_new(consumer.get()),
+                                                                         rd_kafka_queue_destroy);
+    if (auto err = rd_kafka_commit_queue(consumer.get(), list, queue.get(), nullptr, nullptr)) {
+      if (err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+        say(log_level::warning, std::string("kafka offset commit failed: ") + rd_kafka_err2str(err));
+        forget_commits(list);
+      }
+      return;
+    }
+    std::unique_ptr<rd_kafka_event_t, void (*)(rd_kafka_event_t*)> ev(
+        rd_kafka_queue_poll(queue.get(), static_cast<int>(cfg.revoke_timeout.count())), rd_kafka_event_destroy);
+    if (!ev) {
+      say(log_level::warning,
+          "kafka offset commit not confirmed within revoke_timeout (is the cluster reachable?); the next owner may "
+          "receive handled messages again");
+      forget_commits(list);
+      return;
+    }
+    if (rd_kafka_event_type(ev.get()) == RD_KAFKA_EVENT_OFFSET_COMMIT)
+      on_committed(rd_kafka_event_error(ev.get()), rd_kafka_event_topic_partition_list(ev.get()));
   }
 
   void forget_commits(const rd_kafka_topic_partition_list_t* list) {
