@@ -68,7 +68,7 @@ std::string metrics::prometheus() const {
   counter(out, "saga_recovery_prefetched_total",
           "Recovered sagas whose state was read and folded ahead, before their partition was assigned.",
           recovery_prefetched);
-  counter(out, "saga_recovery_read_ahead", "Unfinished sagas read and folded by the read-ahead at start.",
+  counter(out, "saga_recovery_read_ahead_total", "Unfinished sagas read and folded by the read-ahead at start.",
           recovery_read_ahead);
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);

@@ -605,14 +605,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
             states.emplace(id, prefetched_state{last, storage::fold_recorded(id, events)});
           }
       }
-    } catch (...) {  // the states folded so far stay good; recovery reads the rest itself
-      try {
-        std::rethrow_exception(std::current_exception());
-      } catch (const std::exception& x) {
-        log_quietly(std::string("recovery read-ahead stopped: ") + x.what());
-      } catch (...) {
-        log_quietly("recovery read-ahead stopped");
-      }
+    } catch (const std::exception& x) {  // the states folded so far stay good; recovery reads the rest itself
+      log_quietly(std::string("recovery read-ahead stopped: ") + x.what());
+    } catch (...) {
+      log_quietly("recovery read-ahead stopped");
     }
     std::lock_guard lock(prefetch_mutex);
     if (!prefetch_abandoned) {

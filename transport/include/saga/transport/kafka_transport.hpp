@@ -30,8 +30,9 @@ struct kafka_config {
   // linger.ms: how long the producer waits to fill a batch. 0 sends a message at once and still batches what queues
   // up while requests are in flight; any wait (even 0.3 ms) costs a saga ~2 ms per send on the embedded broker. The
   // order saga end to end: 17 ms at one in flight with 0, 35 ms with 1; at 200 in flight 520-540 sagas/s with 0,
-  // 640-710 with 1 (fewer, larger requests). 1 stays the default: with 0 one CI run of the injected-produce-errors
-  // test lost 8 of 500 replies (not reproduced in 14 runs since; not yet explained).
+  // 640-710 with 1 (fewer, larger requests). 1 stays the default for the throughput under load. (A reply once lost
+  // with 0 in the injected-produce-errors test was the embedded broker dropping an acknowledged record; it happens
+  // with 1 as well, see transport/README.md.)
   int linger_ms = 1;
   // fetch.wait.max.ms: how long a broker may hold a fetch when no data is there. The embedded (mock) broker always
   // holds it this long, so it bounds the one-way latency there (1 ms → ~3 ms round trip; librdkafka's 500 ms default
