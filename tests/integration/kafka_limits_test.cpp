@@ -1,4 +1,5 @@
 // Limits and secrets without a server: a record over kafka_config::max_message_bytes fails at once naming both sizes;
+// a max_in_flight_requests the idempotent producer cannot keep is refused naming the property;
 // a secret in a Kafka property or a PostgreSQL URL never appears in an error message.
 #include "saga/storage/event_store.hpp"
 #include "saga/storage/postgres_event_store.hpp"
@@ -42,6 +43,20 @@ TEST(kafka_limits, a_record_over_max_message_bytes_fails_at_once_naming_both_siz
     EXPECT_STREQ(x.what(), "a record of 2009 bytes for t.order.replies exceeds kafka_config::max_message_bytes (1000)");
   }
   bus.stop();
+}
+
+TEST(kafka_limits, a_max_in_flight_the_idempotent_producer_cannot_keep_is_refused_naming_it) {
+  for (const int bad : {0, 6}) {
+    auto c = unreachable_cluster();
+    c.max_in_flight_requests = bad;
+    try {
+      st::kafka_transport bus(c);
+      ADD_FAILURE() << "max_in_flight_requests = " << bad << " was accepted";
+    } catch (const st::transport_error& e) {
+      EXPECT_FALSE(e.retryable());
+      EXPECT_NE(std::string(e.what()).find("max.in.flight"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(secrets, a_kafka_secret_never_appears_in_an_error) {

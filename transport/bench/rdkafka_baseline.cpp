@@ -54,11 +54,12 @@ rd_kafka_conf_t* conf(const std::string& brokers) {
   return c;
 }
 
-producer_ptr producer(const std::string& brokers, int linger_ms) {
+producer_ptr producer(const std::string& brokers, int linger_ms, int max_in_flight) {
   auto* c = conf(brokers);
   set(c, "enable.idempotence", "true");
   set(c, "acks", "all");
   set(c, "linger.ms", std::to_string(linger_ms));
+  set(c, "max.in.flight.requests.per.connection", std::to_string(max_in_flight));
   char err[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
   if (!rk) throw std::runtime_error(err);
@@ -103,14 +104,14 @@ void send(rd_kafka_t* p, const std::string& topic, const void* key, std::size_t 
 // `value_size` bytes that starts with the send time in ns — the same bytes as the saga path's records, without encoding
 // or decoding them.
 baseline_result run_rdkafka_baseline(const std::string& brokers, const std::string& prefix, int in_flight, int total,
-                                     int linger_ms, int fetch_wait_ms,
+                                     int linger_ms, int max_in_flight, int fetch_wait_ms,
                                      const std::vector<std::pair<std::string, std::string>>& headers,
                                      const std::string& key, std::size_t value_size) {
   const std::string req = prefix + ".requests", rep = prefix + ".responses";
   std::atomic<bool> running{true};
   std::thread responder([&] {
     auto c = consumer(brokers, prefix + "-responder", req, fetch_wait_ms);
-    auto p = producer(brokers, linger_ms);
+    auto p = producer(brokers, linger_ms, max_in_flight);
     while (running) {
       rd_kafka_message_t* m = rd_kafka_consumer_poll(c.get(), 50);
       if (m) {
@@ -125,7 +126,7 @@ baseline_result run_rdkafka_baseline(const std::string& brokers, const std::stri
     }
   });
   auto c = consumer(brokers, prefix + "-requester", rep, fetch_wait_ms);
-  auto p = producer(brokers, linger_ms);
+  auto p = producer(brokers, linger_ms, max_in_flight);
   using clock = std::chrono::steady_clock;
   std::uint64_t next = 0;
   std::string value(std::max(value_size, sizeof(clock::rep)), ' ');

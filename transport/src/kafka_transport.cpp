@@ -207,6 +207,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     set(conf.get(), "enable.idempotence", "true");
     set(conf.get(), "acks", "all");
     set(conf.get(), "linger.ms", std::to_string(cfg.linger_ms));
+    set(conf.get(), "max.in.flight.requests.per.connection", std::to_string(cfg.max_in_flight_requests));
     set(conf.get(), "queue.buffering.max.messages", std::to_string(cfg.max_queued_messages));
     set(conf.get(), "partitioner", "murmur2_random");
     rd_kafka_conf_set_dr_msg_cb(conf.get(), [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
