@@ -4,6 +4,7 @@
 //   baseline:  a bare librdkafka producer/consumer pair doing the same, as the ceiling.
 // Usage: transport_bench [--in-flight 200] [--total 20000] [--samples 1000] [--partitions 4] [--rounds 3]
 //                        [--participant-workers N]   (participant_options::workers; default the library's)
+//                        [--linger-ms N] [--max-in-flight N]   (kafka_config, for both paths; default the library's)
 // Throughput runs alternate saga path and baseline for --rounds rounds; the best of each is reported (the machine
 // may be shared: the best run is the one least disturbed), the medians too.
 // Last output line: one JSON object with the figures.
@@ -29,7 +30,7 @@ struct baseline_result {
   std::vector<double> rtt_ms;
 };
 baseline_result run_rdkafka_baseline(const std::string& brokers, const std::string& prefix, int in_flight, int total,
-                                     int linger_ms, int fetch_wait_ms,
+                                     int linger_ms, int max_in_flight, int fetch_wait_ms,
                                      const std::vector<std::pair<std::string, std::string>>& headers,
                                      const std::string& key, std::size_t value_size);
 }  // namespace saga_bench
@@ -131,7 +132,7 @@ saga_result run_saga_path(const st::kafka_config& base, const std::string& prefi
     if (received == warmup) start = now;
     if (received > warmup) rtts.push_back(ms);
     if (sent < goal) send_next(lock);
-    cv.notify_all();
+    if (received >= goal) cv.notify_all();  // only then: a wake-up per reply would cost the path a context switch
   });
   std::unique_lock lock(mutex);
   while (sent < goal && static_cast<int>(outstanding.size()) < in_flight) send_next(lock);
@@ -149,6 +150,7 @@ saga_result run_saga_path(const st::kafka_config& base, const std::string& prefi
 
 int main(int argc, char** argv) {
   int in_flight = 200, total = 20000, samples = 1000, partitions = 4, rounds = 3, participant_workers = -1;
+  st::kafka_config base;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = std::stoi(argv[i + 1]);
@@ -164,20 +166,26 @@ int main(int argc, char** argv) {
       rounds = std::max(1, v);
     else if (a == "--participant-workers")  // participant_options::workers (0: handled on the consumer thread)
       participant_workers = std::max(0, v);
+    else if (a == "--linger-ms")  // kafka_config::linger_ms, for both paths
+      base.linger_ms = v;
+    else if (a == "--max-in-flight")  // kafka_config::max_in_flight_requests, for both paths
+      base.max_in_flight_requests = v;
+    else
+      throw std::invalid_argument("transport_bench: unknown option " + a);
   }
   st::dev_broker broker(SAGA_KAFKA_DEV_PROGRAM);
   std::random_device rd;
   std::uint64_t seed = (static_cast<std::uint64_t>(rd()) << 32) | rd();
   std::string run = "bench" + std::to_string(seed % 100000);
-  st::kafka_config base;
   base.bootstrap_servers = broker.bootstrap_servers();
   base.log = st::stderr_logger(st::log_level::warning);
   auto topics = [&](const std::string& prefix, std::vector<std::string> names) {
     if (broker.control_address().empty()) return;
     for (auto& n : names) broker.control("create_topic " + prefix + "." + n + " " + std::to_string(partitions));
   };
-  std::fprintf(stderr, "transport bench: %s, %d partitions, linger.ms=%d fetch.wait.max.ms=%d\n",
-               broker.bootstrap_servers().c_str(), partitions, base.linger_ms, base.fetch_wait_max_ms);
+  std::fprintf(stderr, "transport bench: %s, %d partitions, linger.ms=%d max.in.flight=%d fetch.wait.max.ms=%d\n",
+               broker.bootstrap_servers().c_str(), partitions, base.linger_ms, base.max_in_flight_requests,
+               base.fetch_wait_max_ms);
 
   // The baseline moves records of the same size: a command's key, headers and payload.
   st::command_message sample;
@@ -206,7 +214,8 @@ int main(int argc, char** argv) {
     topics(b, {"requests", "responses"});
     cpu = cpu_seconds();
     auto br = saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), b, in_flight, total, base.linger_ms,
-                                               base.fetch_wait_max_ms, record.headers, record.key, record.value.size());
+                                               base.max_in_flight_requests, base.fetch_wait_max_ms, record.headers,
+                                               record.key, record.value.size());
     std::fprintf(stderr,
                  "round %d: bare librdkafka %.0f replies/s with %d in flight (client CPU %.1f us/reply incl. setup)\n",
                  round + 1, br.replies_per_s, in_flight, (cpu_seconds() - cpu) * 1e6 / total);
@@ -222,9 +231,9 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "saga path: round trip p50 %.2f ms, p99 %.2f ms (one in flight)\n", p50, p99);
 
   topics(run + "-bl", {"requests", "responses"});
-  auto base_l =
-      saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), run + "-bl", 1, samples, base.linger_ms,
-                                       base.fetch_wait_max_ms, record.headers, record.key, record.value.size());
+  auto base_l = saga_bench::run_rdkafka_baseline(broker.bootstrap_servers(), run + "-bl", 1, samples, base.linger_ms,
+                                                 base.max_in_flight_requests, base.fetch_wait_max_ms, record.headers,
+                                                 record.key, record.value.size());
   double bp50 = percentile(base_l.rtt_ms, 0.5), bp99 = percentile(base_l.rtt_ms, 0.99);
   std::fprintf(stderr, "bare librdkafka: round trip p50 %.2f ms, p99 %.2f ms\n", bp50, bp99);
 
@@ -232,9 +241,10 @@ int main(int argc, char** argv) {
       "{\"replies_per_s\":%.0f,\"rtt_p50_ms\":%.3f,\"rtt_p99_ms\":%.3f,\"baseline_replies_per_s\":%.0f,"
       "\"baseline_rtt_p50_ms\":%.3f,\"baseline_rtt_p99_ms\":%.3f,\"ratio\":%.3f,\"in_flight\":%d,"
       "\"saga_median_replies_per_s\":%.0f,\"baseline_median_replies_per_s\":%.0f,\"rounds\":%d,\"total\":%d,"
-      "\"samples\":%d,\"partitions\":%d,\"linger_ms\":%d,\"fetch_wait_max_ms\":%d}\n",
+      "\"samples\":%d,\"partitions\":%d,\"linger_ms\":%d,\"max_in_flight\":%d,\"fetch_wait_max_ms\":%d}\n",
       throughput.replies_per_s, p50, p99, base_t.replies_per_s, bp50, bp99,
       base_t.replies_per_s > 0 ? throughput.replies_per_s / base_t.replies_per_s : 0.0, in_flight, median(saga_runs),
-      median(base_runs), rounds, total, samples, partitions, base.linger_ms, base.fetch_wait_max_ms);
+      median(base_runs), rounds, total, samples, partitions, base.linger_ms, base.max_in_flight_requests,
+      base.fetch_wait_max_ms);
   return 0;
 }
