@@ -18,6 +18,7 @@
 #include <span>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace saga::runtime {
 
@@ -52,6 +53,7 @@ struct job {
   done_fn done;
   bool reloaded = false;                 // already decided once more on a state fresh from the store
   std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
+  bool new_saga = false;  // start() of an id it drew just now: no log to read (a collision fails the append)
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -267,6 +269,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     fresh = false;
     auto preloaded = std::move(j.log);
     if (e->state && !j.recover) return true;
+    if (std::exchange(j.new_saga, false) && !e->state) {
+      // Nothing to read: the id is 122 random bits drawn by start(). Were it taken after all, the append (which
+      // expects no saga) fails with a conflict and the job comes back here and reads the log.
+      e->state = storage::fold_recorded(e->id, {});
+      ++e->state_changes;
+      return true;
+    }
     try {
       const auto read_for = preloaded ? preloaded->read_for.lock() : nullptr;
       const bool current = read_for && read_for == e && preloaded->state_changes == read_for->state_changes.load();
@@ -536,16 +545,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   }
 
   // Submits a trigger and waits until it is decided and (if it changed anything) durable.
-  decision call(const saga_id& id, trigger t, const std::string& type = {}) {
+  decision call(const saga_id& id, trigger t, const std::string& type = {}, bool new_saga = false) {
     if (!accepting) throw std::logic_error("orchestrator is not running (call run() first, or it was shut down)");
     auto promise = std::make_shared<std::promise<decision>>();
     auto future = promise->get_future();
-    submit(id, job{false, std::move(t), type, [promise](const decision& d, std::exception_ptr err) {
-                     if (err)
-                       promise->set_exception(err);
-                     else
-                       promise->set_value(d);
-                   }});
+    job j{false, std::move(t), type, [promise](const decision& d, std::exception_ptr err) {
+            if (err)
+              promise->set_exception(err);
+            else
+              promise->set_value(d);
+          }};
+    j.new_saga = new_saga;
+    submit(id, std::move(j));
     return future.get();
   }
 
@@ -753,8 +764,6 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
     throw std::invalid_argument("saga input of " + std::to_string(input_json.size()) + " bytes for type '" + type +
                                 "' exceeds orchestrator_options::max_input_bytes (" +
                                 std::to_string(s.options.max_input_bytes) + ")");
-  if (!key.empty())
-    if (auto existing = s.store.find_by_idempotency_key(type, key)) return saga_handle{*existing, outcome(*existing)};
   if (!s.slots.try_acquire_for(s.options.start_timeout))
     throw overloaded("more than " + std::to_string(s.options.max_in_flight) + " sagas in flight for " +
                      std::to_string(s.options.start_timeout.count()) + " ms; try again later");
@@ -777,7 +786,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
   };
   decision d;
   try {
-    d = s.call(id, triggers::start{input_json, key}, type);
+    d = s.call(id, triggers::start{input_json, key}, type, /*new_saga=*/true);
   } catch (const storage::duplicate_idempotency_key& dup) {
     release();
     return saga_handle{dup.existing(), outcome(dup.existing())};

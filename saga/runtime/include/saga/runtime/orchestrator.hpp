@@ -73,7 +73,8 @@ class orchestrator {
   // when the transport does not partition). Throws std::logic_error when called twice.
   void run();
   // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
-  // this type, returns the existing saga instead. Throws std::invalid_argument when refused (unknown type, input
+  // this type, returns the existing saga instead (the start's own append finds it: the store's unique key decides,
+  // between processes too, with no read before). Throws std::invalid_argument when refused (unknown type, input
   // not JSON), overloaded when too many sagas are in flight, storage::store_error when the store fails.
   [[nodiscard]] saga_handle start(const std::string& type, const std::string& input_json,
                                   const std::string& idempotency_key = {});
