@@ -194,7 +194,7 @@ TEST(orchestrator, a_new_process_recovers_unfinished_sagas_from_the_log) {
 struct counting_store final : storage::event_store {
   explicit counting_store(storage::event_store& s) : inner(s) {}
   storage::event_store& inner;
-  std::atomic<int> loads{0}, bulk_loads{0};
+  std::atomic<int> loads{0}, bulk_loads{0}, key_lookups{0};
   std::atomic<std::size_t> bulk_sagas{0};
   std::function<void()> during_load_many;
   std::atomic<bool> bulk_unavailable{false};  // load_many throws store_unavailable
@@ -253,6 +253,7 @@ struct counting_store final : storage::event_store {
   }
   std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
   std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override {
+    ++key_lookups;
     return inner.find_by_idempotency_key(type, key);
   }
 };
@@ -608,6 +609,57 @@ TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_inst
   EXPECT_EQ(r.clock->pending(), 0u);             // no timer re-armed
   owner.shutdown();
   zombie.shutdown();
+}
+
+TEST(orchestrator, start_reads_nothing_before_its_append_and_a_used_key_still_returns_the_existing_saga) {
+  rig r;
+  counting_store counted(r.store);
+  orchestrator o(counted, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  std::vector<runtime::saga_handle> handles;
+  for (int i = 0; i < 20; ++i) handles.push_back(o.start("order", to_json(make_order(i)), "k-" + std::to_string(i)));
+  EXPECT_EQ(counted.loads.load(), 0);
+  EXPECT_EQ(counted.key_lookups.load(), 0);
+  ASSERT_TRUE(r.pump_until(
+      [&] { return std::all_of(handles.begin(), handles.end(), [](auto& h) { return ready(h.outcome); }); }));
+  const auto again = o.start("order", to_json(make_order(7)), "k-7");  // found by the append's unique key
+  EXPECT_EQ(again.id, handles[7].id);
+  EXPECT_EQ(again.outcome.get().status, handles[7].outcome.get().status);
+  EXPECT_EQ(o.stats().sagas_started.load(), 20u);
+  o.shutdown();
+}
+
+TEST(orchestrator, a_start_that_draws_a_taken_id_is_refused_naming_it_and_the_existing_log_is_untouched) {
+  rig r;
+  saga_id taken;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    auto h = first.start("order", to_json(make_order(1)));
+    ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+    taken = h.id;
+    first.shutdown();
+  }
+  const auto before = r.store.load(taken);
+  orchestrator second(r.store, r.bus, r.options());  // the same injected entropy: it draws the first's id again
+  second.add(order_processing::order_saga());
+  second.run();
+  try {
+    (void)second.start("order", to_json(make_order(2)));
+    ADD_FAILURE() << "a start on a taken id was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("saga id " + taken.to_string() + " is taken"), std::string::npos) << e.what();
+  }
+  const auto after = r.store.load(taken);
+  ASSERT_EQ(after.size(), before.size());
+  EXPECT_EQ(after.back().hash, before.back().hash);
+  auto next = second.start("order", to_json(make_order(3)));  // the next draw is free
+  EXPECT_NE(next.id, taken);
+  ASSERT_TRUE(r.pump_until([&] { return ready(next.outcome); }));
+  EXPECT_EQ(next.outcome.get().status, saga_status::completed);
+  second.shutdown();
 }
 
 TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) {

@@ -270,8 +270,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     auto preloaded = std::move(j.log);
     if (e->state && !j.recover) return true;
     if (std::exchange(j.new_saga, false) && !e->state) {
-      // Nothing to read: the id is 122 random bits drawn by start(). Were it taken after all, the append (which
-      // expects no saga) fails with a conflict and the job comes back here and reads the log.
+      // Nothing to read: the id was drawn by start() from orchestrator_options::entropy. Were it taken after all,
+      // the append (which expects no saga) fails with a conflict and the start is refused (see appended()).
       e->state = storage::fold_recorded(e->id, {});
       ++e->state_changes;
       return true;
@@ -415,6 +415,16 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         std::rethrow_exception(err);
       } catch (const storage::concurrency_conflict& c) {
         ++stats.append_conflicts;
+        if (std::holds_alternative<triggers::start>(j.what)) {
+          // start() drew an id that is taken (only an injected entropy repeats itself): refuse, as a start on the
+          // existing saga's state would be; the next trigger for that saga reads its log.
+          e->state.reset();
+          ++e->state_changes;
+          decision taken;
+          taken.rejected = "saga id " + e->id.to_string() + " is taken (orchestrator_options::entropy drew it twice)";
+          finish_job(j, taken);
+          return pump(e);
+        }
         if (!owns(after.type, e->id)) {  // a zombie: the owner of its partition advanced it; neither reload nor resend
           drop(e, std::string("another process owns its reply partition and advanced it (") + c.what() + ")");
           decision gone;
