@@ -74,8 +74,9 @@ class orchestrator {
   void run();
   // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
   // this type, returns the existing saga instead (the start's own append finds it: the store's unique key decides,
-  // between processes too, with no read before). Throws std::invalid_argument when refused (unknown type, input
-  // not JSON), overloaded when too many sagas are in flight, storage::store_error when the store fails.
+  // between processes too, with no read before; so a repeated key also needs a free slot). Throws
+  // std::invalid_argument when refused (unknown type, input not JSON), overloaded when too many sagas are in flight,
+  // storage::store_error when the store fails.
   [[nodiscard]] saga_handle start(const std::string& type, const std::string& input_json,
                                   const std::string& idempotency_key = {});
   // Asks a running saga to stop and compensate; returns the decision (rejected says why, e.g. after the pivot).
