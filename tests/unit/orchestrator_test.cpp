@@ -16,6 +16,7 @@
 #include <atomic>
 #include <functional>
 #include <future>
+#include <memory>
 #include <set>
 #include <span>
 #include <thread>
@@ -197,7 +198,8 @@ struct counting_store final : storage::event_store {
   std::atomic<int> loads{0}, bulk_loads{0}, key_lookups{0};
   std::atomic<std::size_t> bulk_sagas{0};
   std::function<void()> during_load_many;
-  std::atomic<bool> bulk_unavailable{false};  // load_many throws store_unavailable
+  std::atomic<bool> bulk_unavailable{false};     // load_many throws store_unavailable
+  std::atomic<bool> appends_unavailable{false};  // async_append fails with store_unavailable
   // With hold_first_bulk set, the first load_many waits until `gate` is set (bulk_waiting says it is waiting).
   std::atomic<bool> hold_first_bulk{false}, bulk_waiting{false};
   std::promise<void> gate;
@@ -209,6 +211,8 @@ struct counting_store final : storage::event_store {
   std::vector<std::pair<storage::append_request, storage::append_callback>> held;
 
   void async_append(storage::append_request r, storage::append_callback done) override {
+    if (appends_unavailable)
+      return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
     if (hold_final && (r.status_after == saga_status::completed || r.status_after == saga_status::compensated)) {
       std::lock_guard lock(held_mutex);
       held.emplace_back(std::move(r), std::move(done));
@@ -660,6 +664,68 @@ TEST(orchestrator, a_start_that_draws_a_taken_id_is_refused_naming_it_and_the_ex
   ASSERT_TRUE(r.pump_until([&] { return ready(next.outcome); }));
   EXPECT_EQ(next.outcome.get().status, saga_status::completed);
   second.shutdown();
+}
+
+// A retry waiting for its backoff when the orchestrator shuts down is let go with it: nothing queued keeps the
+// orchestrator alive once it is destroyed (the clock it was given is its last shared handle to check that).
+TEST(orchestrator, shutdown_lets_go_of_a_store_retry_and_the_orchestrator_is_freed) {
+  rig r;
+  counting_store store(r.store);
+  {
+    auto options = r.options();
+    options.store_retry_backoff = duration{600'000};
+    orchestrator o(store, r.bus, std::move(options));
+    o.add(order_processing::order_saga());
+    o.run();
+    const auto id = o.start("order", to_json(make_order(1))).id;
+    const auto logged = r.store.load(id).size();  // its command is delivered by the pumps below, not before
+    store.appends_unavailable = true;             // the reply's append fails and waits 10 minutes to be retried
+    ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1u; }));
+    o.shutdown();
+    store.appends_unavailable = false;
+    EXPECT_EQ(r.store.load(id).size(), logged) << "the reply was not appended";
+  }
+  EXPECT_EQ(r.clock.use_count(), 1) << "the destroyed orchestrator is still held by work it had queued";
+}
+
+// start() waits while its append is retried; a shutdown then tells it, naming the saga, instead of leaving it
+// blocked for ever.
+TEST(orchestrator, a_start_waiting_on_a_store_retry_is_told_when_the_orchestrator_shuts_down) {
+  rig r;
+  counting_store store(r.store);
+  auto options = r.options();
+  options.store_retry_backoff = duration{600'000};
+  auto o = std::make_unique<orchestrator>(store, r.bus, options);
+  o->add(order_processing::order_saga());
+  o->run();
+  store.appends_unavailable = true;
+  std::promise<std::string> result;
+  auto told = result.get_future();
+  std::thread caller([&] {
+    try {
+      (void)o->start("order", to_json(make_order(1)));
+      result.set_value("returned");
+    } catch (const runtime::shut_down& x) {
+      result.set_value(std::string("shut_down: ") + x.what());
+    } catch (const std::exception& x) {
+      result.set_value(std::string("other: ") + x.what());
+    }
+  });
+  ASSERT_TRUE(r.pump_until([&] { return o->stats().append_retries.load() >= 1u; }));
+  o->shutdown();
+  if (told.wait_for(30s) != std::future_status::ready) {
+    ADD_FAILURE() << "start() still waits after shutdown";
+    caller.detach();
+    (void)o.release();  // the blocked caller still uses it
+    return;
+  }
+  caller.join();
+  const auto what = told.get();
+  EXPECT_EQ(what.rfind("shut_down: orchestrator shut down before it processed", 0), 0u) << what;
+  EXPECT_NE(what.find("for saga "), std::string::npos) << what;
+  EXPECT_TRUE(r.store.read_all(0, 10).empty()) << "nothing was appended";
+  o.reset();
+  EXPECT_EQ(r.clock.use_count(), 2) << "the rig and `options` hold the clock; the orchestrator is gone";
 }
 
 TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) {

@@ -54,6 +54,7 @@ struct job {
   bool reloaded = false;                 // already decided once more on a state fresh from the store
   std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
   bool new_saga = false;  // start() of an id it drew just now: no log to read (a collision fails the append)
+  bool awaited = false;   // a caller blocks on `done` (start, cancel, act): at shutdown it gets shut_down
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -112,6 +113,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::atomic<bool> accepting{false};
   std::atomic<int> appends_in_flight{0};
   std::atomic<bool> stopped{false};
+  std::atomic<bool> draining{false};  // shut down: queued jobs are let go, nothing more is decided or appended
+  // Store retries waiting for their backoff (shutdown cancels them, so that their jobs are let go too).
+  std::mutex retry_mutex;
+  std::set<std::shared_ptr<asio::steady_timer>> retry_timers;
 
   mutable std::mutex entries_mutex;
   std::unordered_map<saga_id, std::shared_ptr<entry>> entries;
@@ -185,11 +190,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       for (const auto& [id, e] : entries) all.push_back(e);
     }
     for (auto& e : all)
-      asio::post(e->strand, [self = shared_from_this(), e, gone] {
+      on_strand(e, [gone](impl& self, const std::shared_ptr<entry>& x) {
         for (const auto& [type, partitions] : gone) {
-          if (e->state && e->state->type != type) continue;
-          const auto p = self->bus.reply_partition(type, e->id);
-          if (p && partitions.count(*p)) return self->drop(e, "its reply partition was revoked");
+          if (x->state && x->state->type != type) continue;
+          const auto p = self.bus.reply_partition(type, x->id);
+          if (p && partitions.count(*p)) return self.drop(x, "its reply partition was revoked");
         }
       });
   }
@@ -216,11 +221,26 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return e;
   }
 
+  // What a store callback holds: its members go in reverse order, so the entry (whose strand belongs to the
+  // io_context) goes before the orchestrator that owns the io_context.
+  struct holder {
+    std::shared_ptr<impl> self;
+    std::shared_ptr<entry> e;
+  };
+
+  // Runs f(*this, e) on the saga's strand. Queued work holds the orchestrator weakly: what is still queued when it
+  // is destroyed goes with its io_context instead of keeping the two alive (a cycle through the io_context).
+  template <class F>
+  void on_strand(const std::shared_ptr<entry>& e, F f) {
+    asio::post(e->strand, [weak = weak_from_this(), e, f = std::move(f)]() mutable {
+      if (auto self = weak.lock()) f(*self, e);
+    });
+  }
+
   void submit(const saga_id& id, job j) {
-    auto e = get(id);
-    asio::post(e->strand, [self = shared_from_this(), e, j = std::move(j)]() mutable {
+    on_strand(get(id), [j = std::move(j)](impl& self, const std::shared_ptr<entry>& e) mutable {
       e->queue.push_back(std::move(j));
-      self->pump(e);
+      self.pump(e);
     });
   }
 
@@ -235,19 +255,28 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       auto it = entries.find(e->id);
       if (it == entries.end() || it->second != e) return;
     }
-    asio::post(e->strand, [self = shared_from_this(), e, generation, t]() mutable {
-      if (e->generation != generation) return;
-      e->queue.push_back(job{false, t, {}, {}});
-      self->pump(e);
+    on_strand(e, [generation, t](impl& self, const std::shared_ptr<entry>& x) {
+      if (x->generation != generation) return;
+      x->queue.push_back(job{false, t, {}, {}});
+      self.pump(x);
     });
   }
 
-  // Runs queued jobs one at a time; an append in flight holds the queue until it is durable.
+  // Runs queued jobs one at a time; an append in flight holds the queue until it is durable. Once shut down, lets
+  // them go instead: a caller that waits is told, a reply is left unhandled (redelivered to the partition's next
+  // owner), and recovery or a timer is redone from the log by whoever recovers the saga.
   void pump(const std::shared_ptr<entry>& e) {
     while (!e->busy && !e->queue.empty()) {
       job j = std::move(e->queue.front());
       e->queue.pop_front();
-      process(e, std::move(j));
+      if (!draining) {
+        process(e, std::move(j));
+      } else if (j.awaited && j.done) {
+        j.done(decision{}, std::make_exception_ptr(shut_down(
+                               "orchestrator shut down before it processed this trigger for saga " + e->id.to_string() +
+                               ": it is not known to be durable (an append that failed may have committed; a start "
+                               "repeated with the same idempotency key finds the saga then)")));
+      }
     }
     // Finished, parked, or never started (a reply for an unknown saga): nothing to keep in memory.
     if (!e->busy && e->queue.empty() && e->state &&
@@ -319,20 +348,35 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   }
 
   void retry_later(const std::shared_ptr<entry>& e, job j) {
+    if (draining) {  // shut down: let the job go now (see pump) rather than arm a timer nothing would run
+      e->busy = false;
+      e->queue.push_front(std::move(j));
+      return pump(e);
+    }
     ++stats.append_retries;
     e->busy = true;
     e->state.reset();
     ++e->state_changes;
     e->reloaded_after_error = true;
     auto timer = std::make_shared<asio::steady_timer>(io, options.store_retry_backoff);
-    timer->async_wait(
-        [self = shared_from_this(), e, timer, j = std::move(j)](const boost::system::error_code&) mutable {
-          asio::post(e->strand, [self, e, j = std::move(j)]() mutable {
-            e->busy = false;
-            e->queue.push_front(std::move(j));
-            self->pump(e);
-          });
-        });
+    {
+      std::lock_guard lock(retry_mutex);
+      retry_timers.insert(timer);
+    }
+    // Cancelled by shutdown: the job is then let go (see pump).
+    timer->async_wait([weak = weak_from_this(), e, timer, j = std::move(j)](const boost::system::error_code&) mutable {
+      auto self = weak.lock();
+      if (!self) return;
+      {
+        std::lock_guard lock(self->retry_mutex);
+        self->retry_timers.erase(timer);
+      }
+      self->on_strand(e, [j = std::move(j)](impl& s, const std::shared_ptr<entry>& x) mutable {
+        x->busy = false;
+        x->queue.push_front(std::move(j));
+        s.pump(x);
+      });
+    });
   }
 
   void process(const std::shared_ptr<entry>& e, job j) {
@@ -382,11 +426,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       const auto t0 = steady::now();
       auto pending =
           std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
-      store.async_append(std::move(request), [self = shared_from_this(), e, pending, t0, generation = e->generation](
-                                                 std::exception_ptr err, storage::append_result) {
-        asio::post(e->strand,
-                   [self, e, pending, err, t0, generation] { self->appended(e, *pending, err, t0, generation); });
-      });
+      // The store's callback holds the orchestrator (whose io_context the entry's strand belongs to) until it ran.
+      store.async_append(
+          std::move(request), [held = holder{shared_from_this(), e}, pending, t0, generation = e->generation](
+                                  std::exception_ptr err, storage::append_result) {
+            held.self->on_strand(held.e, [pending, err, t0, generation](impl& self, const std::shared_ptr<entry>& x) {
+              self.appended(x, *pending, err, t0, generation);
+            });
+          });
     } catch (...) {
       if (j.done) j.done(decision{}, std::current_exception());
     }
@@ -566,6 +613,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
               promise->set_value(d);
           }};
     j.new_saga = new_saga;
+    j.awaited = true;
     submit(id, std::move(j));
     return future.get();
   }
@@ -843,6 +891,18 @@ void orchestrator::shutdown() noexcept {
   for (auto& t : s.threads)
     if (t.joinable()) t.join();
   if (s.prefetch_thread.joinable()) s.prefetch_thread.join();  // stops after the chunk it reads
+  // What is still queued would never run: let it go (see pump), here on this thread. Appends that finished still
+  // get their effects (sends fail on the stopped transport; recovery resends them).
+  s.draining = true;
+  {
+    std::lock_guard lock(s.retry_mutex);
+    for (const auto& timer : s.retry_timers) timer->cancel();
+  }
+  try {
+    s.io.restart();
+    s.io.poll();
+  } catch (...) {  // a job's callback threw: the rest goes with the io_context
+  }
 }
 
 const runtime::metrics& orchestrator::stats() const noexcept { return impl_->stats; }

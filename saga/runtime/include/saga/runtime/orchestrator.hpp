@@ -36,6 +36,14 @@ class overloaded : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown by start(), cancel() and act() when the orchestrator shut down while their trigger still waited for its
+// saga: it is not known to be durable (a start that was durable returns normally instead; one whose append failed
+// and may have committed is found by repeating it with the same idempotency key).
+class shut_down : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct orchestrator_options {
   std::size_t threads = 2;                // worker threads (sagas run concurrently, each one serialized)
   std::size_t max_in_flight = 10'000;     // sagas started here and not finished yet; start() waits beyond
@@ -87,7 +95,9 @@ class orchestrator {
   // when the saga does not exist.
   [[nodiscard]] std::shared_future<saga_outcome> outcome(const saga_id& id);
   // Graceful shutdown: stops taking triggers, finishes appends in flight, stops the transport (which commits
-  // consumer offsets), stops the workers. Idempotent; never throws.
+  // consumer offsets), stops the workers. Then it lets go of the work still queued: a start/cancel/act waiting on
+  // it throws shut_down, a reply stays unhandled (the next owner of its partition gets it again), a store retry
+  // waiting for its backoff is dropped (recovery redoes it from the log). Idempotent; never throws.
   void shutdown() noexcept;
   // Counters and histograms.
   [[nodiscard]] const runtime::metrics& stats() const noexcept;
@@ -96,7 +106,8 @@ class orchestrator {
 
  private:
   struct impl;
-  std::shared_ptr<impl> impl_;  // shared with timer and transport callbacks (which hold it weakly)
+  // Held weakly by queued work, timers and transport callbacks; strongly only by store callbacks in flight.
+  std::shared_ptr<impl> impl_;
 };
 
 }  // namespace saga::runtime
