@@ -347,12 +347,16 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return fx;
   }
 
+  // Puts a job that waited for a store retry back at the head of its saga's queue and runs the queue.
+  void resume(const std::shared_ptr<entry>& e, job j) {
+    e->busy = false;
+    e->queue.push_front(std::move(j));
+    pump(e);
+  }
+
   void retry_later(const std::shared_ptr<entry>& e, job j) {
-    if (draining) {  // shut down: let the job go now (see pump) rather than arm a timer nothing would run
-      e->busy = false;
-      e->queue.push_front(std::move(j));
-      return pump(e);
-    }
+    // Shut down: let the job go now (see pump) rather than arm a timer nothing would run.
+    if (draining) return resume(e, std::move(j));
     ++stats.append_retries;
     e->busy = true;
     e->state.reset();
@@ -371,11 +375,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         std::lock_guard lock(self->retry_mutex);
         self->retry_timers.erase(timer);
       }
-      self->on_strand(e, [j = std::move(j)](impl& s, const std::shared_ptr<entry>& x) mutable {
-        x->busy = false;
-        x->queue.push_front(std::move(j));
-        s.pump(x);
-      });
+      self->on_strand(
+          e, [j = std::move(j)](impl& s, const std::shared_ptr<entry>& x) mutable { s.resume(x, std::move(j)); });
     });
   }
 
