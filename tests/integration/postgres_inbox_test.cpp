@@ -299,5 +299,49 @@ TEST_F(postgres_inbox_test, concurrent_batches_with_overlapping_commands_run_eac
   EXPECT_GE(runs.load(), commands);
 }
 
+// Handler statements are prepared on each connection on first use (parsed and planned once), DDL is not, and a
+// prepared statement whose result columns changed under it fails once, retryably, then runs unprepared.
+TEST_F(postgres_inbox_test, statements_are_prepared_once_per_connection_and_ddl_runs_unprepared) {
+  storage::postgres_session session(url_);
+  const std::string read = "SELECT reserved FROM stock WHERE sku = $1";
+  session.exec("INSERT INTO stock (sku, reserved) VALUES ($1, 3)", {"P"});
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(session.exec(read, {"P"}).at(0).at(0), "3");
+  const auto prepared = session.exec("SELECT statement FROM pg_prepared_statements WHERE statement = $1", {read});
+  EXPECT_EQ(prepared.size(), 1u) << "the read runs as one prepared statement on this connection";
+  session.exec("CREATE TABLE unprepared_ddl (a integer)");
+  EXPECT_TRUE(session
+                  .exec("SELECT name FROM pg_prepared_statements WHERE statement ILIKE '%unprepared_ddl%' AND "
+                        "statement NOT ILIKE '%pg_prepared_statements%'")
+                  .empty());
+
+  // A handler's statement on the inbox's own connection is prepared the same way.
+  storage::postgres_inbox inbox(url_);
+  inbox.process("cmd-" + std::to_string(random_word()), [&](storage::transaction& tx) {
+    EXPECT_EQ(tx.exec(read, {"P"}).at(0).at(0), "3");
+    EXPECT_EQ(tx.exec("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", {read}).at(0).at(0), "1");
+    return stored_reply{};
+  });
+}
+
+TEST_F(postgres_inbox_test, a_prepared_statement_whose_table_changed_fails_once_retryably_then_runs_unprepared) {
+  storage::postgres_session session(url_);
+  session.exec("CREATE TABLE widening (a integer)");
+  session.exec("INSERT INTO widening VALUES (1)");
+  // A text of its own: the names are shared by every connection of the process.
+  const std::string all = "SELECT * FROM widening /* " + std::to_string(random_word()) + " */";
+  EXPECT_EQ(session.exec(all).at(0).size(), 1u);
+  session.exec("ALTER TABLE widening ADD COLUMN b integer");
+  try {
+    session.exec(all);
+    ADD_FAILURE() << "a prepared SELECT * over an altered table ran";
+  } catch (const storage::store_error& e) {
+    EXPECT_TRUE(e.retryable()) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no longer fits"), std::string::npos) << e.what();
+  }
+  const auto rows = session.exec(all);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].size(), 2u) << "the retry sees the new column";
+}
+
 }  // namespace
 }  // namespace saga

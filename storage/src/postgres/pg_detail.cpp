@@ -3,7 +3,10 @@
 #include <algorithm>
 
 #include <array>
+#include <cctype>
+#include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 
 namespace saga::storage::detail {
 
@@ -25,6 +28,56 @@ bool is_connection_state(const std::string& state) {
   return state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" || state == "57P03";
 }
 }  // namespace
+
+namespace {
+struct statement_names {
+  std::mutex mutex;
+  std::unordered_map<std::string, std::string> names;  // statement text -> name; "" = never prepare
+};
+statement_names& registry() {
+  static statement_names r;
+  return r;
+}
+constexpr std::size_t most_statement_names = 512;
+
+// Statements PostgreSQL can prepare: its PREPARE takes SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES (WITH
+// starts one of them). DDL, SET, LOCK and the like run unprepared.
+bool preparable(std::string_view sql) {
+  std::size_t i = 0;
+  while (i < sql.size() && (std::isspace(static_cast<unsigned char>(sql[i])) || sql[i] == '(')) ++i;
+  std::size_t end = i;
+  while (end < sql.size() && std::isalpha(static_cast<unsigned char>(sql[end]))) ++end;
+  std::string word(sql.substr(i, end - i));
+  for (auto& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return word == "select" || word == "insert" || word == "update" || word == "delete" || word == "with" ||
+         word == "values";
+}
+}  // namespace
+
+std::string statement_name(std::string_view sql) {
+  auto& r = registry();
+  std::string key(sql);
+  std::lock_guard lock(r.mutex);
+  if (auto it = r.names.find(key); it != r.names.end()) return it->second;
+  if (r.names.size() >= most_statement_names || !preparable(sql)) return {};
+  std::string name = "saga_stmt_" + std::to_string(r.names.size());
+  r.names.emplace(std::move(key), name);
+  return name;
+}
+
+namespace internal {
+void stale_statement(const std::string& sql) noexcept {
+  try {
+    auto& r = registry();
+    std::lock_guard lock(r.mutex);
+    r.names[sql].clear();  // "": the text keeps its slot and is never prepared again
+  } catch (...) {
+  }
+}
+bool is_stale_plan(const pqxx::sql_error& e) noexcept {
+  return e.sqlstate() == "0A000" && std::string_view(e.what()).find("cached plan") != std::string_view::npos;
+}
+}  // namespace internal
 
 std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing) {
   try {
@@ -145,7 +198,7 @@ saga_id parse_saga_id(std::string_view text) {
 std::vector<transaction::row> work_transaction::exec(std::string_view sql,
                                                      const std::vector<std::optional<std::string>>& params) {
   try {
-    const pqxx::result result = tx_.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(params));
+    const pqxx::result result = exec_cached(tx_, std::string(sql), pqxx::prepare::make_dynamic_params(params));
     std::vector<row> rows;
     rows.reserve(result.size());
     for (const auto& r : result) {

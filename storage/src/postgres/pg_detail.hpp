@@ -73,7 +73,21 @@ class json_array {
 // Parses a uuid column's text; throws store_error when it is not one.
 [[nodiscard]] saga_id parse_saga_id(std::string_view text);
 
-// The handler's window into a pqxx transaction: parameterized statements, rows as text, errors translated.
+// The name under which every connection of this process prepares `sql` (on its first use there), or "" when
+// `sql` is run unprepared: not a SELECT/INSERT/UPDATE/DELETE/WITH/VALUES statement, one whose prepared form failed
+// with a plan that no longer fits the schema (see exec_cached), or once 512 distinct texts have names (a caller that
+// builds statement texts with literals in them would otherwise prepare without bound).
+[[nodiscard]] std::string statement_name(std::string_view sql);
+
+// Runs `sql` on `tx` as a statement prepared once per connection (parse and plan once, not on every call), or
+// unprepared when statement_name gives no name. A prepared statement whose result columns changed under it (a
+// table altered meanwhile: SQL state 0A000) is never prepared again in this process, and the error is translated
+// as retryable, so a retry runs it unprepared.
+template <typename... Args>
+pqxx::result exec_cached(pqxx::transaction_base& tx, const std::string& sql, Args&&... args);
+
+// The handler's window into a pqxx transaction: parameterized statements (prepared, see exec_cached), rows as
+// text, errors translated.
 class work_transaction final : public transaction {
  public:
   explicit work_transaction(pqxx::transaction_base& tx) : tx_(tx) {}
@@ -82,5 +96,30 @@ class work_transaction final : public transaction {
  private:
   pqxx::transaction_base& tx_;
 };
+
+namespace internal {
+// Marks `sql` as never to be prepared again (its prepared form failed with a plan that no longer fits).
+void stale_statement(const std::string& sql) noexcept;
+[[nodiscard]] bool is_stale_plan(const pqxx::sql_error& e) noexcept;
+}  // namespace internal
+
+template <typename... Args>
+pqxx::result exec_cached(pqxx::transaction_base& tx, const std::string& sql, Args&&... args) {
+  const std::string name = statement_name(sql);
+  if (name.empty()) return tx.exec_params(sql, std::forward<Args>(args)...);
+  try {
+    tx.conn().prepare(name, sql);
+    return tx.exec_prepared(name, std::forward<Args>(args)...);
+  } catch (const pqxx::sql_error& e) {
+    if (!internal::is_stale_plan(e)) throw;
+    internal::stale_statement(sql);
+    const std::string what = e.what();
+    throw store_error(
+        "a prepared statement's plan no longer fits its tables (altered meanwhile); it runs unprepared "
+        "from now on, retry: " +
+            what.substr(0, what.find('\n')) + " [in: " + sql.substr(0, 160) + "]",
+        true);
+  }
+}
 
 }  // namespace saga::storage::detail

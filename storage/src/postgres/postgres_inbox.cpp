@@ -111,10 +111,10 @@ stored_reply postgres_inbox::process(const std::string& command_id,
   try {
     pqxx::work tx(lease.conn());
     // Waits while another delivery of this command id is inside its transaction.
-    tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))", inbox_lock_class, command_id);
+    detail::exec_cached(tx, "SELECT pg_advisory_xact_lock($1, hashtext($2))", inbox_lock_class, command_id);
     // A new statement, so a reply committed by that other delivery is visible now.
-    const auto stored =
-        tx.exec_params("SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
+    const auto stored = detail::exec_cached(
+        tx, "SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
     if (!stored.empty()) {
       if (first_delivery) *first_delivery = false;
       auto reply = reply_from(stored[0]);
@@ -133,8 +133,9 @@ stored_reply postgres_inbox::process(const std::string& command_id,
       reply.payload = canonical_json(reply.payload);
       payload = reply.payload;
     }
-    tx.exec_params("INSERT INTO saga_inbox (command_id, result, payload, reason) VALUES ($1, $2, $3::jsonb, $4)",
-                   command_id, outcome_text(reply.result), payload, reply.reason);
+    detail::exec_cached(tx,
+                        "INSERT INTO saga_inbox (command_id, result, payload, reason) VALUES ($1, $2, $3::jsonb, $4)",
+                        command_id, outcome_text(reply.result), payload, reply.reason);
     tx.commit();
     return reply;
   } catch (...) {
@@ -167,12 +168,13 @@ std::vector<inbox::command_result> postgres_inbox::handle_batch(const std::vecto
       detail::pg_array id_array;
       for (const auto& id : ids) id_array.add(id);
       // The same locks as process() takes one by one, taken in one (hash) order so two batches cannot deadlock.
-      tx.exec_params(
-          "SELECT pg_advisory_xact_lock($1, h) FROM"
-          " (SELECT DISTINCT hashtext(x) AS h FROM unnest($2::text[]) AS x ORDER BY 1) AS locks",
-          inbox_lock_class, id_array.str());
+      detail::exec_cached(tx,
+                          "SELECT pg_advisory_xact_lock($1, h) FROM"
+                          " (SELECT DISTINCT hashtext(x) AS h FROM unnest($2::text[]) AS x ORDER BY 1) AS locks",
+                          inbox_lock_class, id_array.str());
       std::unordered_map<std::string, stored_reply> decided;
-      for (const auto& r : tx.exec_params(
+      for (const auto& r : detail::exec_cached(
+               tx,
                "SELECT command_id, result, payload::text, reason FROM saga_inbox WHERE command_id = ANY($1::text[])",
                id_array.str())) {
         decided.emplace(r[0].as<std::string>(), reply_from(r, 1));
@@ -216,10 +218,10 @@ std::vector<inbox::command_result> postgres_inbox::handle_batch(const std::vecto
         store(c.command_id, reply);
       }
       if (!new_id.empty())
-        tx.exec_params(
-            "INSERT INTO saga_inbox (command_id, result, payload, reason)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[])",
-            new_id.str(), new_result.str(), new_payload.str(), new_reason.str());
+        detail::exec_cached(tx,
+                            "INSERT INTO saga_inbox (command_id, result, payload, reason)"
+                            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[])",
+                            new_id.str(), new_result.str(), new_payload.str(), new_reason.str());
       tx.commit();
       return results;
     } catch (...) {
@@ -237,8 +239,8 @@ std::optional<stored_reply> postgres_inbox::find(const std::string& command_id) 
   impl::lease lease(*impl_);
   try {
     pqxx::nontransaction tx(lease.conn());
-    const auto stored =
-        tx.exec_params("SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
+    const auto stored = detail::exec_cached(
+        tx, "SELECT result, payload::text, reason FROM saga_inbox WHERE command_id = $1", command_id);
     if (stored.empty()) return std::nullopt;
     return reply_from(stored[0]);
   } catch (...) {

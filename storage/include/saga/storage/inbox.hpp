@@ -20,7 +20,8 @@ class transaction {
   virtual ~transaction() = default;
   using row = std::vector<std::optional<std::string>>;
   // Runs one parameterized statement ($1, $2, … bound to `params`; nullopt = NULL) and returns its rows as text.
-  // Throws store_error on failure (the whole transaction is then rolled back).
+  // Throws store_error on failure (the whole transaction is then rolled back). On PostgreSQL a SELECT, INSERT, UPDATE,
+  // DELETE, WITH or VALUES text is prepared once per connection on its first use (pass values as parameters).
   virtual std::vector<row> exec(std::string_view sql, const std::vector<std::optional<std::string>>& params = {}) = 0;
 };
 
