@@ -504,7 +504,7 @@ TEST_F(kafka_test, injected_produce_errors_run_no_handler_twice_and_every_comman
 TEST_F(kafka_test, a_participant_stopped_after_its_broker_died_exits_within_its_bounds) {
   // A broker of its own, killed with everything on it (the fault matrix's broker_data_lost), while the participant
   // has handled offsets not yet committed. Stopping then waits for in-flight work, the consumer's close (its revoke
-  // commits to the dead coordinator) and the producer's flush, each bounded by revoke_timeout; the destruction that
+  // commits to the dead coordinator) and the producer's flush, together bounded by revoke_timeout; the destruction that
   // follows must not close the consumer again (that close waits for the dead cluster forever).
   auto own = std::make_unique<st::dev_broker>(broker_program);
   if (!own->owned()) GTEST_SKIP() << "needs the embedded broker: this test kills it";
@@ -524,7 +524,7 @@ TEST_F(kafka_test, a_participant_stopped_after_its_broker_died_exits_within_its_
   ASSERT_TRUE(orch->replies.wait_unique(50, 120s)) << "replies for " << orch->replies.unique();
   own.reset();  // the broker process dies with commands and replies in flight; its ports close
   participant->terminate();
-  // 3 × revoke_timeout (drain, close, flush) and room for a slow machine.
+  // revoke_timeout (drain, commit, close and flush share it) and room for a slow machine.
   auto status = participant->wait_exit(60s);
   EXPECT_TRUE(status) << "the participant did not exit within 60 s of SIGTERM after its broker died:\n"
                       << tail((dir_ / "participant.log").string());
@@ -776,6 +776,55 @@ TEST_F(kafka_test, reply_partition_matches_where_replies_land) {
     used.insert(*expected);
   }
   EXPECT_GT(used.size(), 1u);
+}
+
+// stop() gives its waits one deadline, revoke_timeout after it began: the revoke's drain (a reply still in its
+// handler), the revoke's commit (a handled reply's offset), the consumer's close and the producer's flush (a reply
+// sent after the cluster went away). Each of them waited a whole revoke_timeout before, three in all here.
+TEST_F(kafka_test, stop_with_the_cluster_gone_shares_one_revoke_timeout_among_its_waits) {
+  if (std::getenv("SAGA_KAFKA_BROKERS")) GTEST_SKIP() << "needs a cluster of its own to take away";
+  auto own = std::make_unique<st::dev_broker>(broker_program);
+  auto c = config("gone-deadline");
+  c.bootstrap_servers = own->bootstrap_servers();
+  c.revoke_timeout = 3s;
+  st::kafka_transport transport(c);
+  std::mutex mutex;
+  std::condition_variable cv;
+  int seen = 0;
+  st::handled_callback held;  // the second reply's: never called, so the revoke's drain waits for it
+  transport.on_reply("order", [&](st::reply_message, st::handled_callback handled) {
+    std::lock_guard lock(mutex);
+    if (++seen == 1)
+      handled();
+    else
+      held = std::move(handled);
+    cv.notify_all();
+  });
+  auto reply = [](const std::string& id) {
+    st::reply_message r;
+    r.command_id = id;
+    r.saga = saga::saga_id::from_words(3, 4);  // one saga, one partition
+    r.saga_type = "order";
+    r.step = "s";
+    r.attempt = 1;
+    r.payload = "{}";
+    return r;
+  };
+  transport.send_reply(replies_topic(), reply("gone-deadline:1"), nullptr);
+  transport.send_reply(replies_topic(), reply("gone-deadline:2"), nullptr);
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 60s, [&] { return seen >= 2; })) << "replies seen: " << seen;
+  }
+  own.reset();                                                               // every broker goes away
+  transport.send_reply(replies_topic(), reply("gone-deadline:3"), nullptr);  // left for the flush
+  const auto t0 = std::chrono::steady_clock::now();
+  transport.stop();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  std::cerr << "stop() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms\n";
+  // Not a benchmark: one deadline gives 3.1 s at most, three gave 9 s; the rest is room for a slow machine.
+  EXPECT_LT(took, c.revoke_timeout + 2500ms)
+      << "stop() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
 }
 
 // stop() must end even when the whole cluster is gone: leaving the group is bounded by revoke_timeout (an unbounded

@@ -134,6 +134,10 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::mutex space_mutex;
   std::condition_variable space_cv;
   std::atomic<bool> stopped{false};
+  // When stop() must be done: revoke_timeout after it began. The revoke's drain and commit, the consumer's close and
+  // the producer's flush share it instead of taking revoke_timeout each. Written before consumer_running is cleared.
+  std::atomic<std::chrono::steady_clock::rep> stop_deadline{
+      std::chrono::steady_clock::time_point::max().time_since_epoch().count()};
 
   std::mutex mutex;  // everything below
   std::condition_variable handled_cv;
@@ -373,7 +377,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     }
     // Leaving the group runs the revoke (in-flight handled, offsets committed) through the rebalance callback,
     // served here. rd_kafka_consumer_close() would wait forever for a broker that is gone, so the close is
-    // asynchronous and bounded by revoke_timeout; past it the broker's session timeout frees the partitions.
+    // asynchronous and bounded by stop()'s deadline; past it the broker's session timeout frees the partitions.
     std::unique_ptr<rd_kafka_queue_t, void (*)(rd_kafka_queue_t*)> queue(rd_kafka_queue_new(consumer.get()),
                                                                          rd_kafka_queue_destroy);
     if (rd_kafka_error_t* e = rd_kafka_consumer_close_queue(consumer.get(), queue.get())) {
@@ -384,10 +388,13 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     // The close queue also receives messages fetched before the close took effect, so it is served with the event
     // API (rd_kafka_queue_poll_callback() aborts the process on a message: "not a message queue"). Those messages
     // are dropped unhandled and uncommitted; the partition's next owner receives them again.
-    const auto deadline = std::chrono::steady_clock::now() + cfg.revoke_timeout;
-    while (!rd_kafka_consumer_closed(consumer.get()) && std::chrono::steady_clock::now() < deadline) {
-      std::unique_ptr<rd_kafka_event_t, void (*)(rd_kafka_event_t*)> ev(rd_kafka_queue_poll(queue.get(), 100),
-                                                                        rd_kafka_event_destroy);
+    while (!rd_kafka_consumer_closed(consumer.get())) {
+      const auto left = wait_budget();
+      if (left.count() <= 0) break;
+      std::unique_ptr<rd_kafka_event_t, void (*)(rd_kafka_event_t*)> ev(
+          rd_kafka_queue_poll(queue.get(),
+                              static_cast<int>(std::min<std::chrono::milliseconds::rep>(100, left.count()))),
+          rd_kafka_event_destroy);
       if (!ev) continue;
       switch (rd_kafka_event_type(ev.get())) {
         case RD_KAFKA_EVENT_REBALANCE:
@@ -460,7 +467,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     }
   }
 
-  // A commit whose result is awaited, for at most revoke_timeout: rd_kafka_commit(…, async = 0) waits without a
+  // A commit whose result is awaited, for at most wait_budget(): rd_kafka_commit(…, async = 0) waits without a
   // bound, and a revoke's commit to a coordinator that is gone then never returned (the process never stopped).
   void commit_and_wait(rd_kafka_topic_partition_list_t* list) {
     std::unique_ptr<rd_kafka_queue_t, void (*)(rd_kafka_queue_t*)> queue(rd_kafka_queue_new(consumer.get()),
@@ -473,7 +480,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       return;
     }
     std::unique_ptr<rd_kafka_event_t, void (*)(rd_kafka_event_t*)> ev(
-        rd_kafka_queue_poll(queue.get(), static_cast<int>(cfg.revoke_timeout.count())), rd_kafka_event_destroy);
+        rd_kafka_queue_poll(queue.get(), static_cast<int>(wait_budget().count())), rd_kafka_event_destroy);
     if (!ev) {
       say(log_level::warning,
           "kafka offset commit not confirmed within revoke_timeout (is the cluster reachable?); the next owner may "
@@ -584,6 +591,16 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     rd_kafka_assign(rk, nullptr);
   }
 
+  // How long a revoke step may wait: revoke_timeout, or during stop() what is left of its shared deadline.
+  std::chrono::milliseconds wait_budget() const {
+    const auto deadline =
+        std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(stop_deadline.load()));
+    const auto now = std::chrono::steady_clock::now();
+    if (deadline - now >= cfg.revoke_timeout) return cfg.revoke_timeout;
+    if (deadline <= now) return std::chrono::milliseconds(0);
+    return std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+  }
+
   // Waits (bounded) until every received message of `parts` was handled.
   void drain(const rd_kafka_topic_partition_list_t* parts) {
     std::unique_lock lock(mutex);
@@ -596,7 +613,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       }
       return false;
     };
-    if (!handled_cv.wait_for(lock, cfg.revoke_timeout, [&] { return !busy(); }))
+    if (!handled_cv.wait_for(lock, wait_budget(), [&] { return !busy(); }))
       say(log_level::warning,
           "kafka revoke: in-flight messages not handled within revoke_timeout; the next owner "
           "receives them again");
@@ -704,11 +721,13 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   void stop() noexcept {
     if (stopped.exchange(true)) return;
     try {
+      stop_deadline = (std::chrono::steady_clock::now() + cfg.revoke_timeout).time_since_epoch().count();
       consumer_running = false;
       handled_cv.notify_all();
       if (consumer_thread.joinable()) consumer_thread.join();
       if (producer) {
-        auto timeout = static_cast<int>(cfg.revoke_timeout.count());
+        // What the consumer left of the deadline, but at least 100 ms for records already on their way.
+        const auto timeout = static_cast<int>(std::max<std::chrono::milliseconds::rep>(100, wait_budget().count()));
         if (rd_kafka_flush(producer.get(), timeout) != RD_KAFKA_RESP_ERR_NO_ERROR) {
           say(log_level::error, "kafka producer: records still unsent at stop; their callbacks get an error");
           rd_kafka_purge(producer.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);

@@ -52,7 +52,9 @@ struct kafka_config {
   std::size_t max_unhandled = 10000;
   // How often handled offsets are committed (asynchronously; synchronously on revoke and stop).
   std::chrono::milliseconds commit_interval{50};
-  // How long a revoke (or stop) waits for in-flight messages to be handled before giving their partitions up.
+  // How long a revoke waits for in-flight messages to be handled before giving their partitions up, and again for
+  // its offset commit. stop() as a whole takes at most this long (plus 100 ms for the producer's flush): its revoke,
+  // the consumer's close and the flush share one deadline.
   std::chrono::milliseconds revoke_timeout{30000};
   // Extra librdkafka properties (SASL, TLS, …) for both clients; keys "producer.X" / "consumer.X" go to one only.
   // Applied last, so they override everything above.
@@ -130,7 +132,9 @@ class kafka_transport final : public transport {
   // The reply-topic partition of `saga` (murmur2 of the key, as Java clients compute it); nullopt until the topic's
   // partition count is known (after the first metadata answer; retry later).
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
-  // Leaves the group (revoke: in-flight handled + committed, up to revoke_timeout) and flushes the producer.
+  // Leaves the group (revoke: in-flight handled + committed) and flushes the producer, all within revoke_timeout
+  // (plus 100 ms for the flush): with the cluster gone it returns then, and the partitions' next owner receives
+  // what was not committed again.
   void stop() noexcept override;
   // Whether stop() has begun.
   [[nodiscard]] bool stopping() const noexcept override;
