@@ -205,15 +205,17 @@ struct counting_store final : storage::event_store {
   std::promise<void> gate;
   std::shared_future<void> opened = gate.get_future().share();
 
-  // With hold_final set, an append that ends a saga is kept (not written) until release_held().
-  std::atomic<bool> hold_final{false};
+  // With hold_final set, an append that ends a saga is kept (not written) until release_held(); hold_all keeps
+  // every append.
+  std::atomic<bool> hold_final{false}, hold_all{false};
   std::mutex held_mutex;
   std::vector<std::pair<storage::append_request, storage::append_callback>> held;
 
   void async_append(storage::append_request r, storage::append_callback done) override {
     if (appends_unavailable)
       return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
-    if (hold_final && (r.status_after == saga_status::completed || r.status_after == saga_status::compensated)) {
+    if (hold_all ||
+        (hold_final && (r.status_after == saga_status::completed || r.status_after == saga_status::compensated))) {
       std::lock_guard lock(held_mutex);
       held.emplace_back(std::move(r), std::move(done));
       return;
@@ -224,14 +226,21 @@ struct counting_store final : storage::event_store {
     std::lock_guard lock(held_mutex);
     return held.size();
   }
-  void release_held() {
+  // Writes what was held, or with `fail` answers it with that error and writes nothing.
+  void release_held(std::exception_ptr fail = nullptr) {
     std::vector<std::pair<storage::append_request, storage::append_callback>> now;
     {
       std::lock_guard lock(held_mutex);
       now.swap(held);
     }
     hold_final = false;
-    for (auto& [r, done] : now) inner.async_append(std::move(r), std::move(done));
+    hold_all = false;
+    for (auto& [r, done] : now) {
+      if (fail)
+        done(fail, {});
+      else
+        inner.async_append(std::move(r), std::move(done));
+    }
   }
   std::vector<storage::recorded_event> load(const saga_id& id) override {
     ++loads;
@@ -726,6 +735,62 @@ TEST(orchestrator, a_start_waiting_on_a_store_retry_is_told_when_the_orchestrato
   EXPECT_TRUE(r.store.read_all(0, 10).empty()) << "nothing was appended";
   o.reset();
   EXPECT_EQ(r.clock.use_count(), 2) << "the rig and `options` hold the clock; the orchestrator is gone";
+}
+
+// An append that outlasts shutdown's wait still ends on the store's thread: the start waiting on it returns its saga
+// id once durable, or is told shut_down when the store asks for a retry. Before, its answer was posted to workers that
+// had stopped: the start waited for ever (or, with the orchestrator destroyed, got a broken promise).
+std::string start_across_a_shutdown(std::exception_ptr answer, rig& r, std::string& id_out) {
+  counting_store store(r.store);
+  auto options = r.options();
+  options.shutdown_append_wait = duration{50};
+  auto o = std::make_unique<orchestrator>(store, r.bus, options);
+  o->add(order_processing::order_saga());
+  o->run();
+  store.hold_all = true;
+  std::promise<std::string> result;
+  auto told = result.get_future();
+  std::thread caller([&] {
+    try {
+      id_out = o->start("order", to_json(make_order(1))).id.to_string();
+      result.set_value("returned");
+    } catch (const runtime::shut_down& x) {
+      result.set_value(std::string("shut_down: ") + x.what());
+    } catch (const std::exception& x) {
+      result.set_value(std::string("other: ") + x.what());
+    }
+  });
+  for (int i = 0; i < 3000 && store.held_count() == 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(store.held_count(), 1u) << "the start's append is held";
+  o->shutdown();  // gives up waiting for it after 50 ms
+  store.release_held(answer);
+  if (told.wait_for(30s) != std::future_status::ready) {
+    caller.detach();
+    (void)o.release();  // the blocked caller still uses it
+    return "start() still waits after its append ended";
+  }
+  caller.join();
+  o.reset();
+  return told.get();
+}
+
+TEST(orchestrator, a_start_whose_append_outlasts_shutdown_returns_its_saga_once_durable) {
+  rig r;
+  std::string id;
+  EXPECT_EQ(start_across_a_shutdown(nullptr, r, id), "returned");
+  const auto parsed = saga_id::parse(id);
+  ASSERT_TRUE(parsed) << id;
+  EXPECT_EQ(r.store.load(*parsed).size(), 2u) << "started and its first command requested";
+  EXPECT_EQ(r.clock.use_count(), 1) << "only the rig holds the clock: the orchestrator is gone";
+}
+
+TEST(orchestrator, a_start_whose_append_fails_after_shutdown_is_told_shut_down) {
+  rig r;
+  std::string id;
+  const auto what = start_across_a_shutdown(
+      std::make_exception_ptr(storage::store_unavailable("test: the database went away")), r, id);
+  EXPECT_EQ(what.rfind("shut_down: orchestrator shut down before it processed this trigger for saga ", 0), 0u) << what;
+  EXPECT_TRUE(r.store.read_all(0, 10).empty()) << "nothing was appended";
 }
 
 TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) {

@@ -114,6 +114,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::atomic<int> appends_in_flight{0};
   std::atomic<bool> stopped{false};
   std::atomic<bool> draining{false};  // shut down: queued jobs are let go, nothing more is decided or appended
+  // Set by shutdown() once nothing runs the io_context any more: a store callback then handles its append's result
+  // on its own thread, one at a time under late_mutex (which shutdown's last drain holds too).
+  std::mutex late_mutex;
+  bool drained = false;
   // Store retries waiting for their backoff (shutdown cancels them, so that their jobs are let go too).
   std::mutex retry_mutex;
   std::set<std::shared_ptr<asio::steady_timer>> retry_timers;
@@ -431,9 +435,16 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       store.async_append(
           std::move(request), [held = holder{shared_from_this(), e}, pending, t0, generation = e->generation](
                                   std::exception_ptr err, storage::append_result) {
-            held.self->on_strand(held.e, [pending, err, t0, generation](impl& self, const std::shared_ptr<entry>& x) {
-              self.appended(x, *pending, err, t0, generation);
-            });
+            auto& self = *held.self;
+            std::lock_guard lock(self.late_mutex);
+            if (!self.drained) {  // posted under the lock: shutdown's drain runs it if it came before the flag
+              return self.on_strand(held.e, [pending, err, t0, generation](impl& s, const std::shared_ptr<entry>& x) {
+                s.appended(x, *pending, err, t0, generation);
+              });
+            }
+            // An append that outlasted shutdown's wait: its caller is told here (the start's id once durable; a
+            // failure, or shut_down for a retry), its effects are performed as the drain does.
+            self.appended(held.e, *pending, err, t0, generation);
           });
     } catch (...) {
       if (j.done) j.done(decision{}, std::current_exception());
@@ -885,8 +896,11 @@ void orchestrator::shutdown() noexcept {
   if (s.stopped.exchange(true)) return;
   s.accepting = false;
   s.bus.stop();
-  // Let appends in flight finish (bounded wait; the log stays consistent either way).
-  for (int i = 0; i < 500 && s.appends_in_flight > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Let appends in flight finish (bounded wait; the log stays consistent either way, and one that comes later is
+  // handled on the store's thread).
+  const auto wait_until = std::chrono::steady_clock::now() + s.options.shutdown_append_wait;
+  while (s.appends_in_flight > 0 && std::chrono::steady_clock::now() < wait_until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (s.work) s.work.reset();
   s.io.stop();
   for (auto& t : s.threads)
@@ -899,6 +913,8 @@ void orchestrator::shutdown() noexcept {
     std::lock_guard lock(s.retry_mutex);
     for (const auto& timer : s.retry_timers) timer->cancel();
   }
+  std::lock_guard lock(s.late_mutex);
+  s.drained = true;
   try {
     s.io.restart();
     s.io.poll();

@@ -52,6 +52,9 @@ struct orchestrator_options {
   std::size_t max_input_bytes = 1 << 20;  // start() refuses a larger saga input (std::invalid_argument naming both)
   // After recovery, a resent command's deadline is at least this far away (the downtime is not the participant's).
   duration recovery_grace{30'000};
+  // How long shutdown() waits for appends in flight before it stops the workers. One that takes longer still ends:
+  // its result is handled on the store's thread (a start waiting on it gets its saga id, or its error).
+  duration shutdown_append_wait{5'000};
   // Recovery reads the logs of this many unfinished sagas per store.load_many call (one query on PostgreSQL).
   std::size_t recovery_load_batch = 1000;
   // On a transport that partitions, run() reads and folds the unfinished sagas' logs (up to the limit) while the
@@ -94,10 +97,12 @@ class orchestrator {
   // The outcome of a saga as a future (ready at once when it already finished). Throws std::invalid_argument
   // when the saga does not exist.
   [[nodiscard]] std::shared_future<saga_outcome> outcome(const saga_id& id);
-  // Graceful shutdown: stops taking triggers, finishes appends in flight, stops the transport (which commits
-  // consumer offsets), stops the workers. Then it lets go of the work still queued: a start/cancel/act waiting on
-  // it throws shut_down, a reply stays unhandled (the next owner of its partition gets it again), a store retry
-  // waiting for its backoff is dropped (recovery redoes it from the log). Idempotent; never throws.
+  // Graceful shutdown: stops taking triggers, finishes appends in flight (waiting up to shutdown_append_wait),
+  // stops the transport (which commits consumer offsets), stops the workers. Then it lets go of the work still
+  // queued: a start/cancel/act waiting on it throws shut_down, a reply stays unhandled (the next owner of its
+  // partition gets it again), a store retry waiting for its backoff is dropped (recovery redoes it from the log).
+  // An append still in flight afterwards is handled when the store answers, on the store's thread: its caller gets
+  // the result (or shut_down when the store asks for a retry). Idempotent; never throws.
   void shutdown() noexcept;
   // Counters and histograms.
   [[nodiscard]] const runtime::metrics& stats() const noexcept;
