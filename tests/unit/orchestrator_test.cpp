@@ -697,6 +697,36 @@ TEST(orchestrator, shutdown_lets_go_of_a_store_retry_and_the_orchestrator_is_fre
   EXPECT_EQ(r.clock.use_count(), 1) << "the destroyed orchestrator is still held by work it had queued";
 }
 
+// Starts an order saga on a thread of its own.
+struct start_on_a_thread {
+  std::thread caller;
+  std::future<std::string> told;
+  explicit start_on_a_thread(orchestrator& o) {
+    auto result = std::make_shared<std::promise<std::string>>();
+    told = result->get_future();
+    caller = std::thread([&o, result] {
+      try {
+        result->set_value("returned " + o.start("order", to_json(make_order(1))).id.to_string());
+      } catch (const runtime::shut_down& x) {
+        result->set_value(std::string("shut_down: ") + x.what());
+      } catch (const std::exception& x) {
+        result->set_value(std::string("other: ") + x.what());
+      }
+    });
+  }
+  // How start() ended: "returned <saga id>", "shut_down: <what>" or "other: <what>"; "still waiting" after 30 s (the
+  // caller is then left to run, and `o` released: it still uses it).
+  std::string outcome(std::unique_ptr<orchestrator>& o) {
+    if (told.wait_for(30s) != std::future_status::ready) {
+      caller.detach();
+      (void)o.release();
+      return "still waiting";
+    }
+    caller.join();
+    return told.get();
+  }
+};
+
 // start() waits while its append is retried; a shutdown then tells it, naming the saga, instead of leaving it
 // blocked for ever.
 TEST(orchestrator, a_start_waiting_on_a_store_retry_is_told_when_the_orchestrator_shuts_down) {
@@ -708,28 +738,10 @@ TEST(orchestrator, a_start_waiting_on_a_store_retry_is_told_when_the_orchestrato
   o->add(order_processing::order_saga());
   o->run();
   store.appends_unavailable = true;
-  std::promise<std::string> result;
-  auto told = result.get_future();
-  std::thread caller([&] {
-    try {
-      (void)o->start("order", to_json(make_order(1)));
-      result.set_value("returned");
-    } catch (const runtime::shut_down& x) {
-      result.set_value(std::string("shut_down: ") + x.what());
-    } catch (const std::exception& x) {
-      result.set_value(std::string("other: ") + x.what());
-    }
-  });
+  start_on_a_thread starting(*o);
   ASSERT_TRUE(r.pump_until([&] { return o->stats().append_retries.load() >= 1u; }));
   o->shutdown();
-  if (told.wait_for(30s) != std::future_status::ready) {
-    ADD_FAILURE() << "start() still waits after shutdown";
-    caller.detach();
-    (void)o.release();  // the blocked caller still uses it
-    return;
-  }
-  caller.join();
-  const auto what = told.get();
+  const auto what = starting.outcome(o);
   EXPECT_EQ(what.rfind("shut_down: orchestrator shut down before it processed", 0), 0u) << what;
   EXPECT_NE(what.find("for saga "), std::string::npos) << what;
   EXPECT_TRUE(r.store.read_all(0, 10).empty()) << "nothing was appended";
@@ -740,7 +752,7 @@ TEST(orchestrator, a_start_waiting_on_a_store_retry_is_told_when_the_orchestrato
 // An append that outlasts shutdown's wait still ends on the store's thread: the start waiting on it returns its saga
 // id once durable, or is told shut_down when the store asks for a retry. Before, its answer was posted to workers that
 // had stopped: the start waited for ever (or, with the orchestrator destroyed, got a broken promise).
-std::string start_across_a_shutdown(std::exception_ptr answer, rig& r, std::string& id_out) {
+std::string start_across_a_shutdown(std::exception_ptr answer, rig& r) {
   counting_store store(r.store);
   auto options = r.options();
   options.shutdown_append_wait = duration{50};
@@ -748,47 +760,30 @@ std::string start_across_a_shutdown(std::exception_ptr answer, rig& r, std::stri
   o->add(order_processing::order_saga());
   o->run();
   store.hold_all = true;
-  std::promise<std::string> result;
-  auto told = result.get_future();
-  std::thread caller([&] {
-    try {
-      id_out = o->start("order", to_json(make_order(1))).id.to_string();
-      result.set_value("returned");
-    } catch (const runtime::shut_down& x) {
-      result.set_value(std::string("shut_down: ") + x.what());
-    } catch (const std::exception& x) {
-      result.set_value(std::string("other: ") + x.what());
-    }
-  });
+  start_on_a_thread starting(*o);
   for (int i = 0; i < 3000 && store.held_count() == 0; ++i) std::this_thread::sleep_for(1ms);
   EXPECT_EQ(store.held_count(), 1u) << "the start's append is held";
   o->shutdown();  // gives up waiting for it after 50 ms
   store.release_held(answer);
-  if (told.wait_for(30s) != std::future_status::ready) {
-    caller.detach();
-    (void)o.release();  // the blocked caller still uses it
-    return "start() still waits after its append ended";
-  }
-  caller.join();
+  auto what = starting.outcome(o);
   o.reset();
-  return told.get();
+  return what;
 }
 
 TEST(orchestrator, a_start_whose_append_outlasts_shutdown_returns_its_saga_once_durable) {
   rig r;
-  std::string id;
-  EXPECT_EQ(start_across_a_shutdown(nullptr, r, id), "returned");
-  const auto parsed = saga_id::parse(id);
-  ASSERT_TRUE(parsed) << id;
+  const auto what = start_across_a_shutdown(nullptr, r);
+  ASSERT_EQ(what.rfind("returned ", 0), 0u) << what;
+  const auto parsed = saga_id::parse(what.substr(9));
+  ASSERT_TRUE(parsed) << what;
   EXPECT_EQ(r.store.load(*parsed).size(), 2u) << "started and its first command requested";
   EXPECT_EQ(r.clock.use_count(), 1) << "only the rig holds the clock: the orchestrator is gone";
 }
 
 TEST(orchestrator, a_start_whose_append_fails_after_shutdown_is_told_shut_down) {
   rig r;
-  std::string id;
-  const auto what = start_across_a_shutdown(
-      std::make_exception_ptr(storage::store_unavailable("test: the database went away")), r, id);
+  const auto what =
+      start_across_a_shutdown(std::make_exception_ptr(storage::store_unavailable("test: the database went away")), r);
   EXPECT_EQ(what.rfind("shut_down: orchestrator shut down before it processed this trigger for saga ", 0), 0u) << what;
   EXPECT_TRUE(r.store.read_all(0, 10).empty()) << "nothing was appended";
 }
