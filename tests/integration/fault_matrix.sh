@@ -96,10 +96,16 @@ done
 saga_participants_start "$work/logs"
 # The wait runs on the server: one connection that looks every 10 ms (for at most 60 s). Polling with a new psql
 # 20 times a second lagged by seconds on a loaded machine once (a CI run), and 250 sagas ended meanwhile.
+replies_taken() { sql "SELECT count(*) FROM saga_events WHERE type IN ('step_succeeded', 'step_failed')" || echo 0; }
 sql "DO \$\$ BEGIN FOR i IN 1..6000 LOOP
        EXIT WHEN EXISTS (SELECT 1 FROM saga_events WHERE type IN ('step_succeeded', 'step_failed'));
        PERFORM pg_sleep(0.01);
      END LOOP; END \$\$" >/dev/null || true
+if [ "$(replies_taken)" -eq 0 ] && kill -0 "$orch_pid" 2>/dev/null; then
+  echo "FAIL: no reply recorded within 60 s of the participants' start (or the wait on the server failed)"
+  tail -n 20 "$work/logs/orchestrator-$n_orch.log"
+  exit 1
+fi
 if ! kill -0 "$orch_pid" 2>/dev/null; then
   echo "FAIL: the orchestrator ended before the fault"
   tail -n 20 "$work/logs/orchestrator-$n_orch.log"

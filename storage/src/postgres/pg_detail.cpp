@@ -30,9 +30,14 @@ bool is_connection_state(const std::string& state) {
 }  // namespace
 
 namespace {
+struct text_hash {
+  using is_transparent = void;  // find() by string_view: no copy of the text per statement
+  std::size_t operator()(std::string_view text) const noexcept { return std::hash<std::string_view>{}(text); }
+};
 struct statement_names {
   std::mutex mutex;
-  std::unordered_map<std::string, std::string> names;  // statement text -> name; "" = never prepare
+  // statement text -> name; "" = never prepare
+  std::unordered_map<std::string, std::string, text_hash, std::equal_to<>> names;
 };
 statement_names& registry() {
   static statement_names r;
@@ -56,12 +61,11 @@ bool preparable(std::string_view sql) {
 
 std::string statement_name(std::string_view sql) {
   auto& r = registry();
-  std::string key(sql);
   std::lock_guard lock(r.mutex);
-  if (auto it = r.names.find(key); it != r.names.end()) return it->second;
+  if (auto it = r.names.find(sql); it != r.names.end()) return it->second;
   if (r.names.size() >= most_statement_names || !preparable(sql)) return {};
   std::string name = "saga_stmt_" + std::to_string(r.names.size());
-  r.names.emplace(std::move(key), name);
+  r.names.emplace(std::string(sql), name);
   return name;
 }
 
@@ -70,7 +74,7 @@ void stale_statement(const std::string& sql) noexcept {
   try {
     auto& r = registry();
     std::lock_guard lock(r.mutex);
-    r.names[sql].clear();  // "": the text keeps its slot and is never prepared again
+    r.names.insert_or_assign(sql, std::string());  // "": the text keeps its slot and is never prepared again
   } catch (...) {
   }
 }
