@@ -91,6 +91,16 @@ std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_vi
   }
 }
 
+std::unique_ptr<pqxx::connection> connect_planning_each_time(const std::string& url, std::string_view doing) {
+  auto conn = connect(url, doing);
+  try {
+    conn->set_variable("plan_cache_mode", "force_custom_plan");
+  } catch (...) {
+    rethrow_translated(std::string(doing) + ": setting plan_cache_mode");
+  }
+  return conn;
+}
+
 void rethrow_translated(std::string_view doing) {
   const std::string where(doing);
   try {

@@ -16,6 +16,14 @@ namespace saga::storage::detail {
 // Opens a connection; throws store_unavailable when the server cannot be reached.
 [[nodiscard]] std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing);
 
+// connect() for a connection whose statements go through exec_cached (the inbox's and a postgres_session's): with
+// plan_cache_mode = force_custom_plan, so a statement is parsed once but planned on each execution for the tables as
+// they are then. PostgreSQL's default may settle on a generic plan made while a table was small (a sequential scan)
+// and keep it while the table grows: the inbox's `command_id = ANY($1)` lookup then read the whole saga_inbox for
+// every batch. Throws store_unavailable when the server cannot be reached.
+[[nodiscard]] std::unique_ptr<pqxx::connection> connect_planning_each_time(const std::string& url,
+                                                                           std::string_view doing);
+
 // Rethrows the exception being handled as a storage error: pqxx::in_doubt_error and lost connections become
 // store_unavailable, serialization failures and deadlocks retryable store_error, other SQL errors store_error with
 // the SQL state and statement. Other exceptions (store_error, the caller's own) propagate unchanged.
@@ -79,10 +87,10 @@ class json_array {
 // builds statement texts with literals in them would otherwise prepare without bound).
 [[nodiscard]] std::string statement_name(std::string_view sql);
 
-// Runs `sql` on `tx` as a statement prepared once per connection (parse and plan once, not on every call), or
-// unprepared when statement_name gives no name. A prepared statement whose result columns changed under it (a
-// table altered meanwhile: SQL state 0A000) is never prepared again in this process, and the error is translated
-// as retryable, so a retry runs it unprepared.
+// Runs `sql` on `tx` as a statement prepared once per connection (parsed once, not on every call; planned on every
+// call on a connection from connect_planning_each_time), or unprepared when statement_name gives no name. A prepared
+// statement whose result columns changed under it (a table altered meanwhile: SQL state 0A000) is never prepared again
+// in this process, and the error is translated as retryable, so a retry runs it unprepared.
 template <typename... Args>
 pqxx::result exec_cached(pqxx::transaction_base& tx, const std::string& sql, Args&&... args);
 

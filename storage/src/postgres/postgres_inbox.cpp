@@ -64,7 +64,7 @@ struct postgres_inbox::impl {
       ++owner_.open;
       lock.unlock();
       try {
-        conn_ = detail::connect(owner_.url, "postgres_inbox");
+        conn_ = detail::connect_planning_each_time(owner_.url, "postgres_inbox");
       } catch (...) {
         release_slot();
         throw;

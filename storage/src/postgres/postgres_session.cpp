@@ -11,7 +11,7 @@ struct postgres_session::impl {
 
 postgres_session::postgres_session(const std::string& url) : impl_(std::make_unique<impl>()) {
   impl_->url = url;
-  impl_->conn = detail::connect(url, "postgres_session");
+  impl_->conn = detail::connect_planning_each_time(url, "postgres_session");
 }
 
 postgres_session::~postgres_session() = default;
@@ -19,7 +19,8 @@ postgres_session::postgres_session(postgres_session&&) noexcept = default;
 postgres_session& postgres_session::operator=(postgres_session&&) noexcept = default;
 
 void postgres_session::run(const std::function<void(transaction& tx)>& body) {
-  if (!impl_->conn || !impl_->conn->is_open()) impl_->conn = detail::connect(impl_->url, "postgres_session");
+  if (!impl_->conn || !impl_->conn->is_open())
+    impl_->conn = detail::connect_planning_each_time(impl_->url, "postgres_session");
   try {
     pqxx::work work(*impl_->conn);
     detail::work_transaction tx(work);
