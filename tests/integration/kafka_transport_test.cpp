@@ -778,6 +778,122 @@ TEST_F(kafka_test, reply_partition_matches_where_replies_land) {
   EXPECT_GT(used.size(), 1u);
 }
 
+// kafka_config::static_assignment: no group. Each member consumes its share of the partitions (p % members ==
+// member), assigned before the registration returns; stop() runs the revoke (handled offsets committed); a member
+// restarted under the same group id owns its partitions again at once and resumes after its commits.
+struct static_member {
+  st::kafka_transport transport;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::set<std::int32_t> assigned, revoked;
+  std::vector<st::raw_record> got;
+  static_member(st::kafka_config config, int member, int members)
+      : transport(with_share(std::move(config), member, members)) {}
+  static st::kafka_config with_share(st::kafka_config c, int member, int members) {
+    c.static_assignment = st::kafka_config::static_partitions{member, members};
+    return c;
+  }
+  void listen(const std::string& topic) {
+    transport.on_partitions_assigned([this](const std::vector<st::topic_partition>& tps) {
+      std::lock_guard lock(mutex);
+      for (const auto& tp : tps) assigned.insert(tp.partition);
+    });
+    transport.on_partitions_revoked([this](const std::vector<st::topic_partition>& tps) {
+      std::lock_guard lock(mutex);
+      for (const auto& tp : tps) revoked.insert(tp.partition);
+    });
+    transport.on_raw(topic, [this](st::raw_record r, st::handled_callback handled) {
+      {
+        std::lock_guard lock(mutex);
+        got.push_back(std::move(r));
+      }
+      cv.notify_all();
+      handled();
+    });
+  }
+  std::map<std::string, std::int32_t> keys() {
+    std::lock_guard lock(mutex);
+    std::map<std::string, std::int32_t> out;
+    for (const auto& r : got) out.emplace(r.key, r.partition);
+    return out;
+  }
+};
+
+TEST_F(kafka_test, static_members_consume_their_share_and_a_restarted_member_resumes_after_its_commits) {
+  create_topics(4);
+  st::kafka_transport sender(config(""));
+  std::map<std::string, std::int32_t> where;  // key -> partition the reply went to
+  auto send = [&](std::uint64_t from, std::uint64_t to) {
+    for (auto i = from; i < to; ++i) {
+      st::reply_message r;
+      r.saga = saga::saga_id::from_words(seed_, i);
+      r.command_id = r.saga.to_string() + ":1";
+      r.saga_type = "order";
+      r.step = "s";
+      r.payload = "{}";
+      auto p = sender.reply_partition("order", r.saga);
+      ASSERT_TRUE(p);
+      where[r.saga.to_string()] = *p;
+      sender.send_reply(replies_topic(), r, nullptr);
+    }
+    ASSERT_TRUE(sender.flush(30s));
+  };
+  auto first = std::make_unique<static_member>(config("static"), 0, 2);
+  static_member second(config("static"), 1, 2);
+  first->listen(replies_topic());
+  second.listen(replies_topic());
+  EXPECT_EQ(first->assigned, (std::set<std::int32_t>{0, 2})) << "assigned before on_raw returned";
+  EXPECT_EQ(second.assigned, (std::set<std::int32_t>{1, 3}));
+
+  send(0, 40);
+  auto received_all = [&](static_member& m, std::uint64_t from, std::uint64_t to, int parity) {
+    std::unique_lock lock(m.mutex);
+    return m.cv.wait_for(lock, 120s, [&] {
+      std::set<std::string> seen;
+      for (const auto& r : m.got) seen.insert(r.key);
+      for (auto i = from; i < to; ++i) {
+        const auto key = saga::saga_id::from_words(seed_, i).to_string();
+        if (where[key] % 2 == parity && !seen.contains(key)) return false;
+      }
+      return true;
+    });
+  };
+  ASSERT_TRUE(received_all(*first, 0, 40, 0));
+  ASSERT_TRUE(received_all(second, 0, 40, 1));
+  for (const auto& [key, partition] : first->keys()) EXPECT_EQ(partition % 2, 0) << key;
+  for (const auto& [key, partition] : second.keys()) EXPECT_EQ(partition % 2, 1) << key;
+  EXPECT_EQ(first->got.size() + second.got.size(), 40u) << "each record once";
+
+  first->transport.stop();  // the revoke: every handled offset committed
+  EXPECT_EQ(first->revoked, (std::set<std::int32_t>{0, 2}));
+  first.reset();
+  send(40, 60);
+  static_member restarted(config("static"), 0, 2);
+  restarted.listen(replies_topic());
+  EXPECT_EQ(restarted.assigned, (std::set<std::int32_t>{0, 2}));
+  ASSERT_TRUE(received_all(restarted, 40, 60, 0));
+  ASSERT_TRUE(received_all(second, 40, 60, 1));
+  std::this_thread::sleep_for(500ms);  // anything from before the commits would have come by now
+  for (const auto& [key, partition] : restarted.keys()) {
+    EXPECT_EQ(partition % 2, 0) << key;
+    bool is_new = false;
+    for (std::uint64_t i = 40; i < 60; ++i) is_new = is_new || saga::saga_id::from_words(seed_, i).to_string() == key;
+    EXPECT_TRUE(is_new) << key << " was handled and committed before the restart, and came again";
+  }
+}
+
+TEST_F(kafka_test, a_static_assignment_outside_its_members_is_refused_naming_it) {
+  auto c = config("static");
+  c.static_assignment = st::kafka_config::static_partitions{2, 2};
+  try {
+    st::kafka_transport t(c);
+    ADD_FAILURE() << "member 2 of 2 was accepted";
+  } catch (const st::transport_error& e) {
+    EXPECT_NE(std::string(e.what()).find("member 2 of 2"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.retryable());
+  }
+}
+
 // stop() gives its waits one deadline, revoke_timeout after it began: the revoke's drain (a reply still in its
 // handler), the revoke's commit (a handled reply's offset), the consumer's close and the producer's flush (a reply
 // sent after the cluster went away). Each of them waited a whole revoke_timeout before, three in all here.

@@ -351,11 +351,80 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   }
 
   void add_route(const std::string& topic, route r) {
-    std::lock_guard lock(mutex);
-    if (stopped.load()) throw transport_error("kafka transport stopped", false);
-    ensure_consumer_locked();
-    routes[topic] = std::move(r);
-    subscribe_locked();
+    {
+      std::lock_guard lock(mutex);
+      if (stopped.load()) throw transport_error("kafka transport stopped", false);
+      ensure_consumer_locked();
+      const bool known = routes.contains(topic);
+      routes[topic] = std::move(r);
+      if (!cfg.static_assignment) {
+        subscribe_locked();
+        return;
+      }
+      if (known) return;  // its partitions are assigned already
+    }
+    try {
+      assign_static(topic);
+    } catch (...) {  // unregistered again, so registering it once more retries the assignment
+      std::lock_guard lock(mutex);
+      routes.erase(topic);
+      std::erase_if(partitions, [&](const auto& entry) { return entry.first.first == topic; });
+      throw;
+    }
+  }
+
+  // static_assignment: assigns this member's partitions of `topic` without a group (each from its committed offset,
+  // else the earliest), then tells the assigned callback, on this (the registering) thread.
+  void assign_static(const std::string& topic) {
+    const auto share = *cfg.static_assignment;
+    std::optional<std::int32_t> count;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!(count = partition_count(topic))) {  // the first ask creates the topic where the cluster allows it
+      if (stopped.load() || std::chrono::steady_clock::now() >= deadline)
+        throw transport_error(
+            "kafka static assignment: no partition count for topic " + topic + " within 30 s (does it exist?)", true);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // start-up only
+    }
+    list_ptr parts(rd_kafka_topic_partition_list_new(*count));
+    for (std::int32_t p = share.member; p < *count; p += share.members)
+      rd_kafka_topic_partition_list_add(parts.get(), topic.c_str(), p);  // offset unset: the committed one
+    if (parts->cnt == 0) {
+      say(log_level::warning, "kafka " + cfg.group_id + ": static member " + std::to_string(share.member) + " of " +
+                                  std::to_string(share.members) + " owns none of the " + std::to_string(*count) +
+                                  " partition(s) of " + topic);
+      return;
+    }
+    {
+      std::lock_guard lock(mutex);
+      for (int i = 0; i < parts->cnt; ++i) {
+        auto& st = partitions[{topic, parts->elems[i].partition}];
+        st = partition_state{};
+        st.epoch = next_epoch++;
+      }
+    }
+    if (error_ptr e{rd_kafka_incremental_assign(consumer.get(), parts.get())})
+      throw transport_error("kafka static assignment of " + topic + ": " + rd_kafka_error_string(e.get()), false);
+    say(log_level::info, "kafka " + cfg.group_id + ": assigned " + std::to_string(parts->cnt) + " partition(s) of " +
+                             topic + " (static member " + std::to_string(share.member) + " of " +
+                             std::to_string(share.members) + ")");
+    partitions_callback cb;
+    {
+      std::lock_guard lock(mutex);
+      cb = assigned_cb;
+    }
+    notify(cb, describe(parts.get()), "assigned");
+  }
+
+  // static_assignment at stop: the revoke a group would run (in-flight handled, offsets committed, the revoked
+  // callback), for every partition this member owns.
+  void revoke_static() {
+    list_ptr parts(rd_kafka_topic_partition_list_new(0));
+    {
+      std::lock_guard lock(mutex);
+      for (const auto& [tp, st] : partitions)
+        rd_kafka_topic_partition_list_add(parts.get(), tp.first.c_str(), tp.second);
+    }
+    if (parts->cnt > 0) on_rebalance(consumer.get(), RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, parts.get());
   }
 
   void consume_loop() {
@@ -375,6 +444,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       std::unique_ptr<rd_kafka_message_t, void (*)(rd_kafka_message_t*)> guard(m, rd_kafka_message_destroy);
       dispatch(m);
     }
+    if (cfg.static_assignment) revoke_static();
     // Leaving the group runs the revoke (in-flight handled, offsets committed) through the rebalance callback,
     // served here. rd_kafka_consumer_close() would wait forever for a broker that is gone, so the close is
     // asynchronous and bounded by stop()'s deadline; past it the broker's session timeout frees the partitions.
@@ -777,6 +847,11 @@ std::map<std::string, std::string> kafka_config::read_properties(const std::stri
 }
 
 kafka_transport::kafka_transport(kafka_config config) : config_(std::move(config)) {
+  if (const auto& share = config_.static_assignment;
+      share && (share->members < 1 || share->member < 0 || share->member >= share->members))
+    throw transport_error("kafka_config.static_assignment: member " + std::to_string(share->member) + " of " +
+                              std::to_string(share->members) + " members (want members >= 1, 0 <= member < members)",
+                          false);
   impl_ = std::make_shared<impl>(config_);
   impl_->start_producer();
 }

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace saga::transport {
@@ -56,6 +57,20 @@ struct kafka_config {
   // its offset commit. stop() as a whole takes at most this long (plus 100 ms for the producer's flush): its revoke,
   // the consumer's close and the flush share one deadline.
   std::chrono::milliseconds revoke_timeout{30000};
+  // Which partitions this process consumes. nullopt (the default): the consumer group `group_id` shares them out
+  // and moves a dead member's partitions to the others after its session timeout. Set: static ownership without
+  // joining the group; this process consumes partition p of every topic it registers a handler for where
+  // p % members == member, from the offsets committed under `group_id`. A restarted process owns its partitions
+  // again at once (no session timeout to wait out, no rebalance), but nothing moves them while it is down: a
+  // supervisor must restart it. Give each process its own member: two with the same one both consume the same
+  // partitions (the saga runtime stays correct, its appends checked by optimistic concurrency and its commands
+  // applied once by the inbox, but the work is done twice). Do not mix static members and group members under
+  // one group_id (the broker refuses the static members' commits while the group has members).
+  struct static_partitions {
+    int member = 0;
+    int members = 1;
+  };
+  std::optional<static_partitions> static_assignment;
   // Extra librdkafka properties (SASL, TLS, …) for both clients; keys "producer.X" / "consumer.X" go to one only.
   // Applied last, so they override everything above.
   std::map<std::string, std::string> properties;
@@ -126,13 +141,15 @@ class kafka_transport final : public transport {
   void send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) override;
   // Sends `command` with header saga_dlq_reason to its command topic + dead_letter_suffix; `done` as above.
   void dead_letter(const command_message& command, const std::string& reason, delivery_callback done) override;
-  // Sets the assignment callbacks (call before registering handlers).
+  // Sets the assignment callbacks (call before registering handlers). With static_assignment the assigned callback
+  // runs on the registering thread, before on_reply/on_command/on_raw returns, for the topic's partitions.
   void on_partitions_assigned(partitions_callback callback) override;
   void on_partitions_revoked(partitions_callback callback) override;
   // The reply-topic partition of `saga` (murmur2 of the key, as Java clients compute it); nullopt until the topic's
   // partition count is known (after the first metadata answer; retry later).
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
-  // Leaves the group (revoke: in-flight handled + committed) and flushes the producer, all within revoke_timeout
+  // Leaves the group (revoke: in-flight handled + committed; with static_assignment the same revoke without a group)
+  // and flushes the producer, all within revoke_timeout
   // (plus 100 ms for the flush): with the cluster gone it returns then, and the partitions' next owner receives
   // what was not committed again.
   void stop() noexcept override;
