@@ -8,8 +8,9 @@
 // --check-all, --until-idle, --json, --clock-jump BY_S (the clock steps BY_S forward on SIGUSR1: the
 // fault matrix's clock-jump cell), --rate N (orders
 // per second, steady), --placers N (threads placing orders, default 32) and --window S (a JSON line per S seconds:
-// sagas finished, p50/p99 latency; scripts/bench soak). Environment: SAGA_PG_URL, SAGA_KAFKA_BROKERS (and
-// SAGA_KAFKA_PREFIX, default "saga").
+// sagas finished, p50/p99 latency; scripts/bench soak), --static-partitions M/N (own the reply partitions p with
+// p % N == M instead of joining the consumer group: kafka_config::static_assignment). Environment: SAGA_PG_URL,
+// SAGA_KAFKA_BROKERS (and SAGA_KAFKA_PREFIX, default "saga").
 #include "order_saga.hpp"
 #include "shop_schema.hpp"
 
@@ -55,6 +56,8 @@ struct options {
   std::chrono::seconds window{0};  // --window: a JSON line of the sagas that finished in each window
   std::size_t placers = 32;        // --placers: threads placing orders (each start waits for its commit)
   saga::duration step_timeout = saga::retry_policy{}.timeout;
+  // --static-partitions M/N: own reply partitions p % N == M instead of joining the consumer group
+  std::optional<saga::transport::kafka_config::static_partitions> static_partitions;
 };
 
 // The wall clock, stepping forward by `by` when the process receives SIGUSR1 (the fault matrix sends it once enough
@@ -149,7 +152,22 @@ options parse(int argc, char** argv) {
       o.check_all = true;
     else if (a == "--until-idle")
       o.until_idle = true;
-    else if (a == "--clock-jump")  // BY_S: on SIGUSR1 the clock steps BY_S seconds forward
+    else if (a == "--static-partitions") {
+      const std::string v = value();
+      const auto slash = v.find('/');
+      std::size_t used_m = 0, used_n = 0;
+      saga::transport::kafka_config::static_partitions share;
+      try {
+        if (slash == std::string::npos) throw std::invalid_argument("no slash");
+        share.member = std::stoi(v.substr(0, slash), &used_m);
+        share.members = std::stoi(v.substr(slash + 1), &used_n);
+      } catch (const std::exception&) {
+        throw std::invalid_argument("--static-partitions wants MEMBER/MEMBERS (e.g. 0/1), not '" + v + "'");
+      }
+      if (used_m != slash || used_n != v.size() - slash - 1)
+        throw std::invalid_argument("--static-partitions wants MEMBER/MEMBERS (e.g. 0/1), not '" + v + "'");
+      o.static_partitions = share;
+    } else if (a == "--clock-jump")  // BY_S: on SIGUSR1 the clock steps BY_S seconds forward
       o.jump_by = std::chrono::milliseconds(static_cast<long>(std::stod(value()) * 1000));
     else
       throw std::invalid_argument("unknown option " + a);
@@ -343,6 +361,7 @@ int main(int argc, char** argv) {
     config.properties.emplace("consumer.session.timeout.ms", "6000");
     config.properties.emplace("consumer.heartbeat.interval.ms", "1000");
     config.group_id = "order-orchestrator";
+    config.static_assignment = opt.static_partitions;
     config.client_id = "order-orchestrator";
     config.source = "/order/orchestrator";
     saga::transport::kafka_transport bus(config);

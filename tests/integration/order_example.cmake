@@ -9,6 +9,11 @@ if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-
   add_test(NAME runtime.crash_torture_20_sigkills
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/crash_torture_test.sh ${PROJECT_BINARY_DIR} 20)
   set_tests_properties(runtime.crash_torture_20_sigkills PROPERTIES LABELS integration TIMEOUT 1200)
+  # The same with static partition ownership (kafka_config::static_assignment): no group, offsets resumed.
+  add_test(NAME runtime.crash_torture_20_sigkills_static_partitions
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/crash_torture_test.sh ${PROJECT_BINARY_DIR} 20 static)
+  set_tests_properties(runtime.crash_torture_20_sigkills_static_partitions PROPERTIES LABELS integration
+                                                                                    TIMEOUT 1200)
 endif()
 
 if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
