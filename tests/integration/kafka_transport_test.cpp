@@ -220,6 +220,17 @@ class kafka_test : public ::testing::Test {
     return c;
   }
 
+  // A reply of saga n (keyed by its id, so it lands on that saga's reply partition).
+  [[nodiscard]] st::reply_message reply(std::uint64_t n) const {
+    st::reply_message r;
+    r.saga = saga::saga_id::from_words(seed_, n);
+    r.command_id = r.saga.to_string() + ":1";
+    r.saga_type = "order";
+    r.step = "s";
+    r.payload = "{}";
+    return r;
+  }
+
   std::unique_ptr<saga::storage::inbox> make_inbox() {
 #if SAGA_HAVE_POSTGRES_INBOX
     const char* url = std::getenv("SAGA_PG_URL");
@@ -756,12 +767,7 @@ TEST_F(kafka_test, reply_partition_matches_where_replies_land) {
   });
   std::vector<saga::saga_id> ids;
   for (std::uint64_t i = 0; i < 40; ++i) {
-    st::reply_message r;
-    r.saga = saga::saga_id::from_words(seed_, i);
-    r.command_id = r.saga.to_string() + ":1";
-    r.saga_type = "order";
-    r.step = "s";
-    r.payload = "{}";
+    const auto r = reply(i);
     ids.push_back(r.saga);
     transport.send_reply(replies_topic(), r, nullptr);
   }
@@ -825,12 +831,7 @@ TEST_F(kafka_test, static_members_consume_their_share_and_a_restarted_member_res
   std::map<std::string, std::int32_t> where;  // key -> partition the reply went to
   auto send = [&](std::uint64_t from, std::uint64_t to) {
     for (auto i = from; i < to; ++i) {
-      st::reply_message r;
-      r.saga = saga::saga_id::from_words(seed_, i);
-      r.command_id = r.saga.to_string() + ":1";
-      r.saga_type = "order";
-      r.step = "s";
-      r.payload = "{}";
+      const auto r = reply(i);
       auto p = sender.reply_partition("order", r.saga);
       ASSERT_TRUE(p);
       where[r.saga.to_string()] = *p;
