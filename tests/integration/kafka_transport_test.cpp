@@ -795,6 +795,10 @@ struct static_member {
   std::vector<st::raw_record> got;
   static_member(st::kafka_config config, int member, int members)
       : transport(with_share(std::move(config), member, members)) {}
+  // stop() runs the revoked callback, which writes `revoked`: stop before the members below are destroyed.
+  ~static_member() { transport.stop(); }
+  static_member(const static_member&) = delete;
+  static_member& operator=(const static_member&) = delete;
   static st::kafka_config with_share(st::kafka_config c, int member, int members) {
     c.static_assignment = st::kafka_config::static_partitions{member, members};
     return c;

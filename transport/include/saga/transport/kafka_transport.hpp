@@ -57,14 +57,14 @@ struct kafka_config {
   // its offset commit. stop() as a whole takes at most this long (plus 100 ms for the producer's flush): its revoke,
   // the consumer's close and the flush share one deadline.
   std::chrono::milliseconds revoke_timeout{30000};
-  // Which partitions this process consumes. nullopt (the default): the consumer group `group_id` shares them out
-  // and moves a dead member's partitions to the others after its session timeout. Set: static ownership without
-  // joining the group; this process consumes partition p of every topic it registers a handler for where
-  // p % members == member, from the offsets committed under `group_id`. A restarted process owns its partitions
-  // again at once (no session timeout to wait out, no rebalance), but nothing moves them while it is down: a
-  // supervisor must restart it. Give each process its own member: two with the same one both consume the same
-  // partitions (the saga runtime stays correct, its appends checked by optimistic concurrency and its commands
-  // applied once by the inbox, but the work is done twice). Do not mix static members and group members under
+  // Which partitions this process consumes. nullopt (the default): the consumer group `group_id` shares them out and
+  // moves a dead member's partitions to the others after its session timeout. Set: static ownership without joining
+  // the group; this process consumes partition p of every topic it registers a handler for where p % members == member
+  // (the partition count read when the topic is registered), from the offsets committed under `group_id`. A restarted
+  // process owns its partitions again at once (no session timeout to wait out, no rebalance), but nothing moves them
+  // while it is down: a supervisor must restart it. Give each process its own member: two with the same one both
+  // consume the same partitions (the saga runtime stays correct, its appends checked by optimistic concurrency and its
+  // commands applied once by the inbox, but the work is done twice). Do not mix static members and group members under
   // one group_id (the broker refuses the static members' commits while the group has members).
   struct static_partitions {
     int member = 0;
@@ -149,9 +149,8 @@ class kafka_transport final : public transport {
   // partition count is known (after the first metadata answer; retry later).
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
   // Leaves the group (revoke: in-flight handled + committed; with static_assignment the same revoke without a group)
-  // and flushes the producer, all within revoke_timeout
-  // (plus 100 ms for the flush): with the cluster gone it returns then, and the partitions' next owner receives
-  // what was not committed again.
+  // and flushes the producer, all within revoke_timeout (plus 100 ms for the flush): with the cluster gone it returns
+  // then, and the partitions' next owner receives what was not committed again.
   void stop() noexcept override;
   // Whether stop() has begun.
   [[nodiscard]] bool stopping() const noexcept override;
