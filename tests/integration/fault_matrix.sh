@@ -42,8 +42,10 @@ db="fault_${cell}"
 saga_pg_fresh_database "$db"
 since() { awk -v now="$(date +%s.%N)" -v then="$1" 'BEGIN { printf "%.1f", now - then }'; }
 sql() { psql "$SAGA_PG_URL" -XAtq -c "$1" 2>/dev/null; }
-unfinished() { sql "SELECT count(*) FROM saga_instances WHERE status IN ('running','compensating')" || echo -1; }
-ended() { sql "SELECT count(*) FROM saga_instances WHERE status IN ('completed','compensated')" || echo -1; }
+count_unfinished="SELECT count(*) FROM saga_instances WHERE status IN ('running','compensating')"
+count_ended="SELECT count(*) FROM saga_instances WHERE status IN ('completed','compensated')"
+unfinished() { sql "$count_unfinished" || echo -1; }
+ended() { sql "$count_ended" || echo -1; }
 
 orch_pid=""
 chaos_pid=""
@@ -103,8 +105,7 @@ counts="$(psql "$SAGA_PG_URL" -XAtq -F ' ' \
         PERFORM pg_sleep(0.01);
       END LOOP; END \$\$" \
   -c "SELECT (SELECT count(*) FROM saga_events WHERE type IN ('step_succeeded', 'step_failed')),
-             (SELECT count(*) FROM saga_instances WHERE status IN ('running', 'compensating')),
-             (SELECT count(*) FROM saga_instances WHERE status IN ('completed', 'compensated'))" 2>&1)" || true
+             ($count_unfinished), ($count_ended)" 2>&1)" || true
 read -r replies at_fault ended_before <<<"$counts" || true
 if ! [[ "${replies:-}" =~ ^[0-9]+$ && "${at_fault:-}" =~ ^[0-9]+$ && "${ended_before:-}" =~ ^[0-9]+$ ]]; then
   echo "FAIL: waiting for the first reply on the server failed: $counts"
