@@ -5,6 +5,17 @@
 
 SAGA_PARTICIPANT_PIDS=()
 
+# saga_orchestrator_membership MODE: sets SAGA_MEMBERSHIP to the order-orchestrator arguments for MODE: "group" (join
+# the consumer group on the reply topic) or "static" (own every reply partition without a group, --static-partitions
+# 0/1). Fails naming MODE otherwise.
+saga_orchestrator_membership() {
+  case "$1" in
+    group) SAGA_MEMBERSHIP=() ;;
+    static) SAGA_MEMBERSHIP=(--static-partitions 0/1) ;;
+    *) echo "MODE is group or static, not '$1'" >&2; return 2 ;;
+  esac
+}
+
 # saga_pg_fresh_database NAME: (re)creates the empty database NAME on the server SAGA_PG_URL points at and points
 # SAGA_PG_URL at it (keeping the URL's parameters, e.g. ?sslmode=…), so a test's sagas and books are its own.
 # SAGA_PG_SERVER_URL keeps the URL it was given, for saga_pg_drop_database.

@@ -10,14 +10,11 @@ set -euo pipefail
 export SAGA_BUILD_DIR="$1"
 kills="${2:-20}"
 mode="${3:-group}"
-case "$mode" in
-  group) membership=() ;;
-  static) membership=(--static-partitions 0/1) ;;
-  *) echo "crash_torture_test.sh BUILD KILLS [MODE]: MODE is group or static, not '$mode'" >&2; exit 2 ;;
-esac
 source "$(dirname "$0")/../../scripts/lib/common.sh"
 source "$SAGA_ROOT/scripts/lib/kafka.sh"
 source "$SAGA_ROOT/scripts/lib/order_example.sh"
+saga_orchestrator_membership "$mode" || { echo "usage: crash_torture_test.sh BUILD KILLS [group|static]" >&2; exit 2; }
+membership=("${SAGA_MEMBERSHIP[@]}")
 [ -n "${SAGA_PG_URL:-}" ] || { echo "SAGA_PG_URL is not set: run this through scripts/test" >&2; exit 1; }
 work="$SAGA_BUILD/test-crash-torture-$mode"
 rm -rf "$work" && mkdir -p "$work"
