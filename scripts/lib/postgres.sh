@@ -3,7 +3,8 @@
 
 # saga_pg_start DIR: starts a private server in DIR (initdb on first use), listening on a Unix socket in DIR and a
 # free loopback port, owned by the postgres user when run as root. Exports SAGA_PG_URL and, for tests that restart
-# the server, SAGA_PG_DATA, SAGA_PG_BIN and SAGA_PG_RUNAS.
+# the server, SAGA_PG_DATA, SAGA_PG_BIN and SAGA_PG_RUNAS. SAGA_PG_SERVER_OPTIONS adds server options ("-c name=value
+# ..."), e.g. a preloaded extension for a benchmark.
 saga_pg_start() {
   local dir="$1" bindir port try
   bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
@@ -55,7 +56,7 @@ saga_pg_start() {
 
 # The server's options: loopback and a Unix socket only.
 _saga_pg_options() {
-  echo "-c listen_addresses=127.0.0.1 -p $1 -k $2 -c max_connections=200 -c shared_buffers=256MB"
+  echo "-c listen_addresses=127.0.0.1 -p $1 -k $2 -c max_connections=200 -c shared_buffers=256MB ${SAGA_PG_SERVER_OPTIONS:-}"
 }
 
 # saga_pg_restart_immediate [DOWN_SECONDS]: kills the server saga_pg_start started (pg_ctl stop -m immediate: no
