@@ -225,7 +225,8 @@ class kafka_test : public ::testing::Test {
     st::reply_message r;
     r.saga = saga::saga_id::from_words(seed_, n);
     r.command_id = r.saga.to_string() + ":1";
-    // Strings built and moved in: GCC 12 at -O3 (Release) warns (-Wrestrict, a false positive) on assigning a short literal.
+    // Strings built and moved in: GCC 12 at -O3 (Release) warns (-Wrestrict, a false positive) on assigning a short
+    // literal.
     r.saga_type = std::string("order");
     r.step = std::string("s");
     r.payload = std::string("{}");
