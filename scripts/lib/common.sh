@@ -34,6 +34,15 @@ saga_build() {
   cmake --build "$SAGA_BUILD" -j"$(nproc)" ${targets[@]:+--target "${targets[@]}"}
 }
 
+# saga_build_bench DIR: builds in DIR, as Release, what the benchmarks run (not the tests). scripts/bench builds with it
+# before it runs one; scripts/test builds with it too, so a change that breaks the Release build (-O3 finds warnings
+# -O2 does not, and warnings are errors) fails the suite instead of the next benchmark.
+saga_build_bench() {
+  SAGA_BUILD="$1" SAGA_BUILD_TYPE=Release \
+    SAGA_BUILD_TARGETS="${SAGA_BUILD_TARGETS:-saga_store_bench transport_bench saga-kafka-dev order-orchestrator order-participant sagactl}" \
+    saga_build -DSAGA_BUILD_BENCH=ON
+}
+
 # saga_sanitizer_env DIR: every sanitized process of the run (tests, and the orchestrators, participants and brokers
 # they start) writes its reports to DIR instead of a stderr that a test may send to a log file, and stops at the
 # first one. Suppressions live in tests/sanitizers/, each with a comment saying why the report is not ours.
