@@ -14,7 +14,6 @@ source "$(dirname "$0")/../../scripts/lib/common.sh"
 source "$SAGA_ROOT/scripts/lib/kafka.sh"
 source "$SAGA_ROOT/scripts/lib/order_example.sh"
 saga_orchestrator_membership "$mode" || { echo "usage: crash_torture_test.sh BUILD KILLS [group|static]" >&2; exit 2; }
-membership=("${SAGA_MEMBERSHIP[@]}")
 [ -n "${SAGA_PG_URL:-}" ] || { echo "SAGA_PG_URL is not set: run this through scripts/test" >&2; exit 1; }
 work="$SAGA_BUILD/test-crash-torture-$mode"
 rm -rf "$work" && mkdir -p "$work"
@@ -43,7 +42,7 @@ killed=0
 attempt=0
 while [ "$killed" -lt "$kills" ] && [ "$attempt" -lt $((kills * 3)) ]; do
   attempt=$((attempt + 1))
-  "$orch" --orders "$orders" --in-flight "$in_flight" --run "$run" "${membership[@]}" >"$work/orchestrator-$attempt.log" 2>&1 &
+  "$orch" --orders "$orders" --in-flight "$in_flight" --run "$run" "${SAGA_MEMBERSHIP[@]}" >"$work/orchestrator-$attempt.log" 2>&1 &
   orchestrator_pid=$!
   sleep "$(awk -v r="$RANDOM" -v w="$wait_ms" -v s="$spread_ms" 'BEGIN { printf "%.2f", (w + r % s) / 1000 }')"
   if kill -9 "$orchestrator_pid" 2>/dev/null; then
@@ -60,7 +59,7 @@ if [ "$killed" -lt "$kills" ]; then
   exit 1
 fi
 echo "final run: no more kills"
-timeout 600 "$orch" --orders "$orders" --in-flight "$in_flight" --run "$run" "${membership[@]}" \
+timeout 600 "$orch" --orders "$orders" --in-flight "$in_flight" --run "$run" "${SAGA_MEMBERSHIP[@]}" \
   >"$work/orchestrator-final.log" 2>&1 || {
   tail -n 30 "$work/orchestrator-final.log"
   exit 1
