@@ -233,7 +233,8 @@ event_body decode(std::string_view type, std::uint32_t schema_version, std::stri
     throw event_decode_error("event " + std::string(type) + ": unsupported schema version " +
                              std::to_string(schema_version) + " (this build reads " +
                              std::to_string(event_schema_version) + ")");
-  rapidjson::Document doc;
+  detail::local_document holder;
+  auto& doc = holder.get();
   try {
     detail::parse_json(doc, payload);
   } catch (const json_error& e) {

@@ -190,7 +190,8 @@ std::string canonical_text(const rapidjson::Value& v) {
 }  // namespace detail
 
 std::string canonical_json(std::string_view text) {
-  rapidjson::Document doc;
+  detail::local_document holder;
+  auto& doc = holder.get();
   detail::parse_json(doc, text);
   return detail::canonical_text(doc);
 }
@@ -206,7 +207,8 @@ const rapidjson::Value& member(const rapidjson::Value& doc, std::string_view nam
 }  // namespace
 
 std::string json_member(std::string_view object_text, std::string_view name) {
-  rapidjson::Document doc;
+  detail::local_document holder;
+  auto& doc = holder.get();
   detail::parse_json(doc, object_text);
   if (!doc.IsObject()) throw json_error("expected a JSON object");
   return detail::canonical_text(member(doc, name));
@@ -221,14 +223,16 @@ const rapidjson::Value& member_of(rapidjson::Document& doc, std::string_view obj
 }  // namespace
 
 std::string json_string_member(std::string_view object_text, std::string_view name) {
-  rapidjson::Document doc;
+  detail::local_document holder;
+  auto& doc = holder.get();
   const auto& v = member_of(doc, object_text, name);
   if (!v.IsString()) throw json_error("member \"" + std::string(name) + "\" must be a string");
   return {v.GetString(), v.GetStringLength()};
 }
 
 std::uint64_t json_uint_member(std::string_view object_text, std::string_view name) {
-  rapidjson::Document doc;
+  detail::local_document holder;
+  auto& doc = holder.get();
   const auto& v = member_of(doc, object_text, name);
   if (!v.IsUint64()) throw json_error("member \"" + std::string(name) + "\" must be an unsigned integer");
   return v.GetUint64();
