@@ -33,6 +33,9 @@ class decider {
   decider(const definition& def, const saga_state& state, const decide_context& ctx)
       : def_(def), st_(state), ctx_(ctx) {}
 
+  // The state with every emitted event applied (after run).
+  saga_state take_state() { return std::move(st_); }
+
   decision run(const trigger& t) {
     if (st_.status != saga_status::not_started) {
       if (st_.type != def_.type() || st_.definition_version != def_.version())
@@ -378,7 +381,10 @@ class decider {
 }  // namespace
 
 decision decide(const definition& def, const saga_state& state, const trigger& t, const decide_context& ctx) {
-  return decider(def, state, ctx).run(t);
+  decider d(def, state, ctx);
+  decision out = d.run(t);
+  out.after = d.take_state();
+  return out;
 }
 
 }  // namespace saga

@@ -70,6 +70,7 @@ class world {
       decoded_.push_back(
           event{e.seq, e.at, decode(stored_.back().type, stored_.back().schema_version, stored_.back().payload)});
     }
+    if (!(d.after == state_)) fail("the state decide returned differs from applying its events to the state");
     for (const auto& fx : effects_of(state_, d.events)) perform(fx);
     check_replay();
   }

@@ -64,6 +64,9 @@ struct decision {
   std::vector<event> events;  // to append right after state.seq (seq and time assigned), in this order
   std::string ignored;        // set when the trigger changed nothing and that is normal (stale, duplicate, …)
   std::string rejected;       // set when the trigger was refused; the caller should be told why
+  // The state with `events` applied (the given state when there are none): what folding the log will give once they
+  // are appended, so that a caller need not copy the state and apply them again.
+  saga_state after;
   [[nodiscard]] bool changed() const noexcept { return !events.empty(); }
 };
 

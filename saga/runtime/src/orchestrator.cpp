@@ -421,16 +421,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         return process(e, std::move(j));
       }
       if (d.events.empty()) return finish_job(j, d);
-      saga_state after = *e->state;
-      for (const auto& ev : d.events) apply(after, ev);
-      storage::append_request request{e->id,    def->type(),  e->state->seq,
-                                      d.events, after.status, bus.reply_partition(def->type(), e->id).value_or(0),
+      storage::append_request request{e->id,    def->type(),    e->state->seq,
+                                      d.events, d.after.status, bus.reply_partition(def->type(), e->id).value_or(0),
                                       {}};
       e->busy = true;
       ++appends_in_flight;
       const auto t0 = steady::now();
       auto pending =
-          std::make_shared<std::tuple<job, decision, saga_state>>(std::move(j), std::move(d), std::move(after));
+          std::make_shared<std::pair<job, decision>>(std::move(j), std::move(d));  // d.after: the state once appended
       // The store's callback holds the orchestrator (whose io_context the entry's strand belongs to) until it ran.
       store.async_append(
           std::move(request), [held = holder{shared_from_this(), e}, pending, t0, generation = e->generation](
@@ -463,9 +461,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     if (j.done) j.done(d, nullptr);
   }
 
-  void appended(const std::shared_ptr<entry>& e, std::tuple<job, decision, saga_state>& pending, std::exception_ptr err,
+  void appended(const std::shared_ptr<entry>& e, std::pair<job, decision>& pending, std::exception_ptr err,
                 steady::time_point t0, std::uint64_t generation) {
-    auto& [j, d, after] = pending;
+    auto& [j, d] = pending;
+    saga_state& after = d.after;
     e->busy = false;
     --appends_in_flight;
     ++e->state_changes;  // committed or not, a bulk read taken while it was in flight may predate it

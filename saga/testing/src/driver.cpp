@@ -97,8 +97,7 @@ decision driver::process(const saga_id& id, const definition& def, const trigger
     }
     if (!d.ignored.empty()) ignored_.push_back(d.ignored);
     if (d.events.empty()) return d;
-    saga_state after = state;
-    for (const auto& e : d.events) apply(after, e);
+    saga_state after = d.after;
     storage::append_request request{id, def.type(), state.seq, d.events, after.status, 0, {}};
     try {
       (void)store_.append(std::move(request));
