@@ -21,6 +21,7 @@
 #include <span>
 #include <thread>
 #include <utility>
+#include <vector>
 
 using namespace saga;
 using namespace std::chrono_literals;
@@ -884,3 +885,51 @@ TEST(metrics_server, serves_prometheus_text_on_loopback) {
 }
 
 }  // namespace
+
+// The wall clock's timer thread: a callback due before every pending one fires at its time, not after the later
+// ones (the thread is woken only when a callback comes first). Waits are bounded far beyond the due times.
+TEST(system_clock, an_earlier_callback_scheduled_after_a_later_one_fires_first) {
+  runtime::system_clock clock;
+  // First let the timer thread fire something and go back to waiting, so that what follows is scheduled while it
+  // waits (the pause only makes that likely; the result does not depend on it).
+  std::promise<void> started;
+  clock.schedule(clock.now(), [&] { started.set_value(); });
+  ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::mutex m;
+  std::vector<int> fired;
+  std::promise<void> near_fired;
+  clock.schedule(clock.now() + std::chrono::hours(1), [&] {
+    std::lock_guard lock(m);
+    fired.push_back(3600);
+  });
+  clock.schedule(clock.now() + std::chrono::milliseconds(20), [&] {
+    {
+      std::lock_guard lock(m);
+      fired.push_back(20);
+    }
+    near_fired.set_value();
+  });
+  ASSERT_EQ(near_fired.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready)
+      << "a callback due in 20 ms, scheduled after one due in an hour, did not fire";
+  std::lock_guard lock(m);
+  EXPECT_EQ(fired, std::vector<int>{20});
+}
+
+TEST(system_clock, callbacks_scheduled_out_of_order_fire_in_order_of_due_time) {
+  runtime::system_clock clock;
+  std::mutex m;
+  std::vector<int> fired;
+  std::promise<void> all_fired;
+  const auto base = clock.now() + std::chrono::milliseconds(50);
+  const std::vector<int> offsets{40, 10, 30, 0, 20};  // milliseconds after base, in the order they are scheduled
+  for (int offset : offsets)
+    clock.schedule(base + std::chrono::milliseconds(offset), [&, offset] {
+      std::lock_guard lock(m);
+      fired.push_back(offset);
+      if (fired.size() == offsets.size()) all_fired.set_value();
+    });
+  ASSERT_EQ(all_fired.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  std::lock_guard lock(m);
+  EXPECT_EQ(fired, (std::vector<int>{0, 10, 20, 30, 40}));
+}

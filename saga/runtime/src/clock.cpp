@@ -52,12 +52,17 @@ system_clock::~system_clock() {
 
 time_point system_clock::now() { return wall_now(); }
 
+// The timer thread is woken only when the new callback comes first: otherwise it already waits for an earlier time
+// (or is firing one and looks at the queue again before it waits). Every step arms a deadline, mostly later than
+// the earliest pending one, so this saves a wake-up of that thread per step.
 void system_clock::schedule(time_point due, std::function<void()> fire) {
+  bool first = false;
   {
     std::lock_guard lock(impl_->mutex);
-    impl_->queue.emplace(due, std::move(fire));
+    const auto added = impl_->queue.emplace(due, std::move(fire));
+    first = added == impl_->queue.begin();  // begin() read after the insertion, not in the same expression
   }
-  impl_->changed.notify_all();
+  if (first) impl_->changed.notify_all();
 }
 
 manual_clock::manual_clock(time_point start) : now_(start) {}
