@@ -800,6 +800,13 @@ TEST(orchestrator, cancel_before_the_pivot_compensates_and_after_it_is_refused) 
   r.silent.clear();
   const decision d = o.cancel(h.id, "customer called", "alice");
   EXPECT_EQ(d.rejected, "");
+  // The caller gets the state the cancel left (decision::after), not what the orchestrator cached it as.
+  ASSERT_FALSE(d.events.empty());
+  EXPECT_EQ(d.after.id, h.id);
+  EXPECT_EQ(d.after.type, "order");
+  EXPECT_EQ(d.after.seq, d.events.back().seq);
+  EXPECT_TRUE(d.after.cancel_requested);
+  EXPECT_EQ(d.after.steps.size(), 3u);  // the three steps requested so far
   // The charge in flight is waited for; it never answers, so its deadline settles it as uncertain, and its
   // refund is fenced at the participant (the charge never ran: nothing to undo, and it never will run).
   r.clock->advance(duration{31'000});

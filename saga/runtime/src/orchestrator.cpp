@@ -518,7 +518,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // then would be missed and never get its first command): adopt the state and act as recovery does.
       // Either way an end that is now durable is final: whoever awaits the saga gets its outcome.
       if (!e->state && owns(after.type, e->id)) {
-        e->state = std::move(after);
+        adopt(*e, j, after);
         ++e->state_changes;
         perform(e, with_grace(recovery_effects(*e->state)));
         settle_if_ended(e);
@@ -528,11 +528,20 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       finish_job(j, d);
       return pump(e);
     }
-    e->state = std::move(after);
+    adopt(*e, j, after);
     ++e->state_changes;
     perform(e, effects_of(*e->state, d.events));
     finish_job(j, d);
     pump(e);
+  }
+
+  // Caches `after` (the decision's state once its events are durable) as the saga's state. The caller of an awaited
+  // job (start, cancel, act) is handed the decision, `after` included, so it is copied for them and moved otherwise.
+  static void adopt(entry& e, const job& j, saga_state& after) {
+    if (j.awaited)
+      e.state = after;
+    else
+      e.state = std::move(after);
   }
 
   void perform(const std::shared_ptr<entry>& e, const std::vector<effect>& fx) {
