@@ -3,6 +3,8 @@
 #include "saga/json.hpp"
 
 #include <future>
+#include <stdexcept>
+#include <string>
 
 namespace saga::storage {
 
@@ -51,6 +53,17 @@ std::vector<saga_summary> event_store::list(const saga_query&) {
 
 std::vector<std::pair<saga_status, std::uint64_t>> event_store::count_by_status(const std::string&) {
   throw store_error("this event store cannot count sagas by status");
+}
+
+std::int32_t event_store::reply_partition_count(const std::string& type, std::int32_t current) {
+  check_partition_count(type, current);
+  return current;
+}
+
+void check_partition_count(const std::string& type, std::int32_t count) {
+  if (count <= 0)
+    throw std::invalid_argument("reply partition count " + std::to_string(count) + " for saga type '" + type +
+                                "': must be positive");
 }
 
 saga_state fold_recorded(const saga_id& saga, std::span<const recorded_event> log) {

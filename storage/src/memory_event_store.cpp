@@ -111,6 +111,18 @@ std::vector<std::pair<saga_status, std::uint64_t>> memory_event_store::count_by_
   return {counts.begin(), counts.end()};
 }
 
+std::int32_t memory_event_store::reply_partition_count(const std::string& type, std::int32_t current) {
+  check_partition_count(type, current);
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = partition_counts_.try_emplace(type, current);
+  if (inserted || it->second == current) return current;
+  const bool unfinished = std::any_of(summaries_.begin(), summaries_.end(), [&](const auto& entry) {
+    return entry.second.type == type && !is_terminal(entry.second.status);
+  });
+  if (!unfinished) it->second = current;
+  return it->second;
+}
+
 std::optional<saga_summary> memory_event_store::find(const saga_id& saga) {
   std::lock_guard lock(mutex_);
   if (auto it = summaries_.find(saga); it != summaries_.end()) return it->second;

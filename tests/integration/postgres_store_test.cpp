@@ -5,9 +5,11 @@
 #include "saga/storage/hash_chain.hpp"
 #include "saga/storage/postgres_event_store.hpp"
 
+#include <atomic>
 #include <barrier>
 #include <future>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 namespace saga {
@@ -442,6 +444,41 @@ TEST_F(postgres_store, list_and_count_by_status_read_the_instances_table) {
   EXPECT_EQ(store.count_by_status("order"), (counts{{saga_status::running, 4}, {saga_status::completed, 1}}));
   EXPECT_EQ(store.count_by_status(""), (counts{{saga_status::running, 5}, {saga_status::completed, 1}}));
   EXPECT_EQ(store.count_by_status("nothing"), counts{});
+}
+
+TEST_F(postgres_store, a_reply_partition_count_changes_only_while_no_saga_of_its_type_is_unfinished) {
+  postgres_event_store store(url_);
+  EXPECT_EQ(store.reply_partition_count("order", 4), 4);  // nothing recorded: recorded now
+  EXPECT_EQ(store.reply_partition_count("order", 4), 4);
+  EXPECT_EQ(store.reply_partition_count("order", 6), 6);  // no saga of the type yet: the new count is recorded
+  const auto a = random_saga_id();
+  store.append(start_request(a));  // an unfinished order, placed over 6
+  EXPECT_EQ(store.reply_partition_count("order", 8), 6) << "refused while the order is unfinished";
+  EXPECT_EQ(store.reply_partition_count("refund", 8), 8) << "another type is not held by it";
+  auto stuck = next_request(a, 1);
+  stuck.events.front().body = events::saga_stuck{"reserve", false, "operator needed"};
+  stuck.status_after = saga_status::stuck;
+  store.append(stuck);
+  EXPECT_EQ(store.reply_partition_count("order", 8), 6) << "a stuck saga is unfinished too";
+  auto skipped = next_request(a, 2);
+  skipped.events.front().body = events::saga_compensated{"skipped by operator"};
+  skipped.status_after = saga_status::compensated;
+  store.append(skipped);
+  EXPECT_EQ(store.reply_partition_count("order", 8), 8) << "finished: the count may change";
+  EXPECT_EQ(store.reply_partition_count("order", 6), 6);
+  EXPECT_THROW((void)store.reply_partition_count("order", 0), std::invalid_argument);
+  EXPECT_EQ(store.reply_partition_count("order", 6), 6) << "the refused call changed nothing";
+
+  // Many processes recording the first count of a type at once all get it back (one inserts, the others read it).
+  std::vector<std::thread> threads;
+  std::atomic<int> agreed{0};
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      postgres_event_store own(url_);
+      if (own.reply_partition_count("shipment", 12) == 12) ++agreed;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(agreed.load(), 8);
 }
 
 TEST_F(postgres_store, update_delete_and_truncate_of_events_are_refused) {

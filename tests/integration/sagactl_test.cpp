@@ -900,7 +900,7 @@ class sagactl_fresh : public sagactl_pg {
 TEST_F(sagactl_fresh, migrate_applies_the_migrations_and_is_a_no_op_the_second_time) {
   const auto first = sagactl({"--db", url_, "migrate"});
   ASSERT_EQ(first.status, 0) << first.err;
-  EXPECT_EQ(first.out, "applied: 0001_event_log.sql 0002_participant_inbox.sql\n");
+  EXPECT_EQ(first.out, "applied: 0001_event_log.sql 0002_participant_inbox.sql 0003_reply_partition_counts.sql\n");
   EXPECT_EQ(count("saga_events"), "0");
   const auto second = sagactl({"migrate"}, {{"SAGA_PG_URL", url_}});  // the URL from the environment this time
   ASSERT_EQ(second.status, 0) << second.err;

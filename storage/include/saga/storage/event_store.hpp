@@ -159,7 +159,17 @@ class event_store {
   [[nodiscard]] virtual std::vector<saga_summary> list(const saga_query& query);
   // How many sagas (of `type`, or all when empty) are in each status, from the instances table.
   [[nodiscard]] virtual std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type);
+  // The number of reply partitions the sagas of `type` are placed over (saga_summary::partition). Records `current`
+  // and returns it when nothing is recorded for the type, or when none of its sagas is unfinished (running,
+  // compensating or stuck); otherwise returns the recorded count, which the caller compares with `current`: where
+  // they differ, the unfinished sagas' partitions were computed over another count. Throws std::invalid_argument
+  // when `current` is not positive, store_error when the store fails. The default records nothing and returns
+  // `current` (a store that cannot tell).
+  [[nodiscard]] virtual std::int32_t reply_partition_count(const std::string& type, std::int32_t current);
 };
+
+// Throws std::invalid_argument naming `type` when `count` is not a valid partition count (stores' argument check).
+void check_partition_count(const std::string& type, std::int32_t count);
 
 // Decodes a saga's stored events and folds them into its state.
 [[nodiscard]] saga_state fold_recorded(const saga_id& saga, std::span<const recorded_event> log);

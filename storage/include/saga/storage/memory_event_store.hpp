@@ -22,6 +22,7 @@ class memory_event_store final : public event_store {
                                                                const std::string& key) override;
   [[nodiscard]] std::vector<saga_summary> list(const saga_query& query) override;
   [[nodiscard]] std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type) override;
+  [[nodiscard]] std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override;
 
   // Every saga's summary (tests).
   [[nodiscard]] std::vector<saga_summary> list_all();
@@ -34,6 +35,7 @@ class memory_event_store final : public event_store {
   std::unordered_map<saga_id, std::vector<std::size_t>> by_saga_;
   std::unordered_map<saga_id, saga_summary> summaries_;
   std::map<std::pair<std::string, std::string>, saga_id> keys_;
+  std::map<std::string, std::int32_t> partition_counts_;  // by saga type
 };
 
 }  // namespace saga::storage

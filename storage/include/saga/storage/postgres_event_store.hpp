@@ -69,6 +69,9 @@ class postgres_event_store final : public event_store {
   [[nodiscard]] std::vector<saga_summary> list(const saga_query& query) override;
   // Sagas per status (of `type`, all types when empty), statuses without sagas left out; throws like load.
   [[nodiscard]] std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type) override;
+  // Records the count in saga_reply_partition_counts (migration 0003) as event_store documents, in one statement;
+  // throws like load.
+  [[nodiscard]] std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override;
 
   // Counters so far. Never fails.
   [[nodiscard]] postgres_event_store_stats stats() const;
