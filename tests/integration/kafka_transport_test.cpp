@@ -784,6 +784,7 @@ TEST_F(kafka_test, reply_partition_matches_where_replies_land) {
     used.insert(*expected);
   }
   EXPECT_GT(used.size(), 1u);
+  EXPECT_EQ(transport.reply_partitions("order"), std::optional<std::int32_t>(4));
 }
 
 // kafka_config::static_assignment: no group. Each member consumes its share of the partitions (p % members ==

@@ -617,6 +617,11 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         say(log_level::error, std::string("kafka assign: ") + rd_kafka_err2str(e));
       }
       say(log_level::info, "kafka " + cfg.group_id + ": assigned " + std::to_string(list.size()) + " partition(s)");
+      // The assignment follows a change of the group or of its topics (partitions added): re-read the counts, so
+      // that reply_partitions() and reply_partition() tell the callback what the cluster has now.
+      std::set<std::string> topics;
+      for (const auto& tp : list) topics.insert(tp.topic);
+      for (const auto& topic : topics) (void)partition_count(topic, true);
       partitions_callback cb;
       {
         std::lock_guard lock(mutex);
@@ -772,20 +777,30 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     const metadata_ptr guard(md);  // nothing to read: librdkafka updated its own view of the topic
   }
 
-  std::optional<std::int32_t> partition_count(const std::string& topic) {
+  // The topic's partition count: the one read before, unless `fresh` (then, and at the first ask, from a metadata
+  // request; a failed request leaves the count read before).
+  std::optional<std::int32_t> partition_count(const std::string& topic, bool fresh = false) {
     {
       std::lock_guard lock(mutex);
-      if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
+      if (auto it = partition_counts.find(topic); it != partition_counts.end() && !fresh) return it->second;
     }
     topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
     if (!t) return std::nullopt;
     const rd_kafka_metadata_t* md = nullptr;
-    if (rd_kafka_metadata(producer.get(), 0, t.get(), &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR || !md)
+    const auto known = [&]() -> std::optional<std::int32_t> {
+      std::lock_guard lock(mutex);
+      if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
       return std::nullopt;
+    };
+    if (rd_kafka_metadata(producer.get(), 0, t.get(), &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR || !md) return known();
     metadata_ptr guard(md);
-    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) return std::nullopt;
+    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) return known();
     std::lock_guard lock(mutex);
-    return partition_counts[topic] = md->topics[0].partition_cnt;
+    auto& count = partition_counts[topic];
+    if (count != 0 && count != md->topics[0].partition_cnt)
+      say(log_level::warning, "kafka: topic " + topic + " now has " + std::to_string(md->topics[0].partition_cnt) +
+                                  " partitions, not " + std::to_string(count));
+    return count = md->topics[0].partition_cnt;
   }
 
   void stop() noexcept {
@@ -926,6 +941,10 @@ std::optional<std::int32_t> kafka_transport::reply_partition(const std::string& 
 
 bool kafka_transport::flush(std::chrono::milliseconds timeout) {
   return rd_kafka_flush(impl_->producer.get(), static_cast<int>(timeout.count())) == RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+std::optional<std::int32_t> kafka_transport::reply_partitions(const std::string& saga_type) {
+  return impl_->partition_count(reply_topic(saga_type));
 }
 
 kafka_stats kafka_transport::stats() const {

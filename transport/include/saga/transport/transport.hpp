@@ -75,6 +75,13 @@ class transport {
     (void)saga;
     return std::nullopt;
   }
+  // How many partitions the reply topic of `saga_type` has, which reply_partition maps sagas over; nullopt when the
+  // transport does not partition or the count is not known yet. A transport re-reads it before it tells of an
+  // assignment (on_partitions_assigned), so a count changed on the cluster is seen there.
+  [[nodiscard]] virtual std::optional<std::int32_t> reply_partitions(const std::string& saga_type) {
+    (void)saga_type;
+    return std::nullopt;
+  }
   // Stops receiving: finishes and commits in-flight messages, flushes sends. Idempotent; never throws.
   virtual void stop() noexcept {}
   // Whether stop() has begun: a handler waiting out an outage gives its message up (unhandled, so redelivered).
