@@ -23,6 +23,12 @@ if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-
 endif()
 
 if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
+  add_test(NAME runtime.reply_partition_count_change_is_refused
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/partition_count_test.sh ${PROJECT_BINARY_DIR})
+  set_tests_properties(runtime.reply_partition_count_change_is_refused PROPERTIES LABELS integration TIMEOUT 600)
+endif()
+
+if(TARGET order-orchestrator AND TARGET order-participant AND TARGET saga-kafka-dev AND TARGET sagactl)
   add_test(NAME runtime.timeout_resend_same_id_then_compensate
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/timeout_test.sh ${PROJECT_BINARY_DIR})
   set_tests_properties(runtime.timeout_resend_same_id_then_compensate PROPERTIES LABELS integration TIMEOUT 600)

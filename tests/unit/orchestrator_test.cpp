@@ -534,6 +534,112 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
   o.shutdown();
 }
 
+// The message of partition_count_changed from `f`, or "" when it did not throw that.
+template <class F>
+std::string count_change_refusal(F&& f) {
+  try {
+    f();
+  } catch (const runtime::partition_count_changed& x) {
+    return x.what();
+  }
+  return "";
+}
+
+TEST(orchestrator, run_refuses_a_reply_partition_count_that_changed_under_unfinished_sagas_naming_both_counts) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  saga_id unfinished;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    unfinished = first.start("order", to_json(make_order(1))).id;
+    first.shutdown();
+  }
+  r.bus.set_reply_partitions(3);  // the reply topic was given a partition more
+  orchestrator second(r.store, r.bus, r.options());
+  second.add(order_processing::order_saga());
+  const auto why = count_change_refusal([&] { second.run(); });
+  EXPECT_NE(why.find("saga type 'order'"), std::string::npos) << why;
+  EXPECT_NE(why.find("reply topic has 3 partitions"), std::string::npos) << why;
+  EXPECT_NE(why.find("placed over 2"), std::string::npos) << why;
+  EXPECT_EQ(second.stats().partition_count_mismatches.load(), 1u);
+  EXPECT_EQ(second.stats().sagas_recovered.load(), 0u);  // nothing started: no recovery, no resend
+  EXPECT_EQ(r.bus.sent_commands().size(), 1u);
+  // Back to the count the sagas were placed over, run() (called again) goes ahead and recovers the saga.
+  r.bus.set_reply_partitions(2);
+  second.run();
+  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 1; }));
+  EXPECT_EQ(r.store.find(unfinished)->status, saga_status::running);
+  second.shutdown();
+}
+
+TEST(orchestrator, a_reply_partition_count_may_change_once_no_saga_of_the_type_is_unfinished) {
+  rig r;
+  r.bus.set_reply_partitions(2);
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    auto h = first.start("order", to_json(make_order(1)));
+    ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+    first.shutdown();
+  }
+  r.bus.set_reply_partitions(3);
+  saga_id placed_over_three;
+  {
+    auto options = r.options();
+    options.entropy = [n = std::uint64_t{1000}]() mutable { return ++n; };  // other ids than the first's
+    orchestrator second(r.store, r.bus, options);
+    second.add(order_processing::order_saga());
+    second.run();  // every saga of the type finished: the new count is recorded
+    r.silent = {"orders", "inventory", "payments", "shipping"};
+    placed_over_three = second.start("order", to_json(make_order(2))).id;
+    second.shutdown();
+  }
+  r.bus.set_reply_partitions(2);  // and now the unfinished saga was placed over 3
+  orchestrator third(r.store, r.bus, r.options());
+  third.add(order_processing::order_saga());
+  const auto why = count_change_refusal([&] { third.run(); });
+  EXPECT_NE(why.find("reply topic has 2 partitions, but its unfinished sagas were placed over 3"), std::string::npos)
+      << why;
+  EXPECT_EQ(r.store.find(placed_over_three)->status, saga_status::running);
+}
+
+TEST(orchestrator, a_count_changed_while_running_refuses_the_type_at_the_next_assignment) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1 && r.clock->pending() == 1; }));
+  const auto events = r.store.load(h.id).size();
+  // Partitions are added to the reply topic; the group hands them out again.
+  r.bus.set_reply_partitions(4);
+  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
+  EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  EXPECT_EQ(o.stats().reply_partitions_owned.load(), 0u);
+  const auto why = count_change_refusal([&] { (void)o.start("order", to_json(make_order(2))); });
+  EXPECT_NE(why.find("reply topic has 4 partitions, but its unfinished sagas were placed over 2"), std::string::npos)
+      << why;
+  // The cached saga was dropped: its deadline does nothing (no timeout, no resend, nothing appended).
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
+  r.clock->advance(duration{31'000});
+  for (int i = 0; i < 50; ++i) r.bus.pump();
+  EXPECT_EQ(r.store.load(h.id).size(), events);
+  EXPECT_EQ(r.bus.sent_commands().size(), 1u);
+  // Later assignments keep refusing it (counted once).
+  r.bus.assign({{"order.replies", 3, "order"}});
+  EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  EXPECT_EQ(o.stats().reply_partitions_owned.load(), 0u);
+  o.shutdown();
+}
+
 TEST(orchestrator, a_revoked_partition_drops_its_sagas_and_their_timers_until_it_is_assigned_again) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};

@@ -72,6 +72,9 @@ std::string metrics::prometheus() const {
           recovery_read_ahead);
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);
+  counter(out, "saga_partition_count_mismatches_total",
+          "Saga types refused: their reply topic's partition count changed while sagas of the type were unfinished.",
+          partition_count_mismatches);
   out +=
       "# HELP saga_reply_partitions_owned Reply partitions assigned to this process.\n"
       "# TYPE saga_reply_partitions_owned gauge\nsaga_reply_partitions_owned " +

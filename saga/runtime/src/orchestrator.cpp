@@ -148,6 +148,73 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return it != owned.end() && it->second.count(*partition) > 0;
   }
 
+  // Reply partition counts found to match the store's record, and the types refused because they did not (with why),
+  // by saga type (used only on a transport that partitions).
+  std::mutex placement_mutex;
+  std::map<std::string, std::int32_t> placed_over;
+  std::map<std::string, std::string> fenced;
+  std::atomic<bool> any_fenced{false};  // whether `fenced` has an entry (read on every reply without the lock)
+
+  // Why sagas of `type` cannot run here: its reply topic's partition count differs from the one its unfinished sagas
+  // were placed over (recorded in the store). Empty when it matches, or when the transport does not partition.
+  // Throws what the store throws.
+  std::string misplaced(const std::string& type) {
+    const auto count = bus.reply_partitions(type);
+    if (!count) return {};
+    {
+      std::lock_guard lock(placement_mutex);
+      if (auto it = placed_over.find(type); it != placed_over.end() && it->second == *count) return {};
+    }
+    const std::int32_t recorded = store.reply_partition_count(type, *count);
+    if (recorded == *count) {
+      std::lock_guard lock(placement_mutex);
+      placed_over[type] = *count;
+      return {};
+    }
+    return "saga type '" + type + "': its reply topic has " + std::to_string(*count) +
+           " partitions, but its unfinished sagas were placed over " + std::to_string(recorded) +
+           " (the store's saga_reply_partition_counts); Kafka maps a saga's key to a partition by the count, so their "
+           "stored partitions no longer name the process that owns them. Give the reply topic " +
+           std::to_string(recorded) +
+           " partitions again (recreate it: replies lost with it come again when the commands are re-sent on "
+           "timeout, answered from the participants' inboxes), or finish those sagas before changing the count";
+  }
+
+  // The reason sagas of `type` are refused here, if they are.
+  std::optional<std::string> fenced_why(const std::string& type) {
+    if (!any_fenced.load(std::memory_order_acquire)) return std::nullopt;
+    std::lock_guard lock(placement_mutex);
+    if (auto it = fenced.find(type); it != fenced.end()) return it->second;
+    return std::nullopt;
+  }
+
+  // Refuses sagas of `type` from now on (misplaced): gives its partitions up and drops its cached sagas, whose
+  // timers are void with them. Their replies stay unhandled for a process that runs with the recorded count.
+  void fence(const std::string& type, const std::string& why) {
+    {
+      std::lock_guard lock(placement_mutex);
+      if (!fenced.emplace(type, why).second) return;
+      any_fenced.store(true, std::memory_order_release);
+    }
+    ++stats.partition_count_mismatches;
+    log(why);
+    {
+      std::lock_guard lock(owned_mutex);
+      owned.erase(type);
+      stats.reply_partitions_owned = count_owned();
+    }
+    std::vector<std::shared_ptr<entry>> all;
+    {
+      std::lock_guard lock(entries_mutex);
+      for (const auto& [id, e] : entries) all.push_back(e);
+    }
+    for (auto& e : all)
+      on_strand(e, [type](impl& self, const std::shared_ptr<entry>& x) {
+        if (x->state && x->state->type == type)
+          self.drop(x, "the partition count of its type's reply topic changed under it");
+      });
+  }
+
   // Partitions in `owned` (owned_mutex held).
   std::uint64_t count_owned() const {
     std::uint64_t n = 0;
@@ -793,6 +860,11 @@ void orchestrator::add(definition def) {
 void orchestrator::run() {
   auto& s = *impl_;
   if (s.work) throw std::logic_error("orchestrator::run() called twice");
+  for (const auto& [type, versions] : s.definitions)
+    if (auto why = s.misplaced(type); !why.empty()) {
+      ++s.stats.partition_count_mismatches;
+      throw partition_count_changed(why);
+    }
   s.work.emplace(asio::make_work_guard(s.io));
   for (std::size_t i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
   s.accepting = true;
@@ -807,11 +879,26 @@ void orchestrator::run() {
   s.bus.on_partitions_assigned([weak](const std::vector<transport::topic_partition>& assigned) {
     auto self = weak.lock();
     if (!self) return;
+    // The transport re-read the partition counts before this call: one that changed since run() is checked again.
+    std::set<std::string> types;
+    for (const auto& tp : assigned)
+      if (self->latest(tp.name)) types.insert(tp.name);
+    for (const auto& type : types) {
+      if (self->fenced_why(type)) continue;
+      std::string why;
+      try {
+        why = self->misplaced(type);
+      } catch (const std::exception& x) {
+        why = "saga type '" + type + "': its reply topic's partition count changed and could not be checked against " +
+              "the store (" + x.what() + ")";
+      }
+      if (!why.empty()) self->fence(type, why);
+    }
     storage::partition_filter filter;
     {
       std::lock_guard lock(self->owned_mutex);
       for (const auto& tp : assigned)
-        if (self->latest(tp.name)) {
+        if (self->latest(tp.name) && !self->fenced_why(tp.name)) {
           filter.partitions.push_back(tp.partition);
           self->owned[tp.name].insert(tp.partition);
         }
@@ -823,9 +910,10 @@ void orchestrator::run() {
     if (auto self = weak.lock()) self->revoke(revoked);
   });
   for (const auto& [type, versions] : s.definitions) {
-    s.bus.on_reply(type, [weak](transport::reply_message reply, transport::handled_callback handled) {
+    s.bus.on_reply(type, [weak, type](transport::reply_message reply, transport::handled_callback handled) {
       auto self = weak.lock();
       if (!self || !self->accepting) return;  // not handled: the next owner gets it again
+      if (self->fenced_why(type)) return;     // likewise: a process with the recorded partition count gets it
       self->submit(reply.saga, job{false, reply.to_trigger(), {}, [handled](const decision&, std::exception_ptr) {
                                      if (handled) handled();
                                    }});
@@ -838,6 +926,7 @@ void orchestrator::run() {
 saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
   auto& s = *impl_;
   if (!s.latest(type)) throw std::invalid_argument("no definition registered for saga type '" + type + "'");
+  if (auto why = s.fenced_why(type)) throw partition_count_changed(*why);
   if (input_json.size() > s.options.max_input_bytes)
     throw std::invalid_argument("saga input of " + std::to_string(input_json.size()) + " bytes for type '" + type +
                                 "' exceeds orchestrator_options::max_input_bytes (" +

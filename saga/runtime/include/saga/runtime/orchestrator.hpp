@@ -44,6 +44,15 @@ class shut_down : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown by run() and start() when the reply topic of a saga type no longer has the partition count the type's
+// unfinished sagas were placed over (Kafka maps a key to a partition by the count, so their stored partitions no
+// longer name the process that owns them, and a recovery would miss some of them). The message names the type and
+// both counts.
+class partition_count_changed : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct orchestrator_options {
   std::size_t threads = 2;                // worker threads (sagas run concurrently, each one serialized)
   std::size_t max_in_flight = 10'000;     // sagas started here and not finished yet; start() waits beyond
@@ -82,6 +91,13 @@ class orchestrator {
   void add(definition def);
   // Starts the workers, subscribes to replies and recovers the unfinished sagas this process owns (all of them
   // when the transport does not partition). Throws std::logic_error when called twice.
+  // On a transport that partitions, it first checks each registered type's reply partition count against the one
+  // recorded in the store (event_store::reply_partition_count, which records it while no saga of the type is
+  // unfinished) and throws partition_count_changed, having started nothing, when they differ; store errors
+  // propagate the same way (run() may be called again). The check is repeated at each assignment: a type whose count
+  // changed while this process ran is refused from then on (start() throws partition_count_changed, its replies are
+  // left unhandled for a later owner, its partitions are not recovered, its cached sagas are dropped;
+  // metrics::partition_count_mismatches counts it), until the process is restarted against a topic that matches.
   void run();
   // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
   // this type, returns the existing saga instead (the start's own append finds it: the store's unique key decides,
