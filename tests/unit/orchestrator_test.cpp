@@ -564,8 +564,8 @@ TEST(orchestrator, run_refuses_a_reply_partition_count_that_changed_under_unfini
   EXPECT_NE(why.find("saga type 'order'"), std::string::npos) << why;
   EXPECT_NE(why.find("reply topic has 3 partitions"), std::string::npos) << why;
   EXPECT_NE(why.find("placed over 2"), std::string::npos) << why;
-  EXPECT_EQ(second.stats().partition_count_mismatches.load(), 1u);
-  EXPECT_EQ(second.stats().sagas_recovered.load(), 0u);  // nothing started: no recovery, no resend
+  EXPECT_EQ(second.stats().partition_count_mismatches.load(), 0u);  // counts refusals while running only
+  EXPECT_EQ(second.stats().sagas_recovered.load(), 0u);             // nothing started: no recovery, no resend
   EXPECT_EQ(r.bus.sent_commands().size(), 1u);
   // Back to the count the sagas were placed over, run() (called again) goes ahead and recovers the saga.
   r.bus.set_reply_partitions(2);
@@ -633,10 +633,36 @@ TEST(orchestrator, a_count_changed_while_running_refuses_the_type_at_the_next_as
   for (int i = 0; i < 50; ++i) r.bus.pump();
   EXPECT_EQ(r.store.load(h.id).size(), events);
   EXPECT_EQ(r.bus.sent_commands().size(), 1u);
+  // A reply that comes for it is dropped (consumed, so that it holds up nothing else): counted, nothing appended.
+  const auto command = r.bus.sent_commands().front();
+  const auto ignored = o.stats().replies_ignored.load();
+  r.bus.send_reply(
+      command.reply_to,
+      transport::reply_message::answering(command, outcome::success, R"({"reservation_id":"r"})", "", r.clock->now()),
+      nullptr);
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().replies_ignored.load() == ignored + 1; }));
+  EXPECT_EQ(r.store.load(h.id).size(), events);
   // Later assignments keep refusing it (counted once).
   r.bus.assign({{"order.replies", 3, "order"}});
   EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
   EXPECT_EQ(o.stats().reply_partitions_owned.load(), 0u);
+  o.shutdown();
+}
+
+TEST(orchestrator, a_process_that_owns_no_reply_partition_notices_a_changed_count_at_its_next_start) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();  // never assigned a partition: it only starts sagas (their replies go to the partitions' owners)
+  (void)o.start("order", to_json(make_order(1)));
+  r.bus.set_reply_partitions(3);  // what the transport's re-read at the group's next rebalance finds
+  const auto why = count_change_refusal([&] { (void)o.start("order", to_json(make_order(2))); });
+  EXPECT_NE(why.find("reply topic has 3 partitions, but its unfinished sagas were placed over 2"), std::string::npos)
+      << why;
+  EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  EXPECT_EQ(r.store.list_all().size(), 1u) << "the refused start placed nothing";
   o.shutdown();
 }
 

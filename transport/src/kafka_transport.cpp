@@ -617,11 +617,15 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         say(log_level::error, std::string("kafka assign: ") + rd_kafka_err2str(e));
       }
       say(log_level::info, "kafka " + cfg.group_id + ": assigned " + std::to_string(list.size()) + " partition(s)");
-      // The assignment follows a change of the group or of its topics (partitions added): re-read the counts, so
-      // that reply_partitions() and reply_partition() tell the callback what the cluster has now.
+      // The assignment follows a change of the group or of its topics (partitions added): re-read the counts of the
+      // subscribed topics, assigned here or not, so that reply_partitions() and reply_partition() tell the callback
+      // (and the code that places new sagas) what the cluster has now.
       std::set<std::string> topics;
-      for (const auto& tp : list) topics.insert(tp.topic);
-      for (const auto& topic : topics) (void)partition_count(topic, true);
+      {
+        std::lock_guard lock(mutex);
+        for (const auto& [topic, r] : routes) topics.insert(topic);
+      }
+      for (const auto& topic : topics) (void)partition_count(topic, std::chrono::milliseconds(2000));
       partitions_callback cb;
       {
         std::lock_guard lock(mutex);
@@ -777,13 +781,16 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     const metadata_ptr guard(md);  // nothing to read: librdkafka updated its own view of the topic
   }
 
-  // The topic's partition count: the one read before, unless `fresh` (then, and at the first ask, from a metadata
-  // request; a failed request leaves the count read before).
-  std::optional<std::int32_t> partition_count(const std::string& topic, bool fresh = false) {
+  // The topic's partition count: the one read before, else from a metadata request (waiting up to 5 s).
+  std::optional<std::int32_t> partition_count(const std::string& topic) {
     {
       std::lock_guard lock(mutex);
-      if (auto it = partition_counts.find(topic); it != partition_counts.end() && !fresh) return it->second;
+      if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
     }
+    return partition_count(topic, std::chrono::milliseconds(5000));
+  }
+  // The same from a metadata request now, waiting up to `wait`; when it fails, the count read before (logged).
+  std::optional<std::int32_t> partition_count(const std::string& topic, std::chrono::milliseconds wait) {
     topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
     if (!t) return std::nullopt;
     const rd_kafka_metadata_t* md = nullptr;
@@ -792,9 +799,18 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
       return std::nullopt;
     };
-    if (rd_kafka_metadata(producer.get(), 0, t.get(), &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR || !md) return known();
+    const auto failed = [&](const char* why) {
+      auto before = known();
+      if (before)
+        say(log_level::warning, "kafka: could not re-read the partition count of topic " + topic + " (" + why +
+                                    "); still using " + std::to_string(*before));
+      return before;
+    };
+    const auto err = rd_kafka_metadata(producer.get(), 0, t.get(), &md, static_cast<int>(wait.count()));
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR || !md) return failed(rd_kafka_err2str(err));
     metadata_ptr guard(md);
-    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) return known();
+    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0)
+      return failed(md->topic_cnt == 1 && md->topics[0].err ? rd_kafka_err2str(md->topics[0].err) : "no partitions");
     std::lock_guard lock(mutex);
     auto& count = partition_counts[topic];
     if (count != 0 && count != md->topics[0].partition_cnt)

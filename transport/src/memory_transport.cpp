@@ -129,6 +129,11 @@ std::optional<std::int32_t> memory_transport::reply_partition(const std::string&
   return static_cast<std::int32_t>(std::hash<saga_id>{}(saga) % static_cast<std::size_t>(partitions_));
 }
 
+bool memory_transport::partitions_replies() {
+  std::lock_guard lock(mutex_);
+  return partitions_ > 0;
+}
+
 std::optional<std::int32_t> memory_transport::reply_partitions(const std::string&) {
   std::lock_guard lock(mutex_);
   if (partitions_ <= 0) return std::nullopt;

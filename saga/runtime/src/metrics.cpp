@@ -73,7 +73,7 @@ std::string metrics::prometheus() const {
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);
   counter(out, "saga_partition_count_mismatches_total",
-          "Saga types refused: their reply topic's partition count changed while sagas of the type were unfinished.",
+          "Saga types refused while running: their reply topic's partition count changed under unfinished sagas.",
           partition_count_mismatches);
   out +=
       "# HELP saga_reply_partitions_owned Reply partitions assigned to this process.\n"

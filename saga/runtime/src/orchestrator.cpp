@@ -180,6 +180,32 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
            "timeout, answered from the participants' inboxes), or finish those sagas before changing the count";
   }
 
+  // The reason sagas of `type` are refused here, if they are, after checking the transport's current partition
+  // count once more when it differs from the one checked last (the transport re-reads it when the group changes;
+  // a process owning none of the reply topic's partitions hears of that only here, at its next start). Fences the
+  // type when the count changed under unfinished sagas, or when the store cannot tell whether it did.
+  std::optional<std::string> recheck(const std::string& type) {
+    if (auto why = fenced_why(type)) return why;
+    const auto count = bus.reply_partitions(type);
+    if (!count) return std::nullopt;
+    {
+      std::lock_guard lock(placement_mutex);
+      if (auto it = placed_over.find(type); it != placed_over.end() && it->second == *count) return std::nullopt;
+    }
+    std::string why;
+    try {
+      why = misplaced(type);
+    } catch (const std::exception& x) {
+      why = "saga type '" + type + "': its reply topic now has " + std::to_string(*count) +
+            " partitions, and the store could not say whether unfinished sagas of the type were placed over another "
+            "count (" +
+            x.what() + "); restart the process to check again";
+    }
+    if (why.empty()) return std::nullopt;
+    fence(type, why);
+    return fenced_why(type);
+  }
+
   // The reason sagas of `type` are refused here, if they are.
   std::optional<std::string> fenced_why(const std::string& type) {
     if (!any_fenced.load(std::memory_order_acquire)) return std::nullopt;
@@ -188,8 +214,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return std::nullopt;
   }
 
-  // Refuses sagas of `type` from now on (misplaced): gives its partitions up and drops its cached sagas, whose
-  // timers are void with them. Their replies stay unhandled for a process that runs with the recorded count.
+  // Refuses sagas of `type` from now on (misplaced): forgets its partitions and drops its cached sagas, whose timers
+  // are void with them. Their replies are dropped as they come (consumed, so that they hold up no other type):
+  // whoever recovers a saga with the recorded count resends its pending commands, and the participants answer those
+  // from their inboxes.
   void fence(const std::string& type, const std::string& why) {
     {
       std::lock_guard lock(placement_mutex);
@@ -860,19 +888,23 @@ void orchestrator::add(definition def) {
 void orchestrator::run() {
   auto& s = *impl_;
   if (s.work) throw std::logic_error("orchestrator::run() called twice");
-  for (const auto& [type, versions] : s.definitions)
-    if (auto why = s.misplaced(type); !why.empty()) {
-      ++s.stats.partition_count_mismatches;
-      throw partition_count_changed(why);
+  const bool partitions = s.bus.partitions_replies();
+  if (partitions)
+    for (const auto& [type, versions] : s.definitions) {
+      // Which partition owns a saga, and so which sagas a recovery takes, depends on the count: learn it first.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!s.bus.reply_partitions(type)) {
+        if (std::chrono::steady_clock::now() >= deadline)
+          throw transport::transport_error("saga type '" + type +
+                                           "': the partition count of its reply topic is not known after 30 s (is "
+                                           "the cluster reachable?); nothing was started");
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // start-up only
+      }
+      if (auto why = s.misplaced(type); !why.empty()) throw partition_count_changed(why);
     }
   s.work.emplace(asio::make_work_guard(s.io));
   for (std::size_t i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
   s.accepting = true;
-  const bool partitions =
-      s.bus
-          .reply_partition(s.definitions.begin() == s.definitions.end() ? std::string() : s.definitions.begin()->first,
-                           saga_id::from_words(0, 0))
-          .has_value();
   if (partitions && s.options.recovery_prefetch)  // read the logs ahead while the group hands out partitions
     s.prefetch_thread = std::thread([&s] { s.prefetch(); });
   std::weak_ptr<impl> weak = impl_;
@@ -880,20 +912,7 @@ void orchestrator::run() {
     auto self = weak.lock();
     if (!self) return;
     // The transport re-read the partition counts before this call: one that changed since run() is checked again.
-    std::set<std::string> types;
-    for (const auto& tp : assigned)
-      if (self->latest(tp.name)) types.insert(tp.name);
-    for (const auto& type : types) {
-      if (self->fenced_why(type)) continue;
-      std::string why;
-      try {
-        why = self->misplaced(type);
-      } catch (const std::exception& x) {
-        why = "saga type '" + type + "': its reply topic's partition count changed and could not be checked against " +
-              "the store (" + x.what() + ")";
-      }
-      if (!why.empty()) self->fence(type, why);
-    }
+    for (const auto& [type, versions] : self->definitions) self->recheck(type);
     storage::partition_filter filter;
     {
       std::lock_guard lock(self->owned_mutex);
@@ -913,7 +932,11 @@ void orchestrator::run() {
     s.bus.on_reply(type, [weak, type](transport::reply_message reply, transport::handled_callback handled) {
       auto self = weak.lock();
       if (!self || !self->accepting) return;  // not handled: the next owner gets it again
-      if (self->fenced_why(type)) return;     // likewise: a process with the recorded partition count gets it
+      if (self->fenced_why(type)) {           // dropped: a process with the recorded count resends the command
+        ++self->stats.replies_ignored;
+        if (handled) handled();
+        return;
+      }
       self->submit(reply.saga, job{false, reply.to_trigger(), {}, [handled](const decision&, std::exception_ptr) {
                                      if (handled) handled();
                                    }});
@@ -926,7 +949,7 @@ void orchestrator::run() {
 saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
   auto& s = *impl_;
   if (!s.latest(type)) throw std::invalid_argument("no definition registered for saga type '" + type + "'");
-  if (auto why = s.fenced_why(type)) throw partition_count_changed(*why);
+  if (auto why = s.recheck(type)) throw partition_count_changed(*why);
   if (input_json.size() > s.options.max_input_bytes)
     throw std::invalid_argument("saga input of " + std::to_string(input_json.size()) + " bytes for type '" + type +
                                 "' exceeds orchestrator_options::max_input_bytes (" +

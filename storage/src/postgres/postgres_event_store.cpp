@@ -924,29 +924,22 @@ std::int32_t postgres_event_store::reply_partition_count(const std::string& type
   check_partition_count(type, current);
   if (auto why = detail::unstorable_text(type, false); !why.empty())
     throw store_error("postgres_event_store reply_partition_count: the saga type contains " + why);
-  // The upsert changes a recorded count only while no saga of the type is unfinished; when it changes nothing, the
-  // recorded row is read from the statement's snapshot. A row another process inserted after that snapshot is not in
-  // it (the statement returns nothing): the second attempt sees it.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    auto found = impl_->with_reader("postgres_event_store reply_partition_count", [&](pqxx::transaction_base& tx) {
-      std::optional<std::int32_t> out;
-      const auto rows = tx.exec_params(
-          "WITH upsert AS ("
-          " INSERT INTO saga_reply_partition_counts AS c (type, partitions) VALUES ($1, $2)"
-          " ON CONFLICT (type) DO UPDATE SET partitions = EXCLUDED.partitions, recorded_at = now()"
-          "  WHERE c.partitions <> EXCLUDED.partitions AND NOT EXISTS (SELECT 1 FROM saga_instances i"
-          "   WHERE i.type = $1 AND i.status IN ('running', 'compensating', 'stuck'))"
-          " RETURNING partitions) "
-          "SELECT partitions FROM upsert UNION ALL "
-          "SELECT partitions FROM saga_reply_partition_counts WHERE type = $1 AND NOT EXISTS (SELECT 1 FROM upsert)",
-          type, current);
-      if (!rows.empty()) out = rows[0][0].as<std::int32_t>();
-      return out;
-    });
-    if (found) return *found;
-  }
-  throw store_error("postgres_event_store reply_partition_count: no count recorded for saga type '" + type +
-                    "' after two attempts");
+  // One upsert that always returns the row it locked: ON CONFLICT reads the latest committed version (another
+  // process may have changed it after this statement's snapshot), and keeps its count while any saga of the type is
+  // unfinished.
+  return impl_->with_reader("postgres_event_store reply_partition_count", [&](pqxx::transaction_base& tx) {
+    const auto rows = tx.exec_params1(
+        "WITH held AS (SELECT EXISTS (SELECT 1 FROM saga_instances"
+        " WHERE type = $1 AND status IN ('running', 'compensating', 'stuck')) AS unfinished) "
+        "INSERT INTO saga_reply_partition_counts AS c (type, partitions) VALUES ($1, $2) "
+        "ON CONFLICT (type) DO UPDATE SET"
+        " partitions = CASE WHEN (SELECT unfinished FROM held) THEN c.partitions ELSE EXCLUDED.partitions END,"
+        " recorded_at = CASE WHEN c.partitions = EXCLUDED.partitions OR (SELECT unfinished FROM held)"
+        " THEN c.recorded_at ELSE now() END "
+        "RETURNING partitions",
+        type, current);
+    return rows[0].as<std::int32_t>();
+  });
 }
 
 postgres_event_store_stats postgres_event_store::stats() const {

@@ -148,8 +148,10 @@ class kafka_transport final : public transport {
   // The reply-topic partition of `saga` (murmur2 of the key, as Java clients compute it); nullopt until the topic's
   // partition count is known (after the first metadata answer; retry later).
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
-  // The reply topic's partition count: from the cluster's metadata, read at the first ask and again at each
-  // assignment of the group (static_assignment: once, when the topic is registered).
+  // Always: the consumer group (or static_assignment) shares the reply partitions between processes.
+  [[nodiscard]] bool partitions_replies() override { return true; }
+  // The reply topic's partition count: from the cluster's metadata, read at the first ask and, for every subscribed
+  // topic, again at each assignment of the group (static_assignment: once, when the topic is registered).
   [[nodiscard]] std::optional<std::int32_t> reply_partitions(const std::string& saga_type) override;
   // Leaves the group (revoke: in-flight handled + committed; with static_assignment the same revoke without a group)
   // and flushes the producer, all within revoke_timeout (plus 100 ms for the flush): with the cluster gone it returns

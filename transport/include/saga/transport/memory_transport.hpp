@@ -39,6 +39,7 @@ class memory_transport final : public transport {
   void on_partitions_assigned(partitions_callback callback) override;
   void on_partitions_revoked(partitions_callback callback) override;
   [[nodiscard]] std::optional<std::int32_t> reply_partition(const std::string& saga_type, const saga_id& saga) override;
+  [[nodiscard]] bool partitions_replies() override;  // once set_reply_partitions gave a count > 0
   [[nodiscard]] std::optional<std::int32_t> reply_partitions(const std::string& saga_type) override;
   void assign(const std::vector<topic_partition>& partitions);
   void revoke(const std::vector<topic_partition>& partitions);

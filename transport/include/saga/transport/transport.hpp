@@ -75,9 +75,13 @@ class transport {
     (void)saga;
     return std::nullopt;
   }
+  // Whether replies are spread over partitions that different processes own (on_partitions_assigned tells which
+  // are this process's); false: this process owns every saga.
+  [[nodiscard]] virtual bool partitions_replies() { return false; }
   // How many partitions the reply topic of `saga_type` has, which reply_partition maps sagas over; nullopt when the
-  // transport does not partition or the count is not known yet. A transport re-reads it before it tells of an
-  // assignment (on_partitions_assigned), so a count changed on the cluster is seen there.
+  // transport does not partition or the count is not known yet (retry later). A transport that partitions re-reads
+  // the counts of all its subscribed topics whenever its assignment changes, before it tells of it, so a count
+  // changed on the cluster is seen there.
   [[nodiscard]] virtual std::optional<std::int32_t> reply_partitions(const std::string& saga_type) {
     (void)saga_type;
     return std::nullopt;

@@ -42,8 +42,8 @@ struct metrics {
   std::atomic<std::uint64_t> recovery_prefetched{0};     // of those, folded ahead by run() before the assignment
   std::atomic<std::uint64_t> recovery_read_ahead{0};     // sagas folded by the read-ahead of run() (once it finished)
   std::atomic<std::uint64_t> reply_partitions_owned{0};  // gauge: reply partitions assigned to this process now
-  // Saga types refused because their reply topic's partition count changed under unfinished sagas (see
-  // orchestrator::run); nonzero means the process needs an operator.
+  // Saga types refused while running because their reply topic's partition count changed under unfinished sagas
+  // (see orchestrator::run); nonzero means the process needs an operator and a restart.
   std::atomic<std::uint64_t> partition_count_mismatches{0};
   histogram append_latency;  // trigger decided -> append durable
   histogram saga_latency;    // start -> finished, for sagas started by this process

@@ -91,13 +91,15 @@ class orchestrator {
   void add(definition def);
   // Starts the workers, subscribes to replies and recovers the unfinished sagas this process owns (all of them
   // when the transport does not partition). Throws std::logic_error when called twice.
-  // On a transport that partitions, it first checks each registered type's reply partition count against the one
-  // recorded in the store (event_store::reply_partition_count, which records it while no saga of the type is
-  // unfinished) and throws partition_count_changed, having started nothing, when they differ; store errors
-  // propagate the same way (run() may be called again). The check is repeated at each assignment: a type whose count
-  // changed while this process ran is refused from then on (start() throws partition_count_changed, its replies are
-  // left unhandled for a later owner, its partitions are not recovered, its cached sagas are dropped;
-  // metrics::partition_count_mismatches counts it), until the process is restarted against a topic that matches.
+  // On a transport that partitions, it first learns each registered type's reply partition count (waiting up to
+  // 30 s, then throwing transport::transport_error) and checks it against the one recorded in the store
+  // (event_store::reply_partition_count, which records it while no saga of the type is unfinished): where they
+  // differ it throws partition_count_changed, having started nothing; store errors propagate the same way (run() may
+  // be called again). The check is repeated whenever the transport's count changes (it re-reads it at each
+  // assignment; a start() notices it too): a type whose count changed under unfinished sagas while this process ran
+  // is refused from then on (start() throws partition_count_changed, its replies are dropped, its partitions are not
+  // recovered, its cached sagas are dropped; metrics::partition_count_mismatches counts it) until the process is
+  // restarted against a topic that matches.
   void run();
   // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
   // this type, returns the existing saga instead (the start's own append finds it: the store's unique key decides,
