@@ -625,7 +625,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         std::lock_guard lock(mutex);
         for (const auto& [topic, r] : routes) topics.insert(topic);
       }
-      for (const auto& topic : topics) (void)partition_count(topic, std::chrono::milliseconds(2000));
+      for (const auto& topic : topics) (void)read_partition_count(topic, std::chrono::milliseconds(2000));
       partitions_callback cb;
       {
         std::lock_guard lock(mutex);
@@ -787,10 +787,11 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       std::lock_guard lock(mutex);
       if (auto it = partition_counts.find(topic); it != partition_counts.end()) return it->second;
     }
-    return partition_count(topic, std::chrono::milliseconds(5000));
+    return read_partition_count(topic, std::chrono::milliseconds(5000));
   }
-  // The same from a metadata request now, waiting up to `wait`; when it fails, the count read before (logged).
-  std::optional<std::int32_t> partition_count(const std::string& topic, std::chrono::milliseconds wait) {
+  // The topic's partition count from a metadata request now, waiting up to `wait`; when it fails, the count read
+  // before (logged).
+  std::optional<std::int32_t> read_partition_count(const std::string& topic, std::chrono::milliseconds wait) {
     topic_ptr t(rd_kafka_topic_new(producer.get(), topic.c_str(), nullptr));
     if (!t) return std::nullopt;
     const rd_kafka_metadata_t* md = nullptr;

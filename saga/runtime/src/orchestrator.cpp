@@ -155,23 +155,21 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::map<std::string, std::string> fenced;
   std::atomic<bool> any_fenced{false};  // whether `fenced` has an entry (read on every reply without the lock)
 
-  // Why sagas of `type` cannot run here: its reply topic's partition count differs from the one its unfinished sagas
-  // were placed over (recorded in the store). Empty when it matches, or when the transport does not partition.
-  // Throws what the store throws.
-  std::string misplaced(const std::string& type) {
-    const auto count = bus.reply_partitions(type);
-    if (!count) return {};
+  // Why sagas of `type` cannot run here: its reply topic's `count` of partitions differs from the one its unfinished
+  // sagas were placed over (recorded in the store; asked only when `count` is not the one checked last). Empty when
+  // it matches. Throws what the store throws.
+  std::string misplaced(const std::string& type, std::int32_t count) {
     {
       std::lock_guard lock(placement_mutex);
-      if (auto it = placed_over.find(type); it != placed_over.end() && it->second == *count) return {};
+      if (auto it = placed_over.find(type); it != placed_over.end() && it->second == count) return {};
     }
-    const std::int32_t recorded = store.reply_partition_count(type, *count);
-    if (recorded == *count) {
+    const std::int32_t recorded = store.reply_partition_count(type, count);
+    if (recorded == count) {
       std::lock_guard lock(placement_mutex);
-      placed_over[type] = *count;
+      placed_over[type] = count;
       return {};
     }
-    return "saga type '" + type + "': its reply topic has " + std::to_string(*count) +
+    return "saga type '" + type + "': its reply topic has " + std::to_string(count) +
            " partitions, but its unfinished sagas were placed over " + std::to_string(recorded) +
            " (the store's saga_reply_partition_counts); Kafka maps a saga's key to a partition by the count, so their "
            "stored partitions no longer name the process that owns them. Give the reply topic " +
@@ -188,13 +186,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     if (auto why = fenced_why(type)) return why;
     const auto count = bus.reply_partitions(type);
     if (!count) return std::nullopt;
-    {
-      std::lock_guard lock(placement_mutex);
-      if (auto it = placed_over.find(type); it != placed_over.end() && it->second == *count) return std::nullopt;
-    }
     std::string why;
     try {
-      why = misplaced(type);
+      why = misplaced(type, *count);
     } catch (const std::exception& x) {
       why = "saga type '" + type + "': its reply topic now has " + std::to_string(*count) +
             " partitions, and the store could not say whether unfinished sagas of the type were placed over another "
@@ -893,14 +887,15 @@ void orchestrator::run() {
     for (const auto& [type, versions] : s.definitions) {
       // Which partition owns a saga, and so which sagas a recovery takes, depends on the count: learn it first.
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      while (!s.bus.reply_partitions(type)) {
+      std::optional<std::int32_t> count;
+      while (!(count = s.bus.reply_partitions(type))) {
         if (std::chrono::steady_clock::now() >= deadline)
           throw transport::transport_error("saga type '" + type +
                                            "': the partition count of its reply topic is not known after 30 s (is "
                                            "the cluster reachable?); nothing was started");
         std::this_thread::sleep_for(std::chrono::milliseconds(100));  // start-up only
       }
-      if (auto why = s.misplaced(type); !why.empty()) throw partition_count_changed(why);
+      if (auto why = s.misplaced(type, *count); !why.empty()) throw partition_count_changed(why);
     }
   s.work.emplace(asio::make_work_guard(s.io));
   for (std::size_t i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
