@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 # saga_pg_start DIR: starts a private server in DIR (initdb on first use), listening on a Unix socket in DIR and a
-# free loopback port, owned by the postgres user when run as root. Exports SAGA_PG_URL and, for tests that restart
+# free loopback port, owned by the postgres user when run as root. Exports SAGA_PG_URL (through the socket) and, for tests that restart
 # the server, SAGA_PG_DATA, SAGA_PG_BIN and SAGA_PG_RUNAS. SAGA_PG_SERVER_OPTIONS adds server options ("-c name=value
 # ..."), e.g. a preloaded extension for a benchmark.
 saga_pg_start() {
@@ -49,9 +49,24 @@ saga_pg_start() {
   _saga_pg "$bindir/psql" -h "$dir/sock" -p "$port" -U saga -d postgres -qAtc \
     "SELECT 1 FROM pg_database WHERE datname='saga'" | grep -q 1 ||
     _saga_pg "$bindir/createdb" -h "$dir/sock" -p "$port" -U saga saga
-  export SAGA_PG_URL="postgresql://saga@127.0.0.1:$port/saga"
+  # Clients connect through the Unix socket: on one box it costs less CPU than loopback TCP (the order saga bench ran
+  # 8 % more sagas/s at 200 in flight). The server listens on 127.0.0.1 too.
+  export SAGA_PG_URL="postgresql://saga@$(_saga_pg_uri_encode "$dir/sock"):$port/saga"
   export SAGA_PG_DATA="$dir/data" SAGA_PG_BIN="$bindir" SAGA_PG_RUNAS SAGA_PG_PORT="$port" SAGA_PG_SOCKET="$dir/sock"
   SAGA_PG_STARTED_DIR="$dir"
+}
+
+# _saga_pg_uri_encode TEXT: TEXT percent-encoded for a URI's host part (a socket folder's slashes become %2F).
+_saga_pg_uri_encode() {
+  local LC_ALL=C s="$1" out="" c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c="${s:i:1}"
+    case "$c" in
+      [A-Za-z0-9._~-]) out+="$c" ;;
+      *) out+="$(printf '%%%02X' "'$c")" ;;
+    esac
+  done
+  printf '%s' "$out"
 }
 
 # The server's options: loopback and a Unix socket only.
