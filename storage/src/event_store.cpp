@@ -55,6 +55,10 @@ std::vector<std::pair<saga_status, std::uint64_t>> event_store::count_by_status(
   throw store_error("this event store cannot count sagas by status");
 }
 
+std::vector<partition_placement> event_store::partition_placements(const std::string&) {
+  throw store_error("this event store cannot list reply partition counts");
+}
+
 std::int32_t event_store::reply_partition_count(const std::string& type, std::int32_t current) {
   check_partition_count(type, current);
   return current;

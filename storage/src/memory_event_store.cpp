@@ -123,6 +123,25 @@ std::int32_t memory_event_store::reply_partition_count(const std::string& type, 
   return it->second;
 }
 
+std::vector<partition_placement> memory_event_store::partition_placements(const std::string& type) {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, partition_placement> by_type;
+  for (const auto& [name, count] : partition_counts_)
+    if (type.empty() || name == type) by_type[name].recorded = count;
+  for (const auto& [id, s] : summaries_) {
+    if ((!type.empty() && s.type != type) || is_terminal(s.status)) continue;
+    auto& p = by_type[s.type];
+    ++p.unfinished;
+    p.highest_partition = std::max(p.highest_partition.value_or(s.partition), s.partition);
+  }
+  std::vector<partition_placement> out;
+  for (auto& [name, p] : by_type) {
+    p.type = name;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 std::optional<saga_summary> memory_event_store::find(const saga_id& saga) {
   std::lock_guard lock(mutex_);
   if (auto it = summaries_.find(saga); it != summaries_.end()) return it->second;

@@ -2,8 +2,8 @@
 # A reply topic whose partition count changed under unfinished sagas. Orders are placed while the topic has four
 # partitions and no participant answers; the orchestrator is killed with SIGKILL. The topic comes back with six
 # partitions (a new broker: as if it had been recreated): the orchestrator refuses to run, naming the type and both
-# counts, and touches nothing. With four partitions again and the participants up, it recovers and finishes every
-# order; the books balance and every chain verifies.
+# counts, and touches nothing; `sagactl partitions` shows the 4 recorded. With four partitions again and the
+# participants up, it recovers and finishes every order; the books balance and every chain verifies.
 set -euo pipefail
 export SAGA_BUILD_DIR="$1"
 source "$(dirname "$0")/../../scripts/lib/common.sh"
@@ -52,6 +52,10 @@ grep -q "saga type 'order': its reply topic has 6 partitions, but its unfinished
   "$work/refused.log" || { echo "the refusal does not name the type and both counts" >&2; exit 1; }
 "$sagactl" list --type order --counts >"$work/counts-refused.txt"
 cmp -s "$work/counts-before.txt" "$work/counts-refused.txt" || { echo "the refused run changed sagas" >&2; exit 1; }
+# What an operator sees: the count the unfinished orders were placed over, and none of them beyond it.
+"$sagactl" partitions --type order | tee "$work/partitions.txt"
+grep -Eq "^order  placed over 4 reply partitions \(since [^)]*\)  $orders unfinished, highest partition [0-3]$" \
+  "$work/partitions.txt" || { echo "sagactl partitions does not show the 4 recorded partitions" >&2; exit 1; }
 saga_kafka_stop
 
 saga_kafka_start "$work/kafka-4-again" --topic "$topic:4"

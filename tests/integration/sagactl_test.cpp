@@ -525,6 +525,53 @@ TEST_F(sagactl_pg, list_filters_by_type_status_and_start_time_and_counts_by_stat
   EXPECT_TRUE(has(bad.err, "malformed time for --from 'yesterday'")) << bad.err;
 }
 
+TEST_F(sagactl_pg, partitions_shows_the_recorded_count_and_exits_1_for_a_saga_placed_beyond_it) {
+  run_compensated_and_stuck();  // over the memory transport, which records no count: the stuck order shows anyway
+  const auto none = sagactl({"--db", url_, "partitions"});
+  EXPECT_EQ(none.status, 0) << none.err;
+  EXPECT_EQ(none.out,
+            "order  no reply partition count recorded (an orchestrator records it when it runs)  1 unfinished, highest "
+            "partition 0\n");
+  ASSERT_EQ(store_->reply_partition_count("order", 3), 3);
+  const auto recorded = sagactl({"--db", url_, "partitions", "--json"});
+  EXPECT_EQ(recorded.status, 0) << recorded.err;
+  EXPECT_TRUE(has(recorded.out, "{\"type\":\"order\",\"recorded\":3,\"recorded_at\":\"20")) << recorded.out;
+  EXPECT_TRUE(has(recorded.out, "\"unfinished\":1,\"highest_partition\":0,\"misplaced\":false}\n")) << recorded.out;
+  // A running saga of another type on partition 5, whose type's count is then recorded as 2 (the topic shrank while
+  // it was unfinished): no orchestrator owns it, and sagactl says so.
+  (void)store_->append({saga_id::from_words(9, 9),
+                        "other",
+                        0,
+                        {event{1, clock_->now(), events::saga_started{"other", 1, "f", "{}", ""}}},
+                        saga_status::running,
+                        5,
+                        {}});
+  ASSERT_EQ(store_->reply_partition_count("other", 2), 2);
+  const auto misplaced = sagactl({"--db", url_, "partitions"});
+  EXPECT_EQ(misplaced.status, 1);
+  EXPECT_TRUE(has(misplaced.out, "order  placed over 3 reply partitions (since 20")) << misplaced.out;
+  EXPECT_TRUE(has(misplaced.out, "other  placed over 2 reply partitions (since ")) << misplaced.out;
+  EXPECT_TRUE(has(misplaced.out,
+                  "1 unfinished, highest partition 5\n  MISPLACED: an unfinished saga is on partition 5, "
+                  "beyond the 2 recorded"))
+      << misplaced.out;
+  const auto one = sagactl({"--db", url_, "partitions", "--type", "order"});
+  EXPECT_EQ(one.status, 0) << one.out;
+  EXPECT_FALSE(has(one.out, "other")) << one.out;
+  // The other saga ends: nothing of its type is unfinished, and the record stays.
+  (void)store_->append({saga_id::from_words(9, 9),
+                        "other",
+                        1,
+                        {event{2, clock_->now(), events::saga_completed{"{}"}}},
+                        saga_status::completed,
+                        5,
+                        {}});
+  const auto done = sagactl({"--db", url_, "partitions", "--type", "other", "--json"});
+  EXPECT_EQ(done.status, 0) << done.out;
+  EXPECT_TRUE(has(done.out, "\"recorded\":2,")) << done.out;
+  EXPECT_TRUE(has(done.out, "\"unfinished\":0,\"highest_partition\":null,\"misplaced\":false}\n")) << done.out;
+}
+
 // Untouched, then after one act of tampering (`statements`, run with the append-only trigger disabled):
 // verify names the saga and the first bad seq, as text and as JSON, and exits 1.
 class sagactl_tamper : public sagactl_pg {

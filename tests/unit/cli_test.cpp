@@ -1,4 +1,4 @@
-// sagactl on the memory store: show, replay, list, verify, export, and operator actions, with their errors.
+// sagactl on the memory store: show, replay, list, partitions, verify, export, and operator actions, with their errors.
 #include "../../examples/order_processing/order_saga.hpp"
 
 #include <saga/cli.hpp>
@@ -35,6 +35,12 @@ struct borrowed_store final : storage::event_store {
   std::vector<storage::saga_summary> list(const storage::saga_query& q) override { return s_.list(q); }
   std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& t) override {
     return s_.count_by_status(t);
+  }
+  std::int32_t reply_partition_count(const std::string& t, std::int32_t n) override {
+    return s_.reply_partition_count(t, n);
+  }
+  std::vector<storage::partition_placement> partition_placements(const std::string& t) override {
+    return s_.partition_placements(t);
   }
   storage::event_store& s_;
 };
@@ -149,6 +155,49 @@ TEST(sagactl, list_filters_and_counts_by_status) {
   EXPECT_EQ(f.run({"list", "--from", format_time(f.d.now() + duration{1})}).out, "");
 }
 
+TEST(sagactl, partitions_shows_each_types_recorded_count_and_flags_a_saga_placed_beyond_it) {
+  fixture f;
+  // The memory transport does not partition, so no orchestrator recorded a count: the stuck saga shows anyway.
+  const auto none = f.run({"partitions"});
+  ASSERT_EQ(none.status, 0) << none.err;
+  EXPECT_EQ(none.out,
+            "order  no reply partition count recorded (an orchestrator records it when it runs)  1 unfinished, highest "
+            "partition 0\n");
+  ASSERT_EQ(f.d.store().reply_partition_count("order", 4), 4);
+  const auto recorded = f.run({"partitions", "--json"});
+  ASSERT_EQ(recorded.status, 0) << recorded.err;
+  EXPECT_EQ(recorded.out,
+            "{\"type\":\"order\",\"recorded\":4,\"recorded_at\":null,\"unfinished\":1,\"highest_partition\":0,"
+            "\"misplaced\":false}\n");
+  // A saga of another type placed on partition 6 before its count was recorded as 4 (the topic shrank): nobody owns
+  // it, and sagactl says so and exits 1.
+  const saga_id lost = saga_id::from_words(7, 7);
+  (void)f.d.store().append({lost,
+                            "other",
+                            0,
+                            {event{1, f.d.now(), events::saga_started{"other", 1, "f", "{}", ""}}},
+                            saga_status::running,
+                            6,
+                            {}});
+  ASSERT_EQ(f.d.store().reply_partition_count("other", 4), 4);
+  const auto misplaced = f.run({"partitions"});
+  EXPECT_EQ(misplaced.status, 1);
+  EXPECT_TRUE(has(misplaced.out, "order  placed over 4 reply partitions  1 unfinished, highest partition 0\n"))
+      << misplaced.out;
+  EXPECT_TRUE(has(misplaced.out,
+                  "other  placed over 4 reply partitions  1 unfinished, highest partition 6\n  "
+                  "MISPLACED: an unfinished saga is on partition 6, beyond the 4 recorded"))
+      << misplaced.out;
+  const auto one = f.run({"partitions", "--type", "order", "--json"});
+  EXPECT_EQ(one.status, 0);
+  EXPECT_EQ(one.out, recorded.out);
+  // A type with neither a count nor an unfinished saga: said so, not an error.
+  const auto unknown = f.run({"partitions", "--type", "nothing"});
+  EXPECT_EQ(unknown.status, 0);
+  EXPECT_EQ(unknown.out, "no saga type has a recorded reply partition count or an unfinished saga (type 'nothing')\n");
+  EXPECT_EQ(f.run({"partitions", "extra"}).status, 2);
+}
+
 TEST(sagactl, verify_passes_untouched_and_names_saga_and_seq_when_altered) {
   fixture f;
   const auto ok = f.run({"verify", "--all"});
@@ -236,6 +285,7 @@ TEST(sagactl, errors_name_what_is_wrong_and_read_only_commands_write_nothing) {
   const auto before = f.d.store().read_all(1, 100000).size();
   for (const auto& args : std::vector<std::vector<std::string>>{{"show", f.completed.to_string()},
                                                                 {"list"},
+                                                                {"partitions"},
                                                                 {"replay", f.completed.to_string(), "--at", "3"},
                                                                 {"verify", "--all"},
                                                                 {"export"}})

@@ -35,6 +35,7 @@ commands:
                                         sagas by type, status (running|compensating|completed|compensated|stuck)
                                         and start time; --counts: how many in each status
   show SAGA_ID [--json]                 the saga's timeline and current state
+  partitions [--type T] [--json]        each saga type's recorded reply partition count and its unfinished sagas
   replay SAGA_ID [--at SEQ|TIME] [--json]
                                         the state as it was at that point, rebuilt by folding the log
   replay (SAGA_ID | --all [--type T]) --verify-definition [--json]
@@ -68,6 +69,13 @@ const std::map<std::string, std::string>& command_usage() {
       {"show", R"(usage: sagactl [--db URL] show SAGA_ID [--json]
   The saga's timeline (every event with its time, time since the previous event, step, attempt and command
   id; compensations name the step they undo) and its current state. --json: {"state":…,"events":[…]}.
+)"},
+      {"partitions", R"(usage: sagactl [--db URL] partitions [--type T] [--json]
+  Each saga type's reply partition count as the orchestrators recorded it, and how many of its sagas are
+  unfinished (running, compensating or stuck) with the highest partition one is placed on. A reply topic must
+  keep that count while any saga of the type is unfinished: orchestrators refuse to run over another. Exit 1 when
+  an unfinished saga is placed beyond the recorded count (placed over another count). --json: one JSON object per
+  type {"type","recorded","recorded_at","unfinished","highest_partition","misplaced"}.
 )"},
       {"replay", R"(usage: sagactl [--db URL] replay SAGA_ID [--at SEQ|TIME] [--json]
        sagactl [--db URL] replay (SAGA_ID | --all [--type T]) --verify-definition [--json]
@@ -224,6 +232,7 @@ class session {
     if (cmd == "migrate") return migrate();
     if (cmd == "list") return list();
     if (cmd == "show") return show();
+    if (cmd == "partitions") return partitions();
     if (cmd == "replay") return replay();
     if (cmd == "verify") return verify();
     if (cmd == "export") return export_events();
@@ -307,6 +316,44 @@ class session {
              << "  seq " << s.last_seq << "  started " << format_time(s.started_at) << "\n";
     }
     return 0;
+  }
+
+  int partitions() {
+    if (!c_.positional.empty()) throw usage_error("partitions takes options only, not '" + c_.positional[0] + "'");
+    const auto placements = store().partition_placements(c_.get("--type"));
+    const bool json = c_.has("--json");
+    int status = 0;
+    for (const auto& p : placements) {
+      // An unfinished saga on a partition the recorded count does not have was placed over another count.
+      const bool misplaced = p.recorded && p.highest_partition && *p.highest_partition >= *p.recorded;
+      if (misplaced) status = 1;
+      const bool dated = p.recorded && p.recorded_at != time_point{};
+      if (json) {
+        out_ << "{\"type\":" << json_quote(p.type)
+             << ",\"recorded\":" << (p.recorded ? std::to_string(*p.recorded) : "null")
+             << ",\"recorded_at\":" << (dated ? json_quote(format_time(p.recorded_at)) : "null")
+             << ",\"unfinished\":" << p.unfinished
+             << ",\"highest_partition\":" << (p.highest_partition ? std::to_string(*p.highest_partition) : "null")
+             << ",\"misplaced\":" << (misplaced ? "true" : "false") << "}\n";
+        continue;
+      }
+      out_ << p.type << "  ";
+      if (p.recorded)
+        out_ << "placed over " << *p.recorded << " reply partitions"
+             << (dated ? " (since " + format_time(p.recorded_at) + ")" : "");
+      else
+        out_ << "no reply partition count recorded (an orchestrator records it when it runs)";
+      out_ << "  " << p.unfinished << " unfinished";
+      if (p.highest_partition) out_ << ", highest partition " << *p.highest_partition;
+      out_ << "\n";
+      if (misplaced)
+        out_ << "  MISPLACED: an unfinished saga is on partition " << *p.highest_partition << ", beyond the "
+             << *p.recorded << " recorded: it was placed over another count, and no orchestrator owns it\n";
+    }
+    if (placements.empty() && !json)
+      out_ << "no saga type has a recorded reply partition count or an unfinished saga"
+           << (c_.get("--type").empty() ? "" : " (type '" + c_.get("--type") + "')") << "\n";
+    return status;
   }
 
   int show() {

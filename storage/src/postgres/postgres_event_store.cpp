@@ -942,6 +942,31 @@ std::int32_t postgres_event_store::reply_partition_count(const std::string& type
   });
 }
 
+std::vector<partition_placement> postgres_event_store::partition_placements(const std::string& type) {
+  return impl_->with_reader("postgres_event_store partition_placements", [&](pqxx::transaction_base& tx) {
+    std::vector<partition_placement> out;
+    for (const auto& r : tx.exec_params(
+             "WITH u AS (SELECT type, count(*) AS unfinished, max(partition) AS highest FROM saga_instances"
+             " WHERE status IN ('running', 'compensating', 'stuck') AND ($1 = '' OR type = $1) GROUP BY type) "
+             "SELECT coalesce(c.type, u.type), c.partitions, (extract(epoch FROM c.recorded_at) * 1000)::bigint,"
+             " coalesce(u.unfinished, 0), u.highest "
+             "FROM (SELECT * FROM saga_reply_partition_counts WHERE $1 = '' OR type = $1) c"
+             " FULL JOIN u ON u.type = c.type ORDER BY 1",
+             type)) {
+      partition_placement p;
+      p.type = r[0].as<std::string>();
+      if (!r[1].is_null()) {
+        p.recorded = r[1].as<std::int32_t>();
+        p.recorded_at = time_point(std::chrono::milliseconds(r[2].as<std::int64_t>()));
+      }
+      p.unfinished = r[3].as<std::uint64_t>();
+      if (!r[4].is_null()) p.highest_partition = r[4].as<std::int32_t>();
+      out.push_back(std::move(p));
+    }
+    return out;
+  });
+}
+
 postgres_event_store_stats postgres_event_store::stats() const {
   return {impl_->batches.load(), impl_->appends.load(), impl_->events.load(), impl_->conflicts.load(),
           impl_->in_doubt.load()};

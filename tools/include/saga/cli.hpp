@@ -38,7 +38,7 @@ struct environment {
 
 // Runs one sagactl command line (without the program name). Returns the exit status: 0 ok, 1 a failure or a
 // finding (unknown saga, broken chain, refused action, unreachable database), 2 a usage error. Read-only
-// subcommands (list, show, replay, verify, export) never write.
+// subcommands (list, show, partitions, replay, verify, export) never write.
 int run(const std::vector<std::string>& args, const environment& env, std::ostream& out, std::ostream& err);
 
 // `url` with any password replaced by "***", for messages.

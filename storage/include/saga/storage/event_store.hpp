@@ -98,6 +98,15 @@ struct saga_summary {
   std::string idempotency_key;
 };
 
+// A saga type's recorded reply partition count and where its unfinished sagas are placed (sagactl partitions).
+struct partition_placement {
+  std::string type;
+  std::optional<std::int32_t> recorded;  // the count reply_partition_count recorded; none before any was
+  time_point recorded_at{};              // when it was recorded or last changed (the epoch when the store cannot tell)
+  std::uint64_t unfinished = 0;          // sagas running, compensating or stuck
+  std::optional<std::int32_t> highest_partition;  // the highest partition an unfinished saga is placed on
+};
+
 // Events to append to one saga after `expected_seq` (0 for a new saga, whose first event is saga_started).
 struct append_request {
   saga_id saga;
@@ -166,6 +175,9 @@ class event_store {
   // when `current` is not positive, store_error when the store fails. The default records nothing and returns
   // `current` (a store that cannot tell).
   [[nodiscard]] virtual std::int32_t reply_partition_count(const std::string& type, std::int32_t current);
+  // Every saga type (or only `type`, when not empty) that has a recorded reply partition count or an unfinished saga,
+  // by name, with both. Reads only. Throws store_error when the store cannot tell (the default).
+  [[nodiscard]] virtual std::vector<partition_placement> partition_placements(const std::string& type);
 };
 
 // Throws std::invalid_argument naming `type` when `count` is not a valid partition count (stores' argument check).

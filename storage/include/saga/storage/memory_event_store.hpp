@@ -23,6 +23,7 @@ class memory_event_store final : public event_store {
   [[nodiscard]] std::vector<saga_summary> list(const saga_query& query) override;
   [[nodiscard]] std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& type) override;
   [[nodiscard]] std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override;
+  [[nodiscard]] std::vector<partition_placement> partition_placements(const std::string& type) override;
 
   // Every saga's summary (tests).
   [[nodiscard]] std::vector<saga_summary> list_all();

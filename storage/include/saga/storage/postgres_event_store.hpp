@@ -72,6 +72,7 @@ class postgres_event_store final : public event_store {
   // Records the count in saga_reply_partition_counts (migration 0003) as event_store documents, in one statement;
   // throws like load.
   [[nodiscard]] std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override;
+  [[nodiscard]] std::vector<partition_placement> partition_placements(const std::string& type) override;
 
   // Counters so far. Never fails.
   [[nodiscard]] postgres_event_store_stats stats() const;
