@@ -541,20 +541,22 @@ int main(int argc, char** argv) {
                 << " ended as expected\n";
     if (!example.empty()) std::cout << "compensated example: " << example << "\n";
     orchestrator.shutdown();
-    if (opt.json && !latencies_ms.empty()) {  // one line for scripts/bench
-      auto at = [](std::vector<double>& v, double q) {
-        if (v.empty()) return 0.0;
+    if (opt.json && !latencies_ms.empty()) {            // one line for scripts/bench
+      auto at = [](std::vector<double>& v, double q) {  // "null" when no saga is in `v`
+        if (v.empty()) return std::string("null");
         std::sort(v.begin(), v.end());
-        return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
+        char text[32];
+        std::snprintf(text, sizeof text, "%.2f", v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))]);
+        return std::string(text);
       };
       // p50/p99 over every saga, and over the completed ones alone: a compensated saga makes more round trips (one
       // refused at shipping seven instead of five), so its share of the orders moves the overall tail.
       std::printf(
           "{\"sagas\":%zu,\"in_flight\":%zu,\"seconds\":%.3f,\"sagas_per_s\":%.1f,\"events_per_s\":%.1f,"
-          "\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"p50_ms_completed\":%.2f,\"p99_ms_completed\":%.2f}\n",
+          "\"p50_ms\":%s,\"p99_ms\":%s,\"p50_ms_completed\":%s,\"p99_ms_completed\":%s}\n",
           placed.size(), opt.in_flight, seconds, static_cast<double>(placed.size()) / seconds,
-          static_cast<double>(m.events_appended.load()) / seconds, at(latencies_ms, 0.50), at(latencies_ms, 0.99),
-          at(completed_ms, 0.50), at(completed_ms, 0.99));
+          static_cast<double>(m.events_appended.load()) / seconds, at(latencies_ms, 0.50).c_str(),
+          at(latencies_ms, 0.99).c_str(), at(completed_ms, 0.50).c_str(), at(completed_ms, 0.99).c_str());
     }
     const bool all_terminal =
         by_status[saga::saga_status::completed] + by_status[saga::saga_status::compensated] == placed.size();

@@ -557,6 +557,8 @@ TEST_F(sagactl_pg, partitions_shows_the_recorded_count_and_exits_1_for_a_saga_pl
       << misplaced.out;
   const auto one = sagactl({"--db", url_, "partitions", "--type", "order"});
   EXPECT_EQ(one.status, 0) << one.out;
+  EXPECT_TRUE(has(one.out, "order  placed over 3 reply partitions (since 20")) << one.out;
+  EXPECT_TRUE(has(one.out, "1 unfinished, highest partition 0\n")) << one.out;
   EXPECT_FALSE(has(one.out, "other")) << one.out;
   // The other saga ends: nothing of its type is unfinished, and the record stays.
   (void)store_->append({saga_id::from_words(9, 9),

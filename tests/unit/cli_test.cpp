@@ -188,6 +188,18 @@ TEST(sagactl, partitions_shows_each_types_recorded_count_and_flags_a_saga_placed
                   "other  placed over 4 reply partitions  1 unfinished, highest partition 6\n  "
                   "MISPLACED: an unfinished saga is on partition 6, beyond the 4 recorded"))
       << misplaced.out;
+  // Partition 4 is beyond a count of 4 (partitions 0-3) too.
+  (void)f.d.store().append({saga_id::from_words(8, 8),
+                            "edge",
+                            0,
+                            {event{1, f.d.now(), events::saga_started{"edge", 1, "f", "{}", ""}}},
+                            saga_status::running,
+                            4,
+                            {}});
+  ASSERT_EQ(f.d.store().reply_partition_count("edge", 4), 4);
+  const auto edge = f.run({"partitions", "--type", "edge"});
+  EXPECT_EQ(edge.status, 1);
+  EXPECT_TRUE(has(edge.out, "MISPLACED: an unfinished saga is on partition 4, beyond the 4 recorded")) << edge.out;
   const auto one = f.run({"partitions", "--type", "order", "--json"});
   EXPECT_EQ(one.status, 0);
   EXPECT_EQ(one.out, recorded.out);

@@ -74,8 +74,9 @@ const std::map<std::string, std::string>& command_usage() {
   Each saga type's reply partition count as the orchestrators recorded it, and how many of its sagas are
   unfinished (running, compensating or stuck) with the highest partition one is placed on. A reply topic must
   keep that count while any saga of the type is unfinished: orchestrators refuse to run over another. Exit 1 when
-  an unfinished saga is placed beyond the recorded count (placed over another count). --json: one JSON object per
-  type {"type","recorded","recorded_at","unfinished","highest_partition","misplaced"}.
+  an unfinished saga is placed beyond the recorded count (placed over another count). sagactl does not ask Kafka:
+  exit 0 does not say the reply topic has the recorded count; compare it with the topic's partition count.
+  --json: one JSON object per type {"type","recorded","recorded_at","unfinished","highest_partition","misplaced"}.
 )"},
       {"replay", R"(usage: sagactl [--db URL] replay SAGA_ID [--at SEQ|TIME] [--json]
        sagactl [--db URL] replay (SAGA_ID | --all [--type T]) --verify-definition [--json]
