@@ -499,8 +499,8 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
   orchestrator o(r.store, r.bus, r.options());
   o.add(order_processing::order_saga());
   o.run();
-  r.bus.assign({p0});
-  // A saga whose replies go to p1, which another process owns: this process caches the state it started.
+  // A saga whose replies go to p1, which another process owns: this process caches the state it started. (Started
+  // before this process owns any partition: once it owns one, it places new sagas there.)
   std::optional<runtime::saga_handle> elsewhere_owned;
   std::vector<std::shared_future<runtime::saga_outcome>> outcomes;
   for (int i = 0; i < 64 && !elsewhere_owned; ++i) {
@@ -509,6 +509,7 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
     if (r.bus.reply_partition("order", h.id) == 1) elsewhere_owned = h;
   }
   ASSERT_TRUE(elsewhere_owned);
+  r.bus.assign({p0});
   {
     // The owner of p1 cancels it: compensation is requested there, then that process dies.
     transport::memory_transport owners_bus;
@@ -531,6 +532,27 @@ TEST(orchestrator, a_saga_started_here_and_advanced_by_its_partitions_owner_is_r
   ASSERT_TRUE(r.pump_until([&] { return std::all_of(outcomes.begin(), outcomes.end(), ready); }));
   EXPECT_EQ(elsewhere_owned->outcome.get().status, saga_status::compensated);
   EXPECT_EQ(elsewhere_owned->outcome.get().reason, "cancelled by test: changed my mind");
+  o.shutdown();
+}
+
+TEST(orchestrator, places_the_sagas_it_starts_on_the_reply_partitions_it_owns_so_their_handles_complete_here) {
+  rig r;
+  r.bus.set_reply_partitions(4);
+  const transport::topic_partition p2{"order.replies", 2, "order"};
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p2});  // three of the four reply partitions are another process's
+  std::vector<runtime::saga_handle> handles;
+  for (int i = 0; i < 40; ++i) handles.push_back(o.start("order", to_json(make_order(i))));
+  for (const auto& h : handles) {
+    EXPECT_EQ(r.bus.reply_partition("order", h.id), 2) << h.id.to_string();
+    const auto summary = r.store.find(h.id);
+    ASSERT_TRUE(summary);
+    EXPECT_EQ(summary->partition, 2) << "the partition recorded with its events";
+  }
+  ASSERT_TRUE(r.pump_until(
+      [&] { return std::all_of(handles.begin(), handles.end(), [](const auto& h) { return ready(h.outcome); }); }));
   o.shutdown();
 }
 

@@ -237,6 +237,36 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       });
   }
 
+  // A new saga's id. On a transport that partitions, drawn again until its reply partition is one this process owns,
+  // when it owns any of the type's: the saga's replies then come here, so this process advances it and completes its
+  // handle. Placed on another process's partition it would be advanced there, and the handle here (and the in-flight
+  // slot it holds) would wait until that partition came to this process. A process that owns none of them (it only
+  // starts sagas, or its first assignment has not come yet) places the saga on whichever partition its id gives.
+  saga_id new_id(const std::string& type) {
+    const auto draw = [this] {
+      const std::uint64_t hi = options.entropy();
+      return saga_id::from_words(hi, options.entropy());
+    };
+    saga_id id = draw();
+    if (!bus.partitions_replies()) return id;
+    std::set<std::int32_t> mine;
+    {
+      std::lock_guard lock(owned_mutex);
+      auto it = owned.find(type);
+      if (it == owned.end() || it->second.empty()) return id;
+      mine = it->second;
+    }
+    // A draw lands on an owned partition with odds of at least 1 / count: after 64 * count draws, all missed with
+    // odds below e^-64 (an injected entropy that repeats itself keeps its id).
+    const auto count = static_cast<std::size_t>(std::max<std::int32_t>(1, bus.reply_partitions(type).value_or(1)));
+    for (std::size_t tries = 64 * count; tries > 0; --tries) {
+      const auto partition = bus.reply_partition(type, id);
+      if (!partition || mine.count(*partition)) return id;
+      id = draw();
+    }
+    return id;
+  }
+
   // Partitions in `owned` (owned_mutex held).
   std::uint64_t count_owned() const {
     std::uint64_t n = 0;
@@ -952,8 +982,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
   if (!s.slots.try_acquire_for(s.options.start_timeout))
     throw overloaded("more than " + std::to_string(s.options.max_in_flight) + " sagas in flight for " +
                      std::to_string(s.options.start_timeout.count()) + " ms; try again later");
-  const std::uint64_t hi = s.options.entropy();
-  const saga_id id = saga_id::from_words(hi, s.options.entropy());
+  const saga_id id = s.new_id(type);
   auto e = s.get(id);
   std::shared_future<saga_outcome> future;
   {
