@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -581,6 +582,49 @@ TEST_F(kafka_test, a_rebalance_hands_partitions_over_without_losing_or_repeating
   // the inbox: counted, never run again.
   RecordProperty("redelivered",
                  static_cast<int>(first->participant.stats().duplicates + second->participant.stats().duplicates));
+}
+
+// stop() drains what is in flight before it closes the consumer. A handler that answers only once stop() has begun
+// (a participant's worker finishing its batch) must still get its reply out: refused, the reply never reached the
+// saga, the command was never handled, and the drain waited out the whole revoke_timeout.
+TEST_F(kafka_test, a_reply_sent_while_stop_drains_goes_out_and_its_command_is_handled) {
+  create_topics(1);
+  orchestrator_side orch(config("orchestrator"));
+  auto c = config("inventory");
+  c.revoke_timeout = 20s;
+  st::kafka_transport participant(c);
+  std::promise<void> received;
+  std::promise<std::exception_ptr> delivered;
+  std::atomic<bool> first{true};
+  std::thread answerer;
+  participant.on_command("inventory", [&](st::command_message command, st::handled_callback handled) {
+    if (!first.exchange(false)) return handled();  // a redelivery (none expected): nothing held for it
+    answerer = std::thread([&participant, &delivered, command = std::move(command), handled = std::move(handled)] {
+      while (!participant.stopping()) std::this_thread::sleep_for(1ms);
+      auto reply =
+          st::reply_message::answering(command, saga::triggers::outcome::success, "{}", "",
+                                       std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now()));
+      participant.send_reply(command.reply_to, reply, [&delivered, handled](std::exception_ptr e) {
+        delivered.set_value(e);
+        if (!e) handled();
+      });
+    });
+    received.set_value();
+  });
+  orch.transport.send_command(command(1), orch.deliveries.callback());
+  ASSERT_EQ(received.get_future().wait_for(60s), std::future_status::ready) << "the command never arrived";
+  participant.stop();
+  answerer.join();
+  auto result = delivered.get_future();
+  ASSERT_EQ(result.wait_for(5s), std::future_status::ready) << "the reply's delivery callback never ran";
+  if (auto e = result.get()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      ADD_FAILURE() << "the reply sent while stop() drained was refused: " << x.what();
+    }
+  }
+  EXPECT_TRUE(orch.replies.wait_unique(1, 60s)) << "the saga's side never got the reply";
 }
 
 #if SAGA_HAVE_POSTGRES_INBOX

@@ -134,6 +134,10 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::mutex space_mutex;
   std::condition_variable space_cv;
   std::atomic<bool> stopped{false};
+  // Set by stop() once the consumer is closed: sends are refused from then on. Until then they go out, so that a
+  // handler that answers while stop()'s revoke drains (a participant finishing its batch) gets its reply out and its
+  // message handled and committed, instead of failing its send and holding the drain for the whole revoke_timeout.
+  std::atomic<bool> sends_closed{false};
   // When stop() must be done: revoke_timeout after it began. The revoke's drain and commit, the consumer's close and
   // the producer's flush share it instead of taking revoke_timeout each. Written before consumer_running is cleared.
   std::atomic<std::chrono::steady_clock::rep> stop_deadline{
@@ -265,7 +269,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
 
   void produce(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,
                delivery_callback done) {
-    if (stopped.load()) return fail(done, "kafka transport stopped; cannot send to " + topic, false);
+    if (sends_closed.load()) return fail(done, "kafka transport stopped; cannot send to " + topic, false);
     std::size_t bytes = key.size() + value.size();
     for (const auto& [name, v] : headers) bytes += name.size() + v.size();
     if (bytes > cfg.max_message_bytes)
@@ -827,6 +831,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       consumer_running = false;
       handled_cv.notify_all();
       if (consumer_thread.joinable()) consumer_thread.join();
+      sends_closed = true;
       if (producer) {
         // What the consumer left of the deadline, but at least 100 ms for records already on their way.
         const auto timeout = static_cast<int>(std::max<std::chrono::milliseconds::rep>(100, wait_budget().count()));

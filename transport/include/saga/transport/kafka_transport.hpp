@@ -155,7 +155,9 @@ class kafka_transport final : public transport {
   [[nodiscard]] std::optional<std::int32_t> reply_partitions(const std::string& saga_type) override;
   // Leaves the group (revoke: in-flight handled + committed; with static_assignment the same revoke without a group)
   // and flushes the producer, all within revoke_timeout (plus 100 ms for the flush): with the cluster gone it returns
-  // then, and the partitions' next owner receives what was not committed again.
+  // then, and the partitions' next owner receives what was not committed again. Sends still go out while the revoke
+  // drains (a handler answering then gets its reply out and its message committed); once the consumer is closed
+  // they fail at once, not retryable.
   void stop() noexcept override;
   // Whether stop() has begun.
   [[nodiscard]] bool stopping() const noexcept override;
