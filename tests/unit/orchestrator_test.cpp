@@ -1049,6 +1049,23 @@ TEST(metrics_server, serves_prometheus_text_on_loopback) {
 
 // The wall clock's timer thread: a callback due before every pending one fires at its time, not after the later
 // ones (the thread is woken only when a callback comes first). Waits are bounded far beyond the due times.
+// A callback that holds the last reference to the clock's owner destroys the clock on the clock's own thread (an
+// orchestrator destroyed on another thread while one of its timers fired): that must not try to join the thread
+// from itself (std::terminate).
+TEST(system_clock, a_callback_holding_the_last_reference_may_destroy_the_clock) {
+  auto clock = std::make_shared<runtime::system_clock>();
+  auto owner = std::make_shared<std::shared_ptr<runtime::system_clock>>(clock);
+  std::promise<void> destroyed;
+  auto done = destroyed.get_future();
+  clock->schedule(clock->now() + std::chrono::milliseconds(200), [owner, &destroyed]() mutable {
+    owner->reset();  // the last reference: ~system_clock runs here, on the timer thread
+    destroyed.set_value();
+  });
+  owner.reset();
+  clock.reset();  // only the callback holds the clock now
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+}
+
 TEST(system_clock, an_earlier_callback_scheduled_after_a_later_one_fires_first) {
   runtime::system_clock clock;
   // First let the timer thread fire something and go back to waiting, so that what follows is scheduled while it

@@ -17,7 +17,6 @@ struct system_clock::impl {
   std::condition_variable changed;
   std::multimap<time_point, std::function<void()>> queue;
   bool stopping = false;
-  std::thread thread{[this] { loop(); }};
 
   void loop() {
     std::unique_lock lock(mutex);
@@ -39,15 +38,21 @@ struct system_clock::impl {
   }
 };
 
-system_clock::system_clock() : impl_(std::make_unique<impl>()) {}
+system_clock::system_clock() : impl_(std::make_shared<impl>()), thread_([state = impl_] { state->loop(); }) {}
 
+// A callback may hold the last reference to what owns this clock (an orchestrator destroyed meanwhile on another
+// thread), and so destroy the clock on the timer thread itself: that thread cannot join itself, so it is detached
+// and finishes after the callback returns, keeping the shared state alive until then.
 system_clock::~system_clock() {
   {
     std::lock_guard lock(impl_->mutex);
     impl_->stopping = true;
   }
   impl_->changed.notify_all();
-  impl_->thread.join();
+  if (thread_.get_id() == std::this_thread::get_id())
+    thread_.detach();
+  else
+    thread_.join();
 }
 
 time_point system_clock::now() { return wall_now(); }

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 namespace saga::runtime {
 
@@ -33,7 +34,8 @@ class system_clock final : public clock {
 
  private:
   struct impl;
-  std::unique_ptr<impl> impl_;
+  std::shared_ptr<impl> impl_;  // shared with the timer thread, which may outlive this object (see the destructor)
+  std::thread thread_;
 };
 
 // A clock that moves only when told to; advance() fires what came due, in order, on the calling thread.
