@@ -750,6 +750,44 @@ TEST(orchestrator, a_saga_that_ends_while_its_partition_is_revoked_still_deliver
   }
 }
 
+// A reply queued behind an append in flight when the saga's partition is revoked is not decided here afterwards:
+// the saga belongs to the partition's new owner, which receives the reply again. (Decided here, it appended and
+// sent commands for a saga another process owns, and armed timers that kept doing so.)
+TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_the_new_owner) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition p0{"order.replies", 0, "order"};
+  counting_store store(r.store);
+  orchestrator o(store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
+  const auto create_order = r.bus.sent_commands().front();
+  store.hold_all = true;
+  auto cancelled = std::async(std::launch::async, [&] { return o.cancel(h.id, "changed my mind", "test"); });
+  ASSERT_TRUE(r.pump_until([&] { return store.held_count() == 1; }));  // the cancel's append is in flight
+  r.bus.send_reply(
+      create_order.reply_to,
+      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
+      nullptr);
+  r.bus.pump();  // the reply waits in the saga's queue behind the cancel
+  r.bus.revoke({p0});
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
+  store.release_held();
+  ASSERT_EQ(cancelled.wait_for(30s), std::future_status::ready);
+  EXPECT_TRUE(cancelled.get().rejected.empty());
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().replies_ignored.load() == 1; }));
+  for (const auto& e : r.store.load(h.id))
+    EXPECT_NE(e.type, "step_succeeded") << "the reply was decided here after the revoke";
+  const auto commands = r.bus.sent_commands();
+  for (std::size_t i = 1; i < commands.size(); ++i)
+    EXPECT_NE(commands[i].command_type, "cancel_order") << "no compensation sent for a saga owned elsewhere";
+  o.shutdown();
+}
+
 TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_instead_of_reloading_and_resending) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};

@@ -55,6 +55,9 @@ struct job {
   std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
   bool new_saga = false;  // start() of an id it drew just now: no log to read (a collision fails the append)
   bool awaited = false;   // a caller blocks on `done` (start, cancel, act): at shutdown it gets shut_down
+  // A reply or timer: the entry's generation when it was queued. Void when the saga was dropped since (its
+  // partition went to another process, or this process lost it the concurrency check): the owner advances it.
+  std::optional<std::uint64_t> generation{};
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -362,6 +365,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   void submit(const saga_id& id, job j) {
     on_strand(get(id), [j = std::move(j)](impl& self, const std::shared_ptr<entry>& e) mutable {
+      if (!j.awaited && !j.recover) j.generation = e->generation;  // a reply
       e->queue.push_back(std::move(j));
       self.pump(e);
     });
@@ -380,7 +384,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     on_strand(e, [generation, t](impl& self, const std::shared_ptr<entry>& x) {
       if (x->generation != generation) return;
-      x->queue.push_back(job{false, t, {}, {}});
+      job j{false, t, {}, {}};
+      j.generation = generation;
+      x->queue.push_back(std::move(j));
       self.pump(x);
     });
   }
@@ -392,6 +398,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     while (!e->busy && !e->queue.empty()) {
       job j = std::move(e->queue.front());
       e->queue.pop_front();
+      if (j.generation && *j.generation != e->generation) {
+        // Queued before the saga was dropped (behind an append in flight, or waiting out a store outage): neither
+        // decided nor appended here, so that this process does not advance (or arm timers for) a saga another
+        // process owns. A reply stays with its partition's new owner, which receives it again.
+        if (std::holds_alternative<triggers::reply>(j.what)) ++stats.replies_ignored;
+        if (j.done) {
+          decision gone;
+          gone.ignored = "saga " + e->id.to_string() + " was dropped here after this trigger was queued";
+          j.done(gone, nullptr);
+        }
+        continue;
+      }
       if (!draining) {
         process(e, std::move(j));
       } else if (j.awaited && j.done) {
