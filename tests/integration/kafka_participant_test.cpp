@@ -51,6 +51,10 @@ struct kafka_participant_memory : ::testing::Test {
       ++runs;
       return st::success("\"" + std::string(1'000'000, 'x') + "\"");
     });
+    p->handle("wordy", [this](const st::command_message&, saga::storage::transaction&) {
+      ++runs;
+      return st::failure(std::string(500'000, 'r'), "\"" + std::string(500'000, 'p') + "\"");
+    });
     p->handle("busy", [this](const st::command_message&, saga::storage::transaction&) {
       ++runs;
       return st::retryable("locked");
@@ -93,7 +97,8 @@ TEST_F(kafka_participant_memory, unknown_command_type_is_dead_lettered_and_the_n
   auto dead = transport.dead_letters();
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].first.command_type, "teleport");
-  EXPECT_EQ(dead[0].second, "unknown command type 'teleport' for service inventory (known: busy, huge, reserve)");
+  EXPECT_EQ(dead[0].second,
+            "unknown command type 'teleport' for service inventory (known: busy, huge, reserve, wordy)");
   EXPECT_EQ(p->stats().dead_lettered, 1u);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].command_id, command("reserve", 2).command_id);
@@ -126,6 +131,35 @@ TEST_F(kafka_participant_memory, a_reply_too_large_to_travel_is_rolled_back_and_
   ASSERT_EQ(transport.dead_letters().size(), 1u);
   EXPECT_EQ(transport.dead_letters()[0].second,
             "the reply payload of 1000002 bytes to huge exceeds participant_options::max_reply_bytes (900000)");
+  send(command("reserve", 2));  // the consumer moves on
+  EXPECT_EQ(replies.size(), 1u);
+}
+
+// The reason travels in the reply too: payload and reason together must fit.
+TEST_F(kafka_participant_memory, a_reason_that_makes_the_reply_too_large_is_counted_with_the_payload) {
+  const auto wordy = command("wordy");
+  send(wordy);
+  EXPECT_EQ(runs, 1);
+  EXPECT_TRUE(replies.empty());
+  EXPECT_FALSE(inbox.find(wordy.command_id).has_value());
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_EQ(transport.dead_letters()[0].second,
+            "the reply payload of 500002 bytes and reason of 500000 bytes to wordy exceed "
+            "participant_options::max_reply_bytes (900000)");
+}
+
+// A reply the transport refuses for good would be refused again at every redelivery (the inbox answers the same):
+// its command is dead-lettered, so that its partition moves on, and the reply stays stored.
+TEST_F(kafka_participant_memory, a_reply_refused_for_good_dead_letters_its_command_and_keeps_the_stored_reply) {
+  const auto c = command("reserve");
+  transport.send_command(c, nullptr);
+  transport.fail_next_send(1, /*retryable=*/false);
+  transport.pump();
+  EXPECT_TRUE(replies.empty());
+  EXPECT_EQ(p->stats().reply_failures, 1u) << "not sent again";
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_EQ(transport.dead_letters()[0].second, "its reply cannot be sent: injected send failure");
+  EXPECT_TRUE(inbox.find(c.command_id).has_value());
   send(command("reserve", 2));  // the consumer moves on
   EXPECT_EQ(replies.size(), 1u);
 }

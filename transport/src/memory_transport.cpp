@@ -12,26 +12,30 @@ bool take_failure(std::size_t& failures) {
 
 void memory_transport::send_command(const command_message& command, delivery_callback done) {
   bool failed = false;
+  bool retryable = true;
   {
     std::lock_guard lock(mutex_);
     failed = take_failure(failures_);
+    retryable = failures_retryable_;
     if (!failed) {
       commands_.push_back(command);
       log_.push_back(command);
     }
   }
   // Callbacks run outside the lock: they may send again.
-  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure")) : nullptr);
+  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure", retryable)) : nullptr);
 }
 
 void memory_transport::send_reply(const std::string& reply_to, const reply_message& reply, delivery_callback done) {
   bool failed = false;
+  bool retryable = true;
   {
     std::lock_guard lock(mutex_);
     failed = take_failure(failures_);
+    retryable = failures_retryable_;
     if (!failed) replies_.emplace_back(reply_to, reply);
   }
-  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure")) : nullptr);
+  if (done) done(failed ? std::make_exception_ptr(transport_error("injected send failure", retryable)) : nullptr);
 }
 
 void memory_transport::on_reply(const std::string& saga_type, reply_handler handler) {
@@ -90,9 +94,10 @@ std::vector<command_message> memory_transport::sent_commands() const {
   return log_;
 }
 
-void memory_transport::fail_next_send(std::size_t count) {
+void memory_transport::fail_next_send(std::size_t count, bool retryable) {
   std::lock_guard lock(mutex_);
   failures_ += count;
+  failures_retryable_ = retryable;
 }
 
 void memory_transport::dead_letter(const command_message& command, const std::string& reason, delivery_callback done) {

@@ -46,9 +46,14 @@ void participant::start() {
   if (started_) throw std::logic_error("participant " + options_.service + ": start() called twice");
   if (handlers_.empty()) throw std::logic_error("participant " + options_.service + ": no handlers registered");
   started_ = true;
-  transport_.on_command(options_.service, [this](command_message command, handled_callback handled) {
-    enqueue(std::move(command), std::move(handled));
-  });
+  try {
+    transport_.on_command(options_.service, [this](command_message command, handled_callback handled) {
+      enqueue(std::move(command), std::move(handled));
+    });
+  } catch (...) {
+    started_ = false;  // nothing subscribed: start() may be called again (a retryable transport_error, say)
+    throw;
+  }
 }
 
 participant::~participant() {
@@ -105,10 +110,13 @@ std::string participant::unknown_type(const command_message& command) const {
 storage::stored_reply participant::run_handler(const handler& h, const command_message& command,
                                                storage::transaction& tx) const {
   auto r = h(command, tx);
-  if (r.payload.size() > options_.max_reply_bytes)  // thrown inside: the handler's writes roll back
-    throw reply_too_large("the reply payload of " + std::to_string(r.payload.size()) + " bytes to " +
-                          command.command_type + " exceeds participant_options::max_reply_bytes (" +
-                          std::to_string(options_.max_reply_bytes) + ")");
+  // Thrown inside: the handler's writes roll back. The reason travels in the reply too (in a header).
+  if (r.payload.size() + r.reason.size() > options_.max_reply_bytes)
+    throw reply_too_large(
+        "the reply payload of " + std::to_string(r.payload.size()) + " bytes" +
+        (r.reason.empty() ? std::string() : " and reason of " + std::to_string(r.reason.size()) + " bytes") + " to " +
+        command.command_type + (r.reason.empty() ? " exceeds" : " exceed") + " participant_options::max_reply_bytes (" +
+        std::to_string(options_.max_reply_bytes) + ")");
   return r;
 }
 
@@ -247,6 +255,11 @@ void participant::send_reply(command_message command, storage::stored_reply stor
                             say(log_level::warning, "reply to " + command.command_id + " failed (attempt " +
                                                         std::to_string(attempt) + "), sending again: " + why);
                             send_reply(std::move(command), std::move(stored), std::move(handled), attempt + 1);
+                          } else if (!retry) {
+                            // Refused for good (the same stored reply would be refused at every redelivery): the
+                            // command is parked with the reason, so that its partition moves on. Its reply stays
+                            // in the inbox.
+                            park(command, "its reply cannot be sent: " + why, std::move(handled));
                           } else {
                             say(log_level::error, "reply to " + command.command_id +
                                                       " failed for good (left unhandled; "

@@ -27,8 +27,9 @@ class memory_transport final : public transport {
   [[nodiscard]] std::vector<command_message> take_commands(const std::string& service = {});
   // Commands sent so far, in order (a log for assertions; never cleared by take/pump).
   [[nodiscard]] std::vector<command_message> sent_commands() const;
-  // Makes the next send_command/send_reply fail with a retryable transport_error (fault injection).
-  void fail_next_send(std::size_t count = 1);
+  // Makes the next send_command/send_reply fail with a transport_error (fault injection), retryable unless told
+  // otherwise (a record the cluster refuses for good, such as one too large).
+  void fail_next_send(std::size_t count = 1, bool retryable = true);
   // Commands parked by dead_letter(), with their reasons, in order.
   [[nodiscard]] std::vector<std::pair<command_message, std::string>> dead_letters() const;
 
@@ -53,6 +54,7 @@ class memory_transport final : public transport {
   std::vector<command_message> log_;
   std::vector<std::pair<command_message, std::string>> dead_letters_;
   std::size_t failures_ = 0;
+  bool failures_retryable_ = true;
   std::int32_t partitions_ = 0;
   partitions_callback assigned_, revoked_;
 };

@@ -35,11 +35,14 @@ struct participant_options {
   std::uint32_t max_handler_failures = 3;
   // Wait before re-running a handler that threw (doubles each time); blocks one worker thread meanwhile.
   std::chrono::milliseconds retry_backoff{20};
-  // How often a reply whose delivery failed is sent again before the command is left unhandled (it is then
-  // redelivered after a restart or rebalance and answered from the inbox).
+  // How often a reply whose delivery failed (retryable) is sent again before the command is left unhandled (it is
+  // then redelivered after a restart or rebalance and answered from the inbox). A reply the transport refuses for
+  // good (not retryable) is not sent again: its command is dead-lettered with the reason, so that the partition
+  // moves on; the reply stays in the inbox.
   std::uint32_t max_reply_attempts = 10;
-  // A handler whose reply payload is larger is rolled back (nothing stored) and its command dead-lettered with the
-  // sizes in the reason: a reply must fit a Kafka record (kafka_config::max_message_bytes) with its headers.
+  // A handler whose reply payload and reason together are larger is rolled back (nothing stored) and its command
+  // dead-lettered with the sizes in the reason: a reply must fit a Kafka record (kafka_config::max_message_bytes)
+  // with its headers (the reason is one of them).
   std::size_t max_reply_bytes = 900'000;
   // Commands handled together: start() queues the delivered commands, and each of `workers` threads takes up to
   // this many and handles them through inbox::handle_batch (with postgres_inbox: one transaction and one commit for
