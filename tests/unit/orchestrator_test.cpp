@@ -212,7 +212,16 @@ struct counting_store final : storage::event_store {
   std::mutex held_mutex;
   std::vector<std::pair<storage::append_request, storage::append_callback>> held;
 
+  // With commit_then_fail > 0, that many appends are written and then answered with store_unavailable (a
+  // connection lost during COMMIT: the outcome is unknown to the caller).
+  std::atomic<int> commit_then_fail{0};
+
   void async_append(storage::append_request r, storage::append_callback done) override {
+    if (commit_then_fail.fetch_sub(1) > 0)
+      return inner.async_append(std::move(r), [done = std::move(done)](std::exception_ptr, storage::append_result) {
+        done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
+      });
+    commit_then_fail = std::max(commit_then_fail.load(), 0);
     if (appends_unavailable)
       return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
     if (hold_all ||
@@ -271,6 +280,24 @@ struct counting_store final : storage::event_store {
     return inner.find_by_idempotency_key(type, key);
   }
 };
+
+// A start whose append committed although the store answered that it could not tell (a connection lost during
+// COMMIT) is durable: start() returns its id, and the saga runs to its end, started once.
+TEST(orchestrator, a_start_whose_append_committed_in_doubt_returns_the_saga_and_runs_it) {
+  rig r;
+  counting_store store(r.store);
+  store.commit_then_fail = 1;
+  orchestrator o(store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  runtime::saga_handle h;
+  ASSERT_NO_THROW(h = o.start("order", to_json(make_order(1)))) << "a durable start was reported as refused";
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  EXPECT_EQ(r.store.list_all().size(), 1u) << "started once";
+  EXPECT_EQ(o.stats().append_retries.load(), 1u);
+  o.shutdown();
+}
 
 TEST(orchestrator, recovery_reads_the_logs_of_many_sagas_in_bulk_and_folds_them_without_a_load_each) {
   rig r;

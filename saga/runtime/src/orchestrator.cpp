@@ -58,6 +58,9 @@ struct job {
   // A reply or timer: the entry's generation when it was queued. Void when the saga was dropped since (its
   // partition went to another process, or this process lost it the concurrency check): the owner advances it.
   std::optional<std::uint64_t> generation{};
+  // A start whose append failed with a retryable error: it may have committed all the same (a connection lost
+  // during COMMIT). Its retry finds the saga started under the id it drew: that is this start, durable.
+  bool start_in_doubt = false;
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -548,6 +551,16 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         return finish_job(j, d);
       }
       decision d = decide(*def, *e->state, j.what, decide_context{options.clock->now(), options.entropy()});
+      if (starting && j.start_in_doubt && !d.rejected.empty() && e->state->status != saga_status::not_started &&
+          e->state->type == j.type && e->state->idempotency_key == std::get<triggers::start>(j.what).idempotency_key) {
+        // The first attempt's append committed after all (its id was drawn for this start): the start is durable,
+        // and load() has resent its first commands. Refusing it would tell the caller a running saga was not
+        // started (and a retry without an idempotency key would start a second one).
+        decision durable;
+        durable.after = *e->state;
+        durable.ignored = "the start of saga " + e->id.to_string() + " committed on its first attempt";
+        return finish_job(j, durable);
+      }
       if (d.events.empty() && !d.ignored.empty() && !fresh && !j.reloaded &&
           std::holds_alternative<triggers::reply>(j.what)) {
         // A reply the cached state does not know: an operator tool may have appended and sent commands
@@ -635,6 +648,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       } catch (const storage::store_error& x) {
         if (x.retryable()) {
           log(std::string("append will be retried: ") + x.what());
+          if (std::holds_alternative<triggers::start>(j.what)) j.start_in_doubt = true;
           retry_later(e, std::move(j));
         } else if (j.done) {
           j.done(decision{}, err);
