@@ -299,6 +299,25 @@ TEST(orchestrator, a_start_whose_append_committed_in_doubt_returns_the_saga_and_
   o.shutdown();
 }
 
+// outcome() of a saga that is over (or of no saga) answers from the log and keeps nothing in memory: a service
+// that asks for many finished sagas' outcomes does not grow.
+TEST(orchestrator, outcome_of_a_finished_or_unknown_saga_keeps_no_entry) {
+  rig r;
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome) && o.active() == 0; }));
+  for (int i = 0; i < 3; ++i) {
+    auto f = o.outcome(h.id);
+    ASSERT_TRUE(ready(f));
+    EXPECT_EQ(f.get().status, saga_status::completed);
+  }
+  EXPECT_THROW((void)o.outcome(saga_id::from_words(42, 42)), std::invalid_argument);
+  EXPECT_TRUE(r.pump_until([&] { return o.active() == 0; })) << o.active() << " entries kept";
+  o.shutdown();
+}
+
 TEST(orchestrator, recovery_reads_the_logs_of_many_sagas_in_bulk_and_folds_them_without_a_load_each) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};

@@ -273,6 +273,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return id;
   }
 
+  // On e's strand: erases an entry that holds nothing (no state, no work, and, unless `unknown_saga`, nobody
+  // awaiting it), so that one made only to answer outcome() does not stay in memory for good.
+  void forget_if_idle(const std::shared_ptr<entry>& e, bool unknown_saga) {
+    if (e->state || e->busy || !e->queue.empty()) return;
+    if (!unknown_saga) {
+      std::lock_guard lock(e->promise_mutex);
+      if (e->counted || (e->promise && !e->fulfilled)) return;
+    }
+    std::lock_guard lock(entries_mutex);
+    if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
+  }
+
   // Partitions in `owned` (owned_mutex held).
   std::uint64_t count_owned() const {
     std::uint64_t n = 0;
@@ -1061,9 +1073,17 @@ std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
   auto e = s.get(id);
   auto future = s.future_of(e);
   // Already finished (or stuck)? Its finish effect is in the past: answer from the log.
+  const auto forget = [&](bool unknown_saga) {
+    s.on_strand(e,
+                [unknown_saga](impl& self, const std::shared_ptr<entry>& x) { self.forget_if_idle(x, unknown_saga); });
+  };
   const auto log = s.store.load(id);
-  if (log.empty()) throw std::invalid_argument("no saga " + id.to_string());
+  if (log.empty()) {
+    forget(true);
+    throw std::invalid_argument("no saga " + id.to_string());
+  }
   s.settle_if_ended(e, storage::fold_recorded(id, log));
+  if (future.wait_for(std::chrono::seconds(0)) == std::future_status::ready) forget(false);
   return future;
 }
 
