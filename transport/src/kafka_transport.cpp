@@ -138,6 +138,9 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   // handler that answers while stop()'s revoke drains (a participant finishing its batch) gets its reply out and its
   // message handled and committed, instead of failing its send and holding the drain for the whole revoke_timeout.
   std::atomic<bool> sends_closed{false};
+  // produce() calls under way: stop() lets them finish (each is bounded by enqueue_timeout) before its flush, so
+  // that no record is queued once nothing polls the producer (its delivery callback would never run).
+  std::atomic<int> producing{0};
   // When stop() must be done: revoke_timeout after it began. The revoke's drain and commit, the consumer's close and
   // the producer's flush share it instead of taking revoke_timeout each. Written before consumer_running is cleared.
   std::atomic<std::chrono::steady_clock::rep> stop_deadline{
@@ -269,6 +272,11 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
 
   void produce(const std::string& topic, const std::string& key, const header_list& headers, const std::string& value,
                delivery_callback done) {
+    ++producing;
+    struct leave {
+      std::atomic<int>& n;
+      ~leave() { --n; }
+    } left{producing};
     if (sends_closed.load()) return fail(done, "kafka transport stopped; cannot send to " + topic, false);
     std::size_t bytes = key.size() + value.size();
     for (const auto& [name, v] : headers) bytes += name.size() + v.size();
@@ -832,6 +840,9 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       handled_cv.notify_all();
       if (consumer_thread.joinable()) consumer_thread.join();
       sends_closed = true;
+      const auto sends_due = std::chrono::steady_clock::now() + cfg.enqueue_timeout + std::chrono::seconds(1);
+      while (producing.load() > 0 && std::chrono::steady_clock::now() < sends_due)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (producer) {
         // What the consumer left of the deadline, but at least 100 ms for records already on their way.
         const auto timeout = static_cast<int>(std::max<std::chrono::milliseconds::rep>(100, wait_budget().count()));
