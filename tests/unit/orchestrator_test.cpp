@@ -834,6 +834,35 @@ TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_th
   o.shutdown();
 }
 
+// The handle of a saga whose partition went to another process completes when that process ends the saga (read
+// from the store), and the in-flight slot it held is free again.
+TEST(orchestrator, a_handle_whose_saga_another_process_finishes_completes_and_frees_its_slot) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition p0{"order.replies", 0, "order"};
+  auto options = r.options(/*max_in_flight=*/1);
+  options.elsewhere_poll = duration{10};
+  orchestrator o(r.store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
+  r.bus.revoke({p0});
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
+  // The partition's new owner: another process, whose participants answer (its own transport, the same store).
+  rig other;
+  orchestrator owner(r.store, other.bus, other.options());
+  owner.add(order_processing::order_saga());
+  owner.run();  // recovers the saga and resends its pending command
+  ASSERT_TRUE(other.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  EXPECT_NO_THROW((void)o.start("order", to_json(make_order(2)))) << "the slot of the saga that ended elsewhere";
+  owner.shutdown();
+  o.shutdown();
+}
+
 TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_instead_of_reloading_and_resending) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};

@@ -140,6 +140,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::unordered_map<saga_id, prefetched_state> prefetched;
   std::thread prefetch_thread;
 
+  // Awaited sagas another process advances (see orchestrator_options::elsewhere_poll), read from the store by one
+  // timer while any is left.
+  std::mutex watch_mutex;
+  std::deque<std::shared_ptr<entry>> watched;
+  std::shared_ptr<asio::steady_timer> watch_timer;  // set while armed
+
   // Reply partitions this process was assigned, by saga type (used only on a transport that partitions).
   std::mutex owned_mutex;
   std::map<std::string, std::set<std::int32_t>> owned;
@@ -273,6 +279,71 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return id;
   }
 
+  // Reads the end of an awaited saga that another process advances from the store (see elsewhere_poll).
+  void watch(const std::shared_ptr<entry>& e) {
+    std::lock_guard lock(watch_mutex);
+    if (std::find(watched.begin(), watched.end(), e) != watched.end()) return;
+    watched.push_back(e);
+    arm_watch();
+  }
+
+  // watch_mutex held.
+  void arm_watch() {
+    if (watch_timer || watched.empty() || stopped) return;
+    watch_timer = std::make_shared<asio::steady_timer>(io, options.elsewhere_poll);
+    watch_timer->async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;  // cancelled by shutdown
+      if (auto self = weak.lock()) self->poll_watched();
+    });
+  }
+
+  // On an io thread: reads the logs of the longest-watched sagas; those that ended are settled on their strands.
+  // One that this process holds again (recovered here) or that nobody awaits any more is let go.
+  void poll_watched() {
+    std::vector<std::shared_ptr<entry>> batch;
+    {
+      std::lock_guard lock(watch_mutex);
+      while (!watched.empty() && batch.size() < std::max<std::size_t>(1, options.elsewhere_poll_batch)) {
+        batch.push_back(std::move(watched.front()));
+        watched.pop_front();
+      }
+    }
+    std::vector<saga_id> ids;
+    for (const auto& e : batch) ids.push_back(e->id);
+    std::vector<storage::saga_log> logs;
+    try {
+      logs = store.load_many(ids);
+    } catch (const std::exception& x) {
+      log(std::string("reading the sagas other processes advance failed (read again later): ") + x.what());
+    }
+    std::vector<std::shared_ptr<entry>> again;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& e = batch[i];
+      {
+        std::lock_guard lock(e->promise_mutex);
+        if (!e->counted && (!e->promise || e->fulfilled)) continue;  // nobody awaits it any more
+      }
+      if (i >= logs.size()) {
+        again.push_back(std::move(e));
+        continue;
+      }
+      auto st = storage::fold_recorded(e->id, logs[i].second);
+      if (!is_terminal(st.status) && st.status != saga_status::stuck) {
+        again.push_back(std::move(e));
+        continue;
+      }
+      on_strand(e, [st = std::move(st)](impl& self, const std::shared_ptr<entry>& x) {
+        if (x->state) return;  // held here again: its own end settles it
+        self.settle_if_ended(x, st);
+        self.forget_if_idle(x, false);
+      });
+    }
+    std::lock_guard lock(watch_mutex);
+    watch_timer.reset();
+    for (auto& e : again) watched.push_back(std::move(e));
+    arm_watch();
+  }
+
   // On e's strand: erases an entry that holds nothing (no state, no work, and, unless `unknown_saga`, nobody
   // awaiting it), so that one made only to answer outcome() does not stay in memory for good.
   void forget_if_idle(const std::shared_ptr<entry>& e, bool unknown_saga) {
@@ -307,6 +378,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       std::lock_guard lock(e->promise_mutex);
       awaited = e->counted || (e->promise && !e->fulfilled);
     }
+    if (awaited) watch(e);  // its end comes from the store, unless the saga comes back here first
     if (awaited || e->busy || !e->queue.empty()) return;
     std::lock_guard lock(entries_mutex);
     if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
@@ -1057,6 +1129,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
     throw std::invalid_argument("start of saga type '" + type + "' refused: " + d.rejected);
   }
   ++s.stats.sagas_started;
+  if (!s.owns(type, id)) s.watch(e);  // placed on another process's partition (this one owns none of the type's)
   return saga_handle{id, future};
 }
 
@@ -1082,8 +1155,12 @@ std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
     forget(true);
     throw std::invalid_argument("no saga " + id.to_string());
   }
-  s.settle_if_ended(e, storage::fold_recorded(id, log));
-  if (future.wait_for(std::chrono::seconds(0)) == std::future_status::ready) forget(false);
+  const auto st = storage::fold_recorded(id, log);
+  s.settle_if_ended(e, st);
+  if (future.wait_for(std::chrono::seconds(0)) == std::future_status::ready)
+    forget(false);
+  else if (!s.owns(st.type, id))
+    s.watch(e);  // another process advances it: its end is read from the store
   return future;
 }
 
@@ -1108,6 +1185,11 @@ void orchestrator::shutdown() noexcept {
   {
     std::lock_guard lock(s.retry_mutex);
     for (const auto& timer : s.retry_timers) timer->cancel();
+  }
+  {
+    std::lock_guard lock(s.watch_mutex);
+    if (s.watch_timer) s.watch_timer->cancel();
+    s.watched.clear();
   }
   std::lock_guard lock(s.late_mutex);
   s.drained = true;
