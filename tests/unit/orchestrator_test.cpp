@@ -863,6 +863,32 @@ TEST(orchestrator, a_handle_whose_saga_another_process_finishes_completes_and_fr
   o.shutdown();
 }
 
+// A process that owns none of the reply partitions (it only starts sagas) keeps the state of a saga it starts; the
+// partition's owner ends the saga, and the handle here completes from the store all the same (the cached state,
+// stale, is dropped with its timers).
+TEST(orchestrator, a_saga_started_by_a_process_that_owns_no_partition_completes_its_handle_when_its_owner_ends_it) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  auto options = r.options(/*max_in_flight=*/1);
+  options.elsewhere_poll = duration{10};
+  orchestrator starter(r.store, r.bus, options);
+  starter.add(order_processing::order_saga());
+  starter.run();  // never assigned a partition
+  auto h = starter.start("order", to_json(make_order(1)));
+  rig other;
+  orchestrator owner(r.store, other.bus, other.options());
+  owner.add(order_processing::order_saga());
+  owner.run();  // recovers the saga and resends its pending command; its participants answer
+  ASSERT_TRUE(other.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  EXPECT_TRUE(other.pump_until([&] { return starter.stats().sagas_dropped.load() == 1; }))
+      << "the stale cached state (and its timers) stays";
+  EXPECT_NO_THROW((void)starter.start("order", to_json(make_order(2)))) << "the slot of the saga that ended elsewhere";
+  owner.shutdown();
+  starter.shutdown();
+}
+
 TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_instead_of_reloading_and_resending) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};
@@ -1160,25 +1186,25 @@ TEST(metrics_server, serves_prometheus_text_on_loopback) {
 
 }  // namespace
 
-// The wall clock's timer thread: a callback due before every pending one fires at its time, not after the later
-// ones (the thread is woken only when a callback comes first). Waits are bounded far beyond the due times.
 // A callback that holds the last reference to the clock's owner destroys the clock on the clock's own thread (an
 // orchestrator destroyed on another thread while one of its timers fired): that must not try to join the thread
 // from itself (std::terminate).
 TEST(system_clock, a_callback_holding_the_last_reference_may_destroy_the_clock) {
   auto clock = std::make_shared<runtime::system_clock>();
   auto owner = std::make_shared<std::shared_ptr<runtime::system_clock>>(clock);
-  std::promise<void> destroyed;
-  auto done = destroyed.get_future();
-  clock->schedule(clock->now() + std::chrono::milliseconds(200), [owner, &destroyed]() mutable {
+  auto destroyed = std::make_shared<std::promise<void>>();  // shared: set on the (detached) timer thread
+  auto done = destroyed->get_future();
+  clock->schedule(clock->now() + std::chrono::milliseconds(200), [owner, destroyed]() mutable {
     owner->reset();  // the last reference: ~system_clock runs here, on the timer thread
-    destroyed.set_value();
+    destroyed->set_value();
   });
   owner.reset();
   clock.reset();  // only the callback holds the clock now
   ASSERT_EQ(done.wait_for(std::chrono::seconds(30)), std::future_status::ready);
 }
 
+// The wall clock's timer thread: a callback due before every pending one fires at its time, not after the later
+// ones (the thread is woken only when a callback comes first). Waits are bounded far beyond the due times.
 TEST(system_clock, an_earlier_callback_scheduled_after_a_later_one_fires_first) {
   runtime::system_clock clock;
   // First let the timer thread fire something and go back to waiting, so that what follows is scheduled while it

@@ -255,7 +255,7 @@ void participant::send_reply(command_message command, storage::stored_reply stor
                             say(log_level::warning, "reply to " + command.command_id + " failed (attempt " +
                                                         std::to_string(attempt) + "), sending again: " + why);
                             send_reply(std::move(command), std::move(stored), std::move(handled), attempt + 1);
-                          } else if (!retry) {
+                          } else if (!retry && !transport_.stopping()) {
                             // Refused for good (the same stored reply would be refused at every redelivery): the
                             // command is parked with the reason, so that its partition moves on. Its reply stays
                             // in the inbox.

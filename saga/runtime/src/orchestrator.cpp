@@ -88,6 +88,7 @@ struct entry {
   steady::time_point started{};
   // Bumped when the saga is dropped (its partition went to another process): timers armed before are void.
   std::uint64_t generation = 0;
+  bool watched = false;  // in impl::watched (guarded by impl::watch_mutex)
 };
 
 struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
@@ -282,7 +283,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // Reads the end of an awaited saga that another process advances from the store (see elsewhere_poll).
   void watch(const std::shared_ptr<entry>& e) {
     std::lock_guard lock(watch_mutex);
-    if (std::find(watched.begin(), watched.end(), e) != watched.end()) return;
+    if (std::exchange(e->watched, true)) return;
     watched.push_back(e);
     arm_watch();
   }
@@ -297,8 +298,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     });
   }
 
-  // On an io thread: reads the logs of the longest-watched sagas; those that ended are settled on their strands.
-  // One that this process holds again (recovered here) or that nobody awaits any more is let go.
+  // On an io thread: reads the logs of the longest-watched sagas (up to elsewhere_poll_batch; the rest wait for
+  // the next rounds); those that ended are settled on their strands. One that nobody awaits any more is let go; one
+  // that has not ended is read again later (a saga held here again ends here too, and is then let go).
   void poll_watched() {
     std::vector<std::shared_ptr<entry>> batch;
     {
@@ -306,6 +308,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       while (!watched.empty() && batch.size() < std::max<std::size_t>(1, options.elsewhere_poll_batch)) {
         batch.push_back(std::move(watched.front()));
         watched.pop_front();
+        batch.back()->watched = false;
       }
     }
     std::vector<saga_id> ids;
@@ -333,14 +336,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         continue;
       }
       on_strand(e, [st = std::move(st)](impl& self, const std::shared_ptr<entry>& x) {
-        if (x->state) return;  // held here again: its own end settles it
+        if (x->state && self.owns(x->state->type, x->id)) return;  // held here again: its own end settles it
         self.settle_if_ended(x, st);
-        self.forget_if_idle(x, false);
+        if (x->state)  // what this process cached when it started the saga: stale, and its timers with it
+          self.drop(x, "another process ended it");
+        else
+          self.forget_if_idle(x, false);
       });
     }
     std::lock_guard lock(watch_mutex);
     watch_timer.reset();
-    for (auto& e : again) watched.push_back(std::move(e));
+    for (auto& e : again)
+      if (!std::exchange(e->watched, true)) watched.push_back(std::move(e));
     arm_watch();
   }
 
@@ -1189,6 +1196,7 @@ void orchestrator::shutdown() noexcept {
   {
     std::lock_guard lock(s.watch_mutex);
     if (s.watch_timer) s.watch_timer->cancel();
+    for (const auto& e : s.watched) e->watched = false;
     s.watched.clear();
   }
   std::lock_guard lock(s.late_mutex);

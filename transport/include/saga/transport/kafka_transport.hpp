@@ -154,8 +154,9 @@ class kafka_transport final : public transport {
   // topic, again at each assignment of the group (static_assignment: once, when the topic is registered).
   [[nodiscard]] std::optional<std::int32_t> reply_partitions(const std::string& saga_type) override;
   // Leaves the group (revoke: in-flight handled + committed; with static_assignment the same revoke without a group)
-  // and flushes the producer, all within revoke_timeout (plus 100 ms for the flush): with the cluster gone it returns
-  // then, and the partitions' next owner receives what was not committed again. Sends still go out while the revoke
+  // and flushes the producer, all within revoke_timeout (plus 100 ms for the flush, and, when sends are under way
+  // then, until they are queued: at most enqueue_timeout): with the cluster gone it returns then, and the
+  // partitions' next owner receives what was not committed again. Sends still go out while the revoke
   // drains (a handler answering then gets its reply out and its message committed); once the consumer is closed
   // they fail at once, not retryable.
   void stop() noexcept override;

@@ -28,7 +28,8 @@ class memory_transport final : public transport {
   // Commands sent so far, in order (a log for assertions; never cleared by take/pump).
   [[nodiscard]] std::vector<command_message> sent_commands() const;
   // Makes the next send_command/send_reply fail with a transport_error (fault injection), retryable unless told
-  // otherwise (a record the cluster refuses for good, such as one too large).
+  // otherwise (a record the cluster refuses for good, such as one too large). The flag of the last call applies to
+  // every injected failure still to come.
   void fail_next_send(std::size_t count = 1, bool retryable = true);
   // Commands parked by dead_letter(), with their reasons, in order.
   [[nodiscard]] std::vector<std::pair<command_message, std::string>> dead_letters() const;

@@ -71,9 +71,9 @@ struct orchestrator_options {
   bool recovery_prefetch = true;
   std::size_t recovery_prefetch_limit = 100'000;
   // A saga awaited here (started here, or asked for with outcome()) whose reply partition another process owns, or
-  // went to one: that process advances it, so its end is read from the store, this often (up to
-  // `elsewhere_poll_batch` sagas per read, one store.load_many call). Its handle completes then, and the in-flight
-  // slot it held is freed.
+  // went to one: that process advances it, so its end is read from the store, this often, `elsewhere_poll_batch`
+  // sagas per read (one store.load_many call on an io thread; more wait for the next reads). Its handle completes
+  // then, and the in-flight slot it held is freed.
   duration elsewhere_poll{1'000};
   std::size_t elsewhere_poll_batch = 500;
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
