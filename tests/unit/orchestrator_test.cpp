@@ -215,8 +215,10 @@ struct counting_store final : storage::event_store {
   // With commit_then_fail > 0, that many appends are written and then answered with store_unavailable (a
   // connection lost during COMMIT: the outcome is unknown to the caller).
   std::atomic<int> commit_then_fail{0};
+  std::atomic<bool> throw_on_append{false};  // async_append throws (against its contract) instead of calling back
 
   void async_append(storage::append_request r, storage::append_callback done) override {
+    if (throw_on_append) throw std::runtime_error("test: this store throws from async_append");
     if (commit_then_fail.fetch_sub(1) > 0)
       return inner.async_append(std::move(r), [done = std::move(done)](std::exception_ptr, storage::append_result) {
         done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
@@ -315,6 +317,23 @@ TEST(orchestrator, outcome_of_a_finished_or_unknown_saga_keeps_no_entry) {
   }
   EXPECT_THROW((void)o.outcome(saga_id::from_words(42, 42)), std::invalid_argument);
   EXPECT_TRUE(r.pump_until([&] { return o.active() == 0; })) << o.active() << " entries kept";
+  o.shutdown();
+}
+
+// A store that throws from async_append instead of answering through its callback: the caller gets the error, and
+// neither the saga's queue nor shutdown waits for an append that never comes.
+TEST(orchestrator, a_store_that_throws_from_async_append_fails_the_trigger_instead_of_holding_the_saga) {
+  rig r;
+  counting_store store(r.store);
+  orchestrator o(store, r.bus, r.options(/*max_in_flight=*/1));
+  o.add(order_processing::order_saga());
+  o.run();
+  store.throw_on_append = true;
+  EXPECT_THROW((void)o.start("order", to_json(make_order(1))), std::runtime_error);
+  store.throw_on_append = false;
+  auto h = o.start("order", to_json(make_order(2)));  // the slot came back
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   o.shutdown();
 }
 

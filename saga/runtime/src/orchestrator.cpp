@@ -671,20 +671,29 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       auto pending =
           std::make_shared<std::pair<job, decision>>(std::move(j), std::move(d));  // d.after: the state once appended
       // The store's callback holds the orchestrator (whose io_context the entry's strand belongs to) until it ran.
-      store.async_append(
-          std::move(request), [held = holder{shared_from_this(), e}, pending, t0, generation = e->generation](
-                                  std::exception_ptr err, storage::append_result) {
-            auto& self = *held.self;
-            std::lock_guard lock(self.late_mutex);
-            if (!self.drained) {  // posted under the lock: shutdown's drain runs it if it came before the flag
-              return self.on_strand(held.e, [pending, err, t0, generation](impl& s, const std::shared_ptr<entry>& x) {
-                s.appended(x, *pending, err, t0, generation);
-              });
-            }
-            // An append that outlasted shutdown's wait: its caller is told here (the start's id once durable; a
-            // failure, or shut_down for a retry), its effects are performed as the drain does.
-            self.appended(held.e, *pending, err, t0, generation);
-          });
+      try {
+        store.async_append(
+            std::move(request), [held = holder{shared_from_this(), e}, pending, t0, generation = e->generation](
+                                    std::exception_ptr err, storage::append_result) {
+              auto& self = *held.self;
+              std::lock_guard lock(self.late_mutex);
+              if (!self.drained) {  // posted under the lock: shutdown's drain runs it if it came before the flag
+                return self.on_strand(held.e, [pending, err, t0, generation](impl& s, const std::shared_ptr<entry>& x) {
+                  s.appended(x, *pending, err, t0, generation);
+                });
+              }
+              // An append that outlasted shutdown's wait: its caller is told here (the start's id once durable; a
+              // failure, or shut_down for a retry), its effects are performed as the drain does.
+              self.appended(held.e, *pending, err, t0, generation);
+            });
+      } catch (...) {
+        // A store that throws instead of answering through the callback (against event_store's contract): taken
+        // as not appended. The job's caller gets the error and the saga's queue goes on (it was held for good).
+        e->busy = false;
+        --appends_in_flight;
+        auto& failed = pending->first;
+        if (failed.done) failed.done(decision{}, std::current_exception());
+      }
     } catch (...) {
       if (j.done) j.done(decision{}, std::current_exception());
     }
