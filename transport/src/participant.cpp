@@ -111,12 +111,13 @@ storage::stored_reply participant::run_handler(const handler& h, const command_m
                                                storage::transaction& tx) const {
   auto r = h(command, tx);
   // Thrown inside: the handler's writes roll back. The reason travels in the reply too (in a header).
-  if (r.payload.size() + r.reason.size() > options_.max_reply_bytes)
-    throw reply_too_large(
-        "the reply payload of " + std::to_string(r.payload.size()) + " bytes" +
-        (r.reason.empty() ? std::string() : " and reason of " + std::to_string(r.reason.size()) + " bytes") + " to " +
-        command.command_type + (r.reason.empty() ? " exceeds" : " exceed") + " participant_options::max_reply_bytes (" +
-        std::to_string(options_.max_reply_bytes) + ")");
+  if (r.payload.size() + r.reason.size() > options_.max_reply_bytes) {
+    std::string what = "the reply payload of " + std::to_string(r.payload.size()) + " bytes";
+    if (!r.reason.empty()) what += " and reason of " + std::to_string(r.reason.size()) + " bytes";
+    what += " to " + command.command_type + (r.reason.empty() ? " exceeds" : " exceed") +
+            " participant_options::max_reply_bytes (" + std::to_string(options_.max_reply_bytes) + ")";
+    throw reply_too_large(what);
+  }
   return r;
 }
 

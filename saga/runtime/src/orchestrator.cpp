@@ -255,29 +255,25 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // handle. Placed on another process's partition it would be advanced there, and the handle here (and the in-flight
   // slot it holds) would wait until that partition came to this process. A process that owns none of them (it only
   // starts sagas, or its first assignment has not come yet) places the saga on whichever partition its id gives.
-  saga_id new_id(const std::string& type) {
+  // Returns the id and whether this process owns its partition.
+  std::pair<saga_id, bool> new_id(const std::string& type) {
     const auto draw = [this] {
       const std::uint64_t hi = options.entropy();
       return saga_id::from_words(hi, options.entropy());
     };
     saga_id id = draw();
-    if (!bus.partitions_replies()) return id;
-    std::set<std::int32_t> mine;
+    if (!bus.partitions_replies()) return {id, true};
     {
       std::lock_guard lock(owned_mutex);
       auto it = owned.find(type);
-      if (it == owned.end() || it->second.empty()) return id;
-      mine = it->second;
+      if (it == owned.end() || it->second.empty()) return {id, false};
     }
     // A draw lands on an owned partition with odds of at least 1 / count: after 64 * count draws, all missed with
     // odds below e^-64 (an injected entropy that repeats itself keeps its id).
     const auto count = static_cast<std::size_t>(std::max<std::int32_t>(1, bus.reply_partitions(type).value_or(1)));
-    for (std::size_t tries = 64 * count; tries > 0; --tries) {
-      const auto partition = bus.reply_partition(type, id);
-      if (!partition || mine.count(*partition)) return id;
-      id = draw();
-    }
-    return id;
+    for (std::size_t tries = 64 * count; tries > 0; --tries, id = draw())
+      if (owns(type, id)) return {id, true};
+    return {id, false};
   }
 
   // Reads the end of an awaited saga that another process advances from the store (see elsewhere_poll).
@@ -322,10 +318,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     std::vector<std::shared_ptr<entry>> again;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& e = batch[i];
-      {
-        std::lock_guard lock(e->promise_mutex);
-        if (!e->counted && (!e->promise || e->fulfilled)) continue;  // nobody awaits it any more
-      }
+      if (!someone_awaits(*e)) continue;  // nobody awaits it any more
       if (i >= logs.size()) {
         again.push_back(std::move(e));
         continue;
@@ -354,11 +347,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // On e's strand: erases an entry that holds nothing (no state, no work, and, unless `unknown_saga`, nobody
   // awaiting it), so that one made only to answer outcome() does not stay in memory for good.
   void forget_if_idle(const std::shared_ptr<entry>& e, bool unknown_saga) {
-    if (e->state || e->busy || !e->queue.empty()) return;
-    if (!unknown_saga) {
-      std::lock_guard lock(e->promise_mutex);
-      if (e->counted || (e->promise && !e->fulfilled)) return;
-    }
+    if (e->state || e->busy || !e->queue.empty() || (!unknown_saga && someone_awaits(*e))) return;
     std::lock_guard lock(entries_mutex);
     if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
   }
@@ -380,15 +369,16 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     ++e->state_changes;
     e->reloaded_after_error = false;
     log("dropped saga " + e->id.to_string() + ": " + why);
-    bool awaited = false;
-    {
-      std::lock_guard lock(e->promise_mutex);
-      awaited = e->counted || (e->promise && !e->fulfilled);
-    }
-    if (awaited) watch(e);  // its end comes from the store, unless the saga comes back here first
-    if (awaited || e->busy || !e->queue.empty()) return;
-    std::lock_guard lock(entries_mutex);
-    if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
+    if (someone_awaits(*e))
+      watch(e);  // its end comes from the store, unless the saga comes back here first
+    else
+      forget_if_idle(e, false);
+  }
+
+  // Whether a caller awaits the saga's outcome (or its start holds an in-flight slot).
+  static bool someone_awaits(entry& e) {
+    std::lock_guard lock(e.promise_mutex);
+    return e.counted || (e.promise && !e.fulfilled);
   }
 
   // The transport took `revoked` away: drop the cached sagas of those partitions (and their timers).
@@ -648,7 +638,6 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         // and load() has resent its first commands. Refusing it would tell the caller a running saga was not
         // started (and a retry without an idempotency key would start a second one).
         decision durable;
-        durable.after = *e->state;
         durable.ignored = "the start of saga " + e->id.to_string() + " committed on its first attempt";
         return finish_job(j, durable);
       }
@@ -1114,7 +1103,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
   if (!s.slots.try_acquire_for(s.options.start_timeout))
     throw overloaded("more than " + std::to_string(s.options.max_in_flight) + " sagas in flight for " +
                      std::to_string(s.options.start_timeout.count()) + " ms; try again later");
-  const saga_id id = s.new_id(type);
+  const auto [id, owned_here] = s.new_id(type);
   auto e = s.get(id);
   std::shared_future<saga_outcome> future;
   {
@@ -1145,7 +1134,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
     throw std::invalid_argument("start of saga type '" + type + "' refused: " + d.rejected);
   }
   ++s.stats.sagas_started;
-  if (!s.owns(type, id)) s.watch(e);  // placed on another process's partition (this one owns none of the type's)
+  if (!owned_here) s.watch(e);  // placed on another process's partition (this one owns none of the type's)
   return saga_handle{id, future};
 }
 
