@@ -627,6 +627,65 @@ TEST_F(kafka_test, a_reply_sent_while_stop_drains_goes_out_and_its_command_is_ha
   EXPECT_TRUE(orch.replies.wait_unique(1, 60s)) << "the saga's side never got the reply";
 }
 
+// A handler runs on the transport's poll thread, so stop() there (or the destructor, when the handler owns the
+// transport) cannot wait for that thread. Before, it joined the thread from itself: the destructor then destroyed a
+// joinable thread, std::terminate. The stop is now finished on a thread of the transport's own: the handled command
+// is committed when the consumer leaves, so the group's next member receives what came after it and not it.
+TEST_F(kafka_test, a_transport_destroyed_in_its_own_handler_finishes_its_stop_and_commits) {
+  create_topics(1);
+  orchestrator_side orch(config("orchestrator"));
+  auto first = std::make_unique<st::kafka_transport>(config("inventory"));
+  std::promise<std::string> destroyed;
+  first->on_command("inventory", [&](st::command_message command, st::handled_callback handled) {
+    handled();
+    first.reset();
+    destroyed.set_value(command.command_id);
+  });
+  const auto one = command(1), two = command(2);
+  orch.transport.send_command(one, orch.deliveries.callback());
+  auto inside = destroyed.get_future();
+  ASSERT_EQ(inside.wait_for(60s), std::future_status::ready) << "the command never arrived";
+  EXPECT_EQ(inside.get(), one.command_id);
+
+  st::kafka_transport second(config("inventory"));
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::string> received;
+  second.on_command("inventory", [&](st::command_message command, st::handled_callback handled) {
+    handled();
+    std::lock_guard lock(mutex);
+    received.push_back(command.command_id);
+    cv.notify_all();
+  });
+  orch.transport.send_command(two, orch.deliveries.callback());
+  std::unique_lock lock(mutex);
+  ASSERT_TRUE(cv.wait_for(lock, 90s, [&] { return !received.empty(); })) << "the group's next member got nothing";
+  // One partition, in order: had the first command's offset not been committed, it would come first.
+  EXPECT_EQ(received, std::vector<std::string>{two.command_id});
+}
+
+// The same from a delivery callback, on the producer's poll thread: stop() there returns at once, and a stop()
+// from another thread waits for the stop to be done (the producer's thread joined).
+TEST_F(kafka_test, stop_in_a_delivery_callback_returns_and_a_second_stop_waits_for_it) {
+  create_topics(1);
+  st::kafka_transport sender(config(""));
+  std::promise<bool> called;
+  sender.send_command(command(1), [&](std::exception_ptr e) {
+    sender.stop();
+    called.set_value(e == nullptr);
+  });
+  auto inside = called.get_future();
+  ASSERT_EQ(inside.wait_for(60s), std::future_status::ready) << "the delivery callback never ran";
+  EXPECT_TRUE(inside.get()) << "the record was not delivered";
+  EXPECT_TRUE(sender.stopping());
+  sender.stop();
+  std::promise<std::exception_ptr> refused;
+  sender.send_command(command(2), [&](std::exception_ptr e) { refused.set_value(e); });
+  auto after = refused.get_future();
+  ASSERT_EQ(after.wait_for(5s), std::future_status::ready) << "a send after the stop got no answer";
+  EXPECT_NE(after.get(), nullptr) << "a send after the stop was accepted";
+}
+
 #if SAGA_HAVE_POSTGRES_INBOX
 TEST_F(kafka_test, a_participant_killed_between_commit_and_reply_answers_from_the_inbox_after_restart) {
   ASSERT_TRUE(std::getenv("SAGA_PG_URL")) << "SAGA_PG_URL is not set: this test needs PostgreSQL for the inbox";

@@ -134,6 +134,11 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
   std::mutex space_mutex;
   std::condition_variable space_cv;
   std::atomic<bool> stopped{false};
+  // stop()'s second half (joins, flush) has been claimed; `finished` once it is done.
+  std::atomic<bool> finishing{false};
+  std::mutex finished_mutex;
+  std::condition_variable finished_cv;
+  bool finished = false;
   // Set by stop() once the consumer is closed: sends are refused from then on. Until then they go out, so that a
   // handler that answers while stop()'s revoke drains (a participant finishing its batch) gets its reply out and its
   // message handled and committed, instead of failing its send and holding the drain for the whole revoke_timeout.
@@ -832,12 +837,35 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     return count = md->topics[0].partition_cnt;
   }
 
+  // On one of the transport's own threads (a handler, a rebalance or delivery callback) stop() cannot wait for that
+  // thread: it begins the stop and leaves the rest to a thread of its own, which keeps this alive until it is done.
+  // Elsewhere stop() does the rest itself, or waits for whoever does.
   void stop() noexcept {
-    if (stopped.exchange(true)) return;
-    try {
+    if (!stopped.exchange(true)) {
       stop_deadline = (std::chrono::steady_clock::now() + cfg.revoke_timeout).time_since_epoch().count();
       consumer_running = false;
       handled_cv.notify_all();
+    }
+    const auto self = std::this_thread::get_id();
+    if (self == consumer_thread.get_id() || self == producer_thread.get_id()) {
+      if (finishing.exchange(true)) return;
+      try {
+        std::thread([keep = shared_from_this()] { keep->finish_stop(); }).detach();
+      } catch (const std::exception& e) {
+        finishing = false;  // a stop() from another thread (the destructor's) finishes it
+        say(log_level::error, std::string("kafka transport: stop() on a transport thread could not start the thread "
+                                          "that finishes it (") +
+                                  e.what() + "); call stop() from another thread");
+      }
+      return;
+    }
+    if (!finishing.exchange(true)) return finish_stop();
+    std::unique_lock lock(finished_mutex);
+    finished_cv.wait(lock, [&] { return finished; });
+  }
+
+  void finish_stop() noexcept {
+    try {
       if (consumer_thread.joinable()) consumer_thread.join();
       sends_closed = true;
       const auto sends_due = std::chrono::steady_clock::now() + cfg.enqueue_timeout + std::chrono::seconds(1);
@@ -857,6 +885,11 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     } catch (...) {
       // joining a thread can only throw on a logic error; nothing left to do
     }
+    {
+      std::lock_guard lock(finished_mutex);
+      finished = true;
+    }
+    finished_cv.notify_all();
   }
 };
 

@@ -158,7 +158,10 @@ class kafka_transport final : public transport {
   // then, until they are queued: at most enqueue_timeout): with the cluster gone it returns then, and the
   // partitions' next owner receives what was not committed again. Sends still go out while the revoke
   // drains (a handler answering then gets its reply out and its message committed); once the consumer is closed
-  // they fail at once, not retryable.
+  // they fail at once, not retryable. Called again, or from another thread while it runs, it waits for the first
+  // call to be done. Called on one of the transport's own threads (in a handler, or a rebalance or delivery
+  // callback, and so also the destructor there), it cannot wait for that thread: it begins the stop (stopping() is
+  // true, no handler is called after the current one) and returns; a thread of the transport's own finishes it.
   void stop() noexcept override;
   // Whether stop() has begun.
   [[nodiscard]] bool stopping() const noexcept override;
