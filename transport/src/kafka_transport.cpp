@@ -623,6 +623,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         std::lock_guard lock(mutex);
         for (const auto& tp : list) {
           auto& st = partitions[{tp.topic, tp.partition}];
+          release_unhandled(st);  // assigned again without a revoke between: what it held is not coming back
           st = partition_state{};
           st.epoch = next_epoch++;
         }
@@ -662,8 +663,7 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
         for (const auto& tp : list) {
           auto it = partitions.find({tp.topic, tp.partition});
           if (it == partitions.end()) continue;
-          for (const auto& [off, done] : it->second.pending)
-            if (!done) --unhandled;
+          release_unhandled(it->second);
           partitions.erase(it);
         }
         handled_cv.notify_all();
@@ -683,8 +683,37 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       }
       return;
     }
+    // The whole assignment is dropped: like a lost one (no drain, no commit), its partitions are forgotten and the
+    // revoke callback told, or their unhandled messages would count against max_unhandled for good and the process
+    // would go on advancing sagas whose replies another member now receives.
     say(log_level::error, std::string("kafka rebalance error: ") + rd_kafka_err2str(err));
+    std::vector<topic_partition> dropped;
+    {
+      std::lock_guard lock(mutex);
+      for (auto& [tp, st] : partitions) {
+        release_unhandled(st);
+        topic_partition gone{tp.first, tp.second, {}};
+        if (auto r = routes.find(tp.first); r != routes.end()) gone.name = r->second.name;
+        dropped.push_back(std::move(gone));
+      }
+      partitions.clear();
+      handled_cv.notify_all();
+    }
     rd_kafka_assign(rk, nullptr);
+    if (!dropped.empty()) {
+      partitions_callback cb;
+      {
+        std::lock_guard lock(mutex);
+        cb = revoked_cb;
+      }
+      notify(cb, dropped, "revoked");
+    }
+  }
+
+  // Under `mutex`: the messages of a partition being forgotten no longer count as unhandled.
+  void release_unhandled(const partition_state& st) {
+    for (const auto& [off, done] : st.pending)
+      if (!done) --unhandled;
   }
 
   // How long a revoke step may wait: revoke_timeout, or during stop() what is left of its shared deadline.
