@@ -888,9 +888,14 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
       }
       return;
     }
-    if (!finishing.exchange(true)) return finish_stop();
     std::unique_lock lock(finished_mutex);
-    finished_cv.wait(lock, [&] { return finished; });
+    while (!finished) {
+      if (!finishing.exchange(true)) {  // nobody finishes it (or a transport thread could not): do it here
+        lock.unlock();
+        return finish_stop();
+      }
+      finished_cv.wait_for(lock, std::chrono::milliseconds(100));
+    }
   }
 
   void finish_stop() noexcept {
