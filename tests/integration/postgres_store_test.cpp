@@ -643,16 +643,18 @@ TEST_F(postgres_store, load_many_returns_what_load_returns_for_each_saga_in_requ
   EXPECT_EQ(storage::verify_chain(logs[0].second), std::nullopt);
   EXPECT_GT(events, request.size() * 3);
 
-  // Small chunks give the same answer; an empty request reads nothing.
+  // Small chunks give the same answer, also for a saga asked for again in another chunk (its events were added
+  // twice); an empty request reads nothing.
   storage::postgres_event_store_options small;
   small.load_many_chunk = 7;
   postgres_event_store chunked(url_, small);
-  const std::vector<saga_id> some(request.begin(), request.begin() + 50);
+  std::vector<saga_id> some(request.begin(), request.begin() + 50);
+  some.push_back(request[1]);
   const auto again = chunked.load_many(some);
   ASSERT_EQ(again.size(), some.size());
   for (std::size_t i = 0; i < some.size(); ++i) {
     ASSERT_EQ(again[i].first, some[i]);
-    expect_same_log(again[i].second, logs[i].second, some[i]);
+    expect_same_log(again[i].second, logs[i < 50 ? i : 1].second, some[i]);
   }
   EXPECT_TRUE(store.load_many({}).empty());
 }
@@ -660,6 +662,17 @@ TEST_F(postgres_store, load_many_returns_what_load_returns_for_each_saga_in_requ
 TEST_F(postgres_store, an_unreachable_server_is_store_unavailable) {
   EXPECT_THROW(postgres_event_store("postgresql://saga@127.0.0.1:1/saga?connect_timeout=2"),
                storage::store_unavailable);
+}
+
+// The server's reason reaches the caller: before, every refused connection said only "cannot connect to PostgreSQL
+// at the given URL", whether the database, the role or the server was missing.
+TEST_F(postgres_store, a_refused_connection_says_why) {
+  try {
+    postgres_event_store store(url_ + "&dbname=no_such_database_for_saga");
+    ADD_FAILURE() << "connected to a database that does not exist";
+  } catch (const storage::store_unavailable& e) {
+    EXPECT_NE(std::string(e.what()).find("no_such_database_for_saga"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

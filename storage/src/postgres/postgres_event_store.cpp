@@ -154,6 +154,7 @@ struct writer_connection {
   std::unique_ptr<pqxx::connection> conn;
   steady::time_point next_connect{};
   std::chrono::milliseconds backoff{0};
+  std::string last_error;  // why the last connection attempt failed (the server's first line)
 
   void drop() noexcept {
     try {
@@ -232,8 +233,15 @@ bool postgres_event_store::impl::ensure_writer(writer_connection& w, bool ignore
     conn->prepare("saga_write", write_sql);
     w.conn = std::move(conn);
     w.backoff = std::chrono::milliseconds(0);
+    w.last_error.clear();
     return true;
+  } catch (const std::exception& e) {
+    w.last_error = e.what();  // detail::connect's: what it was doing and the server's first line
+    w.backoff = std::clamp(w.backoff * 2, options.reconnect_backoff_min, options.reconnect_backoff_max);
+    w.next_connect = steady::now() + w.backoff;
+    return false;
   } catch (...) {
+    w.last_error = "unknown error";
     w.backoff = std::clamp(w.backoff * 2, options.reconnect_backoff_min, options.reconnect_backoff_max);
     w.next_connect = steady::now() + w.backoff;
     return false;
@@ -327,7 +335,8 @@ void postgres_event_store::impl::run_batch(writer_connection& w, std::vector<pen
   for (;;) {
     for (auto& s : slots) s = slot{s.item, {}, nullptr, {}, false};
     if (!ensure_writer(w, false)) {
-      fail_open(unavailable("postgres_event_store: PostgreSQL unavailable; reconnecting with backoff"));
+      fail_open(unavailable("postgres_event_store: PostgreSQL unavailable; reconnecting with backoff" +
+                            (w.last_error.empty() ? std::string() : " (last attempt: " + w.last_error + ")")));
       break;
     }
     try {
@@ -718,8 +727,7 @@ postgres_event_store::postgres_event_store(std::string url, postgres_event_store
   // Every writer connects here, so a wrong URL fails the constructor rather than the first appends.
   std::vector<writer_connection> writers(impl_->options.writer_connections);
   for (auto& w : writers)
-    if (!impl_->ensure_writer(w, true))
-      throw store_unavailable("postgres_event_store: cannot connect to PostgreSQL at the given URL");
+    if (!impl_->ensure_writer(w, true)) throw store_unavailable(w.last_error);
   impl_->completion_thread = std::thread([this] { impl_->completion_loop(); });
   impl_->latest_batch.assign(writers.size(), 0);
   for (std::size_t i = 0; i < writers.size(); ++i)
@@ -810,9 +818,18 @@ std::vector<recorded_event> postgres_event_store::load(const saga_id& saga) {
 }
 
 std::vector<saga_log> postgres_event_store::load_many(std::span<const saga_id> sagas) {
+  // Each id is read once: one asked for twice in two chunks had its events added twice (a log of 1,2,3,1,2,3).
+  std::vector<saga_id> distinct;
+  distinct.reserve(sagas.size());
+  {
+    std::unordered_set<saga_id> seen;
+    for (const auto& id : sagas)
+      if (seen.insert(id).second) distinct.push_back(id);
+  }
   std::unordered_map<saga_id, std::vector<recorded_event>> found;
-  for (std::size_t from = 0; from < sagas.size(); from += impl_->options.load_many_chunk) {
-    const auto chunk = sagas.subspan(from, std::min(impl_->options.load_many_chunk, sagas.size() - from));
+  for (std::size_t from = 0; from < distinct.size(); from += impl_->options.load_many_chunk) {
+    const auto chunk = std::span<const saga_id>(distinct).subspan(
+        from, std::min(impl_->options.load_many_chunk, distinct.size() - from));
     detail::pg_array ids;
     for (const auto& id : chunk) ids.add(id.to_string());
     auto rows = impl_->with_reader("postgres_event_store load_many", [&](pqxx::transaction_base& tx) {
