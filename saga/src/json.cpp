@@ -96,11 +96,24 @@ struct number_reading_handler {
   bool Uint64(std::uint64_t u) { return doc.Uint64(u); }
   bool Double(double d) { return doc.Double(d); }
   bool String(const char* s, rapidjson::SizeType n, bool copy) { return doc.String(s, n, copy); }
-  bool StartObject() { return doc.StartObject(); }
+  bool StartObject() { return deeper() && doc.StartObject(); }
   bool Key(const char* s, rapidjson::SizeType n, bool copy) { return doc.Key(s, n, copy); }
-  bool EndObject(rapidjson::SizeType n) { return doc.EndObject(n); }
-  bool StartArray() { return doc.StartArray(); }
-  bool EndArray(rapidjson::SizeType n) { return doc.EndArray(n); }
+  bool EndObject(rapidjson::SizeType n) {
+    --depth;
+    return doc.EndObject(n);
+  }
+  bool StartArray() { return deeper() && doc.StartArray(); }
+  bool EndArray(rapidjson::SizeType n) {
+    --depth;
+    return doc.EndArray(n);
+  }
+
+  int depth = 0;
+  bool deeper() {
+    if (++depth <= max_json_depth) return true;
+    error = "arrays and objects nested deeper than " + std::to_string(max_json_depth) + " levels";
+    return false;
+  }
 
   bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
     const std::string_view token(s, n);

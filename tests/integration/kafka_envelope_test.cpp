@@ -192,6 +192,10 @@ TEST(kafka_envelope, bad_header_values_are_named) {
   EXPECT_NE(garbage.error.find("value is not JSON"), std::string::npos) << garbage.error;
   EXPECT_NE(st::decode_command(e.headers, R"({"a":1} x)").error.find("value is not JSON"), std::string::npos);
   EXPECT_TRUE(st::decode_command(e.headers, R"( {"a":[1,2.5,null,"\u00e9"]} )"));
+  // A payload nested past the limit (here 400,000 levels in 800 KB, which overflowed the stack) is refused.
+  const std::string deep = std::string(400'000, '[') + std::string(400'000, ']');
+  EXPECT_NE(st::decode_command(e.headers, deep).error.find("deeper than " + std::to_string(saga::max_json_depth)),
+            std::string::npos);
   EXPECT_EQ(st::decode_command(e.headers, "").error, "empty value (expected a JSON payload)");
   EXPECT_EQ(st::decode_command({}, "{}").error, "missing header ce_specversion");
 

@@ -51,6 +51,25 @@ TEST(json, canonical_form_sorts_keys_and_normalizes_numbers) {
             canonical_json(R"({"k":[1,2,{"a":"y","b":"x"}]})"));
 }
 
+// Nesting is bounded: 50,000 brackets (a 100 KB reply) overflowed the stack in the reader and the canonical writer.
+TEST(json, nesting_deeper_than_the_limit_is_refused_naming_it) {
+  const auto nested = [](int depth, char open, char close) {
+    return std::string(static_cast<std::size_t>(depth), open) + std::string(static_cast<std::size_t>(depth), close);
+  };
+  EXPECT_EQ(canonical_json(nested(max_json_depth, '[', ']')), nested(max_json_depth, '[', ']'));
+  for (const auto& text : {nested(max_json_depth + 1, '[', ']'), nested(50'000, '[', ']'),
+                           "{\"a\":" + nested(max_json_depth, '[', ']') + "}"}) {
+    try {
+      (void)canonical_json(text);
+      ADD_FAILURE() << "accepted " << text.size() << " bytes of nesting";
+    } catch (const json_error& e) {
+      EXPECT_NE(std::string(e.what()).find("nested deeper than " + std::to_string(max_json_depth) + " levels"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(json, errors_name_the_offset_and_duplicate_keys) {
   try {
     (void)canonical_json(R"({"a":1,})");

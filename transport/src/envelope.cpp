@@ -109,12 +109,27 @@ void check_json(reader& r, std::string_view value, bool allow_empty) {
   }
   // Validation only (no document is built): the payload is passed on as it is.
   rapidjson::MemoryStream stream(value.data(), value.size());
-  rapidjson::BaseReaderHandler<> ignore;
+  struct depth_limited : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, depth_limited> {
+    int depth = 0;
+    bool StartObject() { return ++depth <= max_json_depth; }
+    bool EndObject(rapidjson::SizeType) {
+      --depth;
+      return true;
+    }
+    bool StartArray() { return ++depth <= max_json_depth; }
+    bool EndArray(rapidjson::SizeType) {
+      --depth;
+      return true;
+    }
+  } ignore;
   rapidjson::Reader parser;
   // Numbers are checked for their grammar only (kept as text): rapidjson 1.1.0's conversions of number tokens have
   // undefined behaviour on some inputs (see saga/src/json.cpp), and a value's validity does not depend on them.
   auto result = parser.Parse<rapidjson::kParseNumbersAsStringsFlag>(stream, ignore);
-  if (result.IsError()) {
+  if (result.IsError() && ignore.depth > max_json_depth) {
+    r.fail("value nests arrays and objects deeper than " + std::to_string(max_json_depth) + " levels (at offset " +
+           std::to_string(result.Offset()) + ")");
+  } else if (result.IsError()) {
     r.fail("value is not JSON: " + std::string(rapidjson::GetParseError_En(result.Code())) + " at offset " +
            std::to_string(result.Offset()));
   } else if (stream.Tell() != value.size()) {

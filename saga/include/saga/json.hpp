@@ -23,9 +23,14 @@ struct raw_json {
   std::string text;
 };
 
+// How deeply arrays and objects may nest in JSON this library reads (payloads, replies, stored events). Deeper text
+// is refused with json_error: the readers and the canonical writer recurse once per level, and a reply of 50,000
+// nested brackets (100 KB) overflowed the stack of the orchestrator that read it, again at each redelivery.
+inline constexpr int max_json_depth = 512;
+
 // Canonical form of a JSON document: compact, object keys sorted bytewise, numbers normalized, so the same
-// value always has the same bytes (hashing, comparison). Throws json_error naming the offset of a syntax error
-// or a duplicate key.
+// value always has the same bytes (hashing, comparison). Throws json_error naming the offset of a syntax error,
+// a duplicate key or nesting deeper than max_json_depth.
 [[nodiscard]] std::string canonical_json(std::string_view text);
 
 // Member `name` of the JSON object `object_text`, as canonical JSON text; throws json_error when missing.
