@@ -46,8 +46,13 @@ void add_finished(const saga_state& st, std::vector<effect>& out) {
 std::vector<effect> effects_of(const saga_state& after, std::span<const event> appended) {
   std::vector<effect> out;
   for (const auto& e : appended) {
-    // Leaving `stuck`: everything pending was ignored meanwhile, so resend and re-arm all of it.
-    if (std::holds_alternative<operator_action_recorded>(e.body)) return recovery_effects(after);
+    // Leaving `stuck`: everything pending was ignored meanwhile, so resend and re-arm all of it. An action that ends
+    // the saga (skipping its last step or compensation) finishes it: recovery has nothing to do for an ended saga.
+    if (std::holds_alternative<operator_action_recorded>(e.body)) {
+      out = recovery_effects(after);
+      if (is_terminal(after.status)) add_finished(after, out);
+      return out;
+    }
   }
   for (const auto& e : appended) {
     if (const auto* r = std::get_if<step_requested>(&e.body)) {

@@ -1,6 +1,7 @@
 // decide: given(events).when(trigger).then(events), on small definitions. No I/O.
 #include "test_definitions.hpp"
 
+#include <saga/effects.hpp>
 #include <saga/testing/scenario.hpp>
 
 #include <gtest/gtest.h>
@@ -270,6 +271,21 @@ TEST(decide, a_retriable_step_is_never_compensated_its_failure_parks_the_saga) {
   const decision d = s.when(triggers::operator_action{triggers::operator_verb::retry, "", "fixed", "ops"});
   ASSERT_EQ(d.events.size(), 2u);
   EXPECT_EQ(std::get<step_requested>(d.events[1].body).command_id, s.command_id(12));
+}
+
+// An operator's skip of the last step ends the saga, and ending it is an effect: the awaiting caller is woken and
+// the ending counted. Before, the action's effects were only recovery's, which has nothing for an ended saga.
+TEST(decide, skipping_the_last_stuck_step_finishes_the_saga) {
+  scenario s = linear_after_b();
+  s.apply(ok(s.command_id(6)));
+  s.apply(failed(s.command_id(8), "rejected"));  // d, the last step: stuck
+  const decision d = s.when(triggers::operator_action{triggers::operator_verb::skip, "d", "sent by hand", "ops"});
+  ASSERT_EQ(d.after.status, saga_status::completed);
+  const auto effects = effects_of(d.after, d.events);
+  ASSERT_EQ(effects.size(), 1u);
+  const auto* finished = std::get_if<effects::saga_finished>(&effects.front());
+  ASSERT_NE(finished, nullptr);
+  EXPECT_EQ(finished->status, saga_status::completed);
 }
 
 TEST(decide, parallel_branches_start_together_and_join) {
