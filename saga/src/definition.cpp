@@ -17,8 +17,12 @@ const char* to_string(step_kind kind) noexcept {
 
 duration retry_policy::backoff(std::uint32_t next_attempt, std::uint64_t seed) const noexcept {
   const double exponent = next_attempt >= 2 ? static_cast<double>(next_attempt - 2) : 0.0;
-  double wait = static_cast<double>(initial_backoff.count()) * std::pow(multiplier, exponent);
-  wait = std::min(wait, static_cast<double>(max_backoff.count()));
+  // No initial wait stays none, whatever the growth (0 times an overflowed power would be NaN, and converting NaN to
+  // an integer is undefined); an overflowed growth is the cap.
+  double wait = initial_backoff.count() == 0
+                    ? 0.0
+                    : std::min(static_cast<double>(initial_backoff.count()) * std::pow(multiplier, exponent),
+                               static_cast<double>(max_backoff.count()));
   // splitmix64 of the seed -> uniform in [0, 1)
   std::uint64_t z = seed + 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -50,8 +54,10 @@ namespace {
 
 void check_policy(const std::string& type, const std::string& where, const retry_policy& p) {
   if (p.max_attempts < 1) fail(type, where + ": max_attempts must be at least 1");
-  if (p.multiplier < 1.0) fail(type, where + ": backoff multiplier must be at least 1");
-  if (p.jitter < 0.0 || p.jitter > 1.0) fail(type, where + ": jitter must be between 0 and 1");
+  // Written so that NaN fails too (every comparison with it is false).
+  if (!(p.multiplier >= 1.0) || !std::isfinite(p.multiplier))
+    fail(type, where + ": backoff multiplier must be a finite number of at least 1");
+  if (!(p.jitter >= 0.0 && p.jitter <= 1.0)) fail(type, where + ": jitter must be between 0 and 1");
   if (p.initial_backoff.count() < 0 || p.max_backoff < p.initial_backoff)
     fail(type, where + ": backoff must satisfy 0 <= initial <= max");
   if (p.timeout.count() <= 0) fail(type, where + ": timeout must be positive");

@@ -1,6 +1,7 @@
 #include "saga/timeline.hpp"
 
 #include <cctype>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <map>
@@ -9,7 +10,7 @@ namespace saga {
 
 std::string format_time(time_point t) {
   const auto ms = t.time_since_epoch().count();
-  const std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  const std::time_t secs = static_cast<std::time_t>(ms / 1000 - (ms % 1000 < 0 ? 1 : 0));  // floor, no overflow
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char buf[80];
@@ -69,9 +70,12 @@ std::string pad(std::string s, std::size_t n) {
 std::string since(time_point prev, time_point now, bool first) {
   if (first) return "";
   // Writers with different clocks (an orchestrator and sagactl on another host) can make time go backwards.
-  const auto signed_ms = (now - prev).count();
-  const char* sign = signed_ms < 0 ? "-" : "+";
-  const auto d = signed_ms < 0 ? -signed_ms : signed_ms;
+  // In unsigned arithmetic: times from a damaged or forged log may be far apart (their difference overflows).
+  const auto a = static_cast<std::uint64_t>(now.time_since_epoch().count());
+  const auto b = static_cast<std::uint64_t>(prev.time_since_epoch().count());
+  const bool backwards = now < prev;
+  const char* sign = backwards ? "-" : "+";
+  const std::uint64_t d = backwards ? b - a : a - b;
   if (d < 1000) return sign + std::to_string(d) + "ms";
   return sign + std::to_string(d / 1000) + "." + std::to_string((d % 1000) / 100) + "s";
 }

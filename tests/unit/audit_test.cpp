@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 
 using namespace saga;
 using order_processing::order;
@@ -122,6 +123,21 @@ TEST(timeline, time_since_the_previous_event_is_signed_when_writers_clocks_disag
   EXPECT_NE(text.find("2   2023-11-14T22:13:22.500Z +2.5s    cancel_requested"), std::string::npos) << text;
   EXPECT_NE(text.find("3   2023-11-14T22:13:21.000Z -1.5s    cancel_requested"), std::string::npos) << text;
   EXPECT_NE(text.find("4   2023-11-14T22:13:20.700Z -300ms   cancel_requested"), std::string::npos) << text;
+}
+
+// Times at the ends of the range (a damaged or forged log) are printed without overflowing (UBSan found both).
+TEST(timeline, times_at_the_ends_of_the_range_do_not_overflow) {
+  const auto lowest = time_point(duration{std::numeric_limits<duration::rep>::min()});
+  const auto highest = time_point(duration{std::numeric_limits<duration::rep>::max()});
+  EXPECT_FALSE(format_time(lowest).empty());
+  const std::vector<event> log{
+      {1, highest, events::cancel_requested{"first", "a"}},
+      {2, lowest, events::cancel_requested{"far back", "b"}},
+      {3, highest, events::cancel_requested{"far on", "c"}},
+  };
+  const std::string text = format_timeline(log);
+  EXPECT_NE(text.find("-18446744073709551.6s"), std::string::npos) << text;
+  EXPECT_NE(text.find("+18446744073709551.6s"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 using namespace saga;
 using saga_test::ack;
 using saga_test::cmd;
@@ -252,6 +254,23 @@ TEST(definition, rejects_bad_retry_policies_and_misuse) {
         return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
       }),
       "saga 's': step 'x': jitter must be between 0 and 1");
+  // NaN compares false with everything: it passed both checks before.
+  for (auto bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    p = retry_policy{};
+    p.multiplier = bad;
+    EXPECT_EQ(
+        build_error([&] {
+          return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+        }),
+        "saga 's': step 'x': backoff multiplier must be a finite number of at least 1");
+  }
+  p = retry_policy{};
+  p.jitter = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "saga 's': step 'x': jitter must be between 0 and 1");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).invoke("a", "b", payload_for("x")).build(); }),
             "saga 's': invoke() called before any step()");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).build(); }), "saga 's': has no steps");
@@ -287,6 +306,11 @@ TEST(retry_policy, backoff_grows_caps_and_is_deterministic_per_seed) {
     EXPECT_LE(p.backoff(3, seed).count(), 300);
   }
   EXPECT_NE(p.backoff(3, 1), p.backoff(3, 2));
+  // No initial wait stays none after the growth overflows (0 x inf was NaN, converted to an integer: undefined).
+  p.initial_backoff = duration{0};
+  EXPECT_EQ(p.backoff(2000, 7).count(), 0);
+  p.initial_backoff = duration{100};
+  EXPECT_EQ(p.backoff(4'000'000'000U, 7).count() <= 1000, true);
 }
 
 }  // namespace
