@@ -23,7 +23,11 @@ struct borrowed_store final : storage::event_store {
   void async_append(storage::append_request r, storage::append_callback d) override {
     s_.async_append(std::move(r), std::move(d));
   }
-  std::vector<storage::recorded_event> load(const saga_id& id) override { return s_.load(id); }
+  std::vector<storage::recorded_event> load(const saga_id& id) override {
+    auto log = s_.load(id);
+    if (damaged && id == *damaged && log.size() > 1) log[1].payload = "{";  // its second event cannot be decoded
+    return log;
+  }
   std::vector<storage::recorded_event> read_all(std::uint64_t p, std::size_t n) override { return s_.read_all(p, n); }
   std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
     return s_.list_unfinished(f);
@@ -43,6 +47,7 @@ struct borrowed_store final : storage::event_store {
     return s_.partition_placements(t);
   }
   storage::event_store& s_;
+  std::optional<saga_id> damaged;
 };
 struct borrowed_bus final : saga::transport::transport {
   explicit borrowed_bus(saga::transport::transport& b) : b_(b) {}
@@ -128,6 +133,28 @@ TEST(sagactl, show_prints_the_timeline_with_compensations_paired_and_the_state) 
   EXPECT_TRUE(has(r.out, "status compensated  at seq 13")) << r.out;
   const auto json = f.run({"show", f.compensated.to_string(), "--json"});
   EXPECT_EQ(canonical_json(json.out).size() > 0, true);
+}
+
+// One unreadable log does not end the check of all the others (it did, naming neither the saga nor the seq).
+TEST(sagactl, verify_definition_of_all_sagas_reports_an_unreadable_log_and_checks_the_rest) {
+  fixture f;
+  const auto bad = f.compensated;
+  f.env.open_store = [&f, bad](const std::string&) {
+    auto s = std::make_unique<borrowed_store>(f.d.store());
+    s->damaged = bad;
+    return s;
+  };
+  const auto r = f.run({"replay", "--all", "--verify-definition"});
+  EXPECT_EQ(r.status, 1) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, bad.to_string() + ": unreadable: saga " + bad.to_string() + " seq 2: ")) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "2 of 3 sagas replay exactly")) << r.out << r.err;
+  const auto json = f.run({"replay", "--all", "--verify-definition", "--json"});
+  EXPECT_TRUE(has(json.out, "\"exact\":2,")) << json.out;
+  EXPECT_TRUE(has(json.out, "\"unreadable\":[{\"saga\":\"" + bad.to_string() + "\"")) << json.out;
+  // One saga alone still fails with the error, which names the saga and the seq.
+  const auto one = f.run({"replay", bad.to_string(), "--verify-definition"});
+  EXPECT_NE(one.status, 0);
+  EXPECT_TRUE(has(one.err, "saga " + bad.to_string() + " seq 2: ")) << one.err;
 }
 
 TEST(sagactl, replay_at_a_seq_or_time_folds_the_prefix) {

@@ -184,10 +184,21 @@ std::uint64_t parse_number(const std::string& text, const char* what) {
   return std::stoull(text);
 }
 
+// Thrown when a stored event cannot be decoded: names the saga and the seq.
+struct unreadable_log : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 std::vector<event> decode_log(const std::vector<storage::recorded_event>& log) {
   std::vector<event> out;
   out.reserve(log.size());
-  for (const auto& r : log) out.push_back(r.to_event());
+  for (const auto& r : log) {
+    try {
+      out.push_back(r.to_event());
+    } catch (const std::exception& e) {
+      throw unreadable_log("saga " + r.saga.to_string() + " seq " + std::to_string(r.seq) + ": " + e.what());
+    }
+  }
   return out;
 }
 
@@ -400,11 +411,25 @@ class session {
       ids.push_back(one_id());
     }
     const bool json = c_.has("--json");
-    std::size_t mismatches = 0, unchecked = 0;
-    std::string mismatches_json, unchecked_json;
+    std::size_t mismatches = 0, unchecked = 0, unreadable = 0;
+    std::string mismatches_json, unchecked_json, unreadable_json;
     for (const auto& id : ids) {
-      const auto events = decode_log(load_existing(id));
-      const saga_state st = fold(id, events);
+      // A log that cannot be read or folded is reported, and the other sagas are still checked.
+      std::vector<event> events;
+      saga_state st;
+      try {
+        events = decode_log(load_existing(id));
+        st = fold(id, events);
+      } catch (const std::exception& e) {
+        if (!c_.has("--all")) throw;
+        ++unreadable;
+        if (json)
+          unreadable_json += std::string(unreadable_json.empty() ? "" : ",") +
+                             "{\"saga\":" + json_quote(id.to_string()) + ",\"error\":" + json_quote(e.what()) + "}";
+        else
+          out_ << id.to_string() << ": unreadable: " << e.what() << "\n";
+        continue;
+      }
       const definition* def = definition_for(st.type, st.definition_version);
       if (!def) {
         ++unchecked;
@@ -428,14 +453,14 @@ class session {
                << "\n  log holds:          " << m->recorded << "\n";
       }
     }
-    const bool ok = mismatches == 0 && unchecked == 0;
+    const bool ok = mismatches == 0 && unchecked == 0 && unreadable == 0;
+    const std::size_t exact = ids.size() - mismatches - unchecked - unreadable;
     if (json)
-      out_ << "{\"ok\":" << (ok ? "true" : "false") << ",\"sagas\":" << ids.size()
-           << ",\"exact\":" << ids.size() - mismatches - unchecked << ",\"mismatches\":[" << mismatches_json
-           << "],\"unchecked\":[" << unchecked_json << "]}\n";
+      out_ << "{\"ok\":" << (ok ? "true" : "false") << ",\"sagas\":" << ids.size() << ",\"exact\":" << exact
+           << ",\"mismatches\":[" << mismatches_json << "],\"unchecked\":[" << unchecked_json << "],\"unreadable\":["
+           << unreadable_json << "]}\n";
     else
-      out_ << ids.size() - mismatches - unchecked << " of " << ids.size()
-           << " sagas replay exactly under the registered definitions\n";
+      out_ << exact << " of " << ids.size() << " sagas replay exactly under the registered definitions\n";
     return ok ? 0 : 1;
   }
 
