@@ -67,13 +67,20 @@ class decider {
 
   std::uint64_t next_seed() { return mix(ctx_.entropy ^ mix(st_.seq + 1)); }
 
+  // An input or reply as recorded: canonical JSON, {} for none. JSON null is none too: the event codec stores an
+  // absent value as null, so a recorded null read back as none, and replay and fold disagreed with this decision.
+  static std::string canonical_value(const std::string& text) {
+    std::string c = canonical_json(text.empty() ? "{}" : text);
+    return c == "null" ? "{}" : c;
+  }
+
   // --- triggers -----------------------------------------------------------------------------------------
   void on(const triggers::start& t) {
     if (st_.status != saga_status::not_started) return refuse("saga " + st_.id.to_string() + " has already started");
     if (st_.id.is_nil()) return refuse("a saga needs a non-nil id");
     std::string input;
     try {
-      input = canonical_json(t.input.empty() ? "{}" : t.input);
+      input = canonical_value(t.input);
     } catch (const json_error& e) {
       return refuse(std::string("saga input is not valid JSON: ") + e.what());
     }
@@ -105,7 +112,7 @@ class decider {
     std::string payload;
     if (r.result == outcome::success) {
       try {
-        payload = canonical_json(r.payload.empty() ? "{}" : r.payload);
+        payload = canonical_value(r.payload);
       } catch (const json_error& e) {
         payload = "{}";
         if (comp) {

@@ -1,7 +1,9 @@
 // decide: given(events).when(trigger).then(events), on small definitions. No I/O.
 #include "test_definitions.hpp"
 
+#include <saga/audit.hpp>
 #include <saga/effects.hpp>
+#include <saga/event.hpp>
 #include <saga/testing/scenario.hpp>
 
 #include <gtest/gtest.h>
@@ -271,6 +273,30 @@ TEST(decide, a_retriable_step_is_never_compensated_its_failure_parks_the_saga) {
   const decision d = s.when(triggers::operator_action{triggers::operator_verb::retry, "", "fixed", "ops"});
   ASSERT_EQ(d.events.size(), 2u);
   EXPECT_EQ(std::get<step_requested>(d.events[1].body).command_id, s.command_id(12));
+}
+
+// JSON null as an input or a reply is recorded as none ({}), as an empty one is. The event codec stores none as null,
+// so a recorded null came back as none: replaying the stored log decided {} where the log held null (a valid log
+// flagged by sagactl's definition check), and folding it gave other data than the decision's.
+TEST(decide, a_null_input_or_reply_is_recorded_as_none_so_the_stored_log_replays_exactly) {
+  scenario fresh(saga_test::linear());
+  fresh.at(t0);
+  const decision started = fresh.when(triggers::start{"null", ""});
+  ASSERT_FALSE(started.events.empty()) << started.rejected;
+  EXPECT_EQ(std::get<saga_started>(started.events.front().body).input, "{}");
+
+  scenario s(saga_test::linear());
+  s.at(t0);
+  s.apply(triggers::start{input, ""});
+  s.apply(triggers::reply{s.command_id(2), 1, outcome::success, "null", ""});
+  std::vector<event> stored;  // what the store gives back
+  for (const auto& e : s.history()) {
+    const auto encoded = encode(e.body);
+    stored.push_back(event{e.seq, e.at, decode(encoded.type, encoded.schema_version, encoded.payload)});
+  }
+  const auto mismatch = audit::check_definition(saga_test::linear(), saga::saga_id::from_words(0x5a6a, 1), stored);
+  EXPECT_FALSE(mismatch) << "seq " << mismatch->seq << "\n expected " << mismatch->expected << "\n recorded "
+                         << mismatch->recorded;
 }
 
 // An operator's skip of the last step ends the saga, and ending it is an effect: the awaiting caller is woken and
