@@ -546,28 +546,34 @@ bool postgres_event_store::impl::write_batch(writer_connection& w, std::vector<s
     }
     heads_lock.unlock();
 
-    // 4. Say why the left-out appends were refused (rare: another writer got there first).
+    // 4. Say why the left-out appends were refused (rare: another writer got there first). The batch has committed:
+    //    a failure here must not reach the caller's handler, which would take the written appends for unwritten
+    //    ones (retry, or write them again one by one and report conflicts); the refused keep their "not written".
     if (!refused.empty()) {
-      pqxx::nontransaction tx(conn);
-      for (auto* s : refused) {
-        const auto& req = s->item->request;
-        const auto existing =
-            tx.exec_params("SELECT last_seq FROM saga_instances WHERE id = $1::uuid", req.saga.to_string());
-        if (!existing.empty() || !s->is_new) {
-          conflicts.fetch_add(1, std::memory_order_relaxed);
-          const std::uint64_t actual = existing.empty() ? 0 : existing[0][0].as<std::uint64_t>();
-          s->error = std::make_exception_ptr(concurrency_conflict(req.saga, req.expected_seq, actual));
-          continue;
+      try {
+        pqxx::nontransaction tx(conn);
+        for (auto* s : refused) {
+          const auto& req = s->item->request;
+          const auto existing =
+              tx.exec_params("SELECT last_seq FROM saga_instances WHERE id = $1::uuid", req.saga.to_string());
+          if (!existing.empty() || !s->is_new) {
+            conflicts.fetch_add(1, std::memory_order_relaxed);
+            const std::uint64_t actual = existing.empty() ? 0 : existing[0][0].as<std::uint64_t>();
+            s->error = std::make_exception_ptr(concurrency_conflict(req.saga, req.expected_seq, actual));
+            continue;
+          }
+          const auto& key = std::get<events::saga_started>(req.events.front().body).idempotency_key;
+          const auto owner = tx.exec_params(
+              "SELECT id::text FROM saga_instances WHERE type = $1 AND idempotency_key = $2", req.saga_type, key);
+          if (!owner.empty())
+            s->error = std::make_exception_ptr(
+                duplicate_idempotency_key(req.saga_type, key, detail::parse_saga_id(owner[0][0].c_str())));
+          else
+            s->error = std::make_exception_ptr(store_error(
+                "saga " + req.saga.to_string() + " could not be started (a concurrent start rolled back)", true));
         }
-        const auto& key = std::get<events::saga_started>(req.events.front().body).idempotency_key;
-        const auto owner = tx.exec_params(
-            "SELECT id::text FROM saga_instances WHERE type = $1 AND idempotency_key = $2", req.saga_type, key);
-        if (!owner.empty())
-          s->error = std::make_exception_ptr(
-              duplicate_idempotency_key(req.saga_type, key, detail::parse_saga_id(owner[0][0].c_str())));
-        else
-          s->error = std::make_exception_ptr(store_error(
-              "saga " + req.saga.to_string() + " could not be started (a concurrent start rolled back)", true));
+      } catch (...) {
+        // The connection, if it broke, is replaced before the next batch (ensure_writer).
       }
     }
     return true;
