@@ -5,11 +5,17 @@
 #include "saga/storage/hash_chain.hpp"
 #include "saga/storage/postgres_event_store.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <condition_variable>
 #include <future>
 #include <map>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace saga {
 namespace {
@@ -230,6 +236,138 @@ TEST_F(postgres_crash, a_commit_cut_off_after_it_became_durable_is_read_back_not
   EXPECT_EQ(storage::verify_chain(log), std::nullopt);
   // The store goes on writing after the reconnect.
   EXPECT_EQ(store.append(next_request(id, 3)).last_seq, 4u);
+}
+
+// A loopback TCP proxy to the test server whose connections can be cut on the client's side only: the server's
+// side stays open, as when a network path breaks, so the server process goes on with what it was doing.
+class cutting_proxy {
+ public:
+  explicit cutting_proxy(int server_port) : server_port_(server_port) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::listen(listener_, 16) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("cutting_proxy: cannot listen on loopback");
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~cutting_proxy() {
+    ::shutdown(listener_, SHUT_RDWR);
+    acceptor_.join();
+    std::lock_guard lock(mutex_);
+    for (const auto& [client, server] : pairs_) {
+      ::shutdown(client, SHUT_RDWR);
+      ::shutdown(server, SHUT_RDWR);
+    }
+    for (auto& t : pumps_) t.join();
+    for (const auto& [client, server] : pairs_) ::close(client), ::close(server);
+    ::close(listener_);
+  }
+  [[nodiscard]] int port() const { return port_; }
+  // Cuts every connection made so far on the client's side; new ones go through.
+  void cut() {
+    std::lock_guard lock(mutex_);
+    for (const auto& [client, server] : pairs_) ::shutdown(client, SHUT_RDWR);
+  }
+
+ private:
+  void accept_loop() {
+    for (;;) {
+      const int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) return;
+      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<std::uint16_t>(server_port_));
+      if (server < 0 || ::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(client);
+        if (server >= 0) ::close(server);
+        continue;
+      }
+      std::lock_guard lock(mutex_);
+      pairs_.emplace_back(client, server);
+      pumps_.emplace_back([client, server] { pump(client, server); });
+      pumps_.emplace_back([client, server] { pump(server, client); });
+    }
+  }
+  static void pump(int from, int to) {
+    char buffer[16384];
+    for (;;) {
+      const auto n = ::read(from, buffer, sizeof buffer);
+      if (n <= 0) return;
+      for (ssize_t done = 0; done < n;) {
+        const auto w = ::send(to, buffer + done, static_cast<std::size_t>(n - done), MSG_NOSIGNAL);
+        if (w <= 0) return;
+        done += w;
+      }
+    }
+  }
+
+  int server_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread acceptor_;
+  std::mutex mutex_;
+  std::vector<std::pair<int, int>> pairs_;
+  std::vector<std::thread> pumps_;
+};
+
+// The connection of a batch waiting for a row lock is lost. PostgreSQL does not notice a lost client while a statement
+// waits, so the server process goes on and commits once the lock is free. Before, the store read the saga back at
+// once on a new connection, found nothing and said "not committed, retrying is safe"; then the batch committed. The
+// old server process is now ended first, and what the store says is what the log holds.
+TEST_F(postgres_crash, a_batch_cut_off_while_its_server_process_still_runs_is_not_reported_unwritten_and_then_written) {
+  if (env("SAGA_PG_PORT").empty()) GTEST_SKIP() << "SAGA_PG_PORT is not set (needs the server scripts/test starts)";
+  cutting_proxy proxy(std::stoi(env("SAGA_PG_PORT")));
+  storage::postgres_event_store_options options;
+  options.writer_connections = 1;
+  options.in_doubt_timeout = std::chrono::seconds(60);
+  storage::postgres_event_store store(
+      url_with_schema("postgresql://saga@127.0.0.1:" + std::to_string(proxy.port()) + "/saga", schema_), options);
+  const auto id = random_saga_id();
+  store.append(start_request(id));
+
+  // Another session locks the saga's row, so the writer's statement waits inside the server.
+  std::promise<std::string> locked;
+  std::promise<void> release;
+  std::thread locker([&, done = release.get_future()] {
+    storage::postgres_session s(url_);
+    s.run([&](storage::transaction& tx) {
+      const auto me =
+          tx.exec("SELECT pg_backend_pid()::text FROM saga_instances WHERE id = $1::uuid FOR UPDATE", {id.to_string()});
+      locked.set_value(*me.at(0).at(0));
+      done.wait();
+    });
+  });
+  const std::string locker_pid = locked.get_future().get();
+  std::promise<std::exception_ptr> answered;
+  store.async_append(next_request(id, 1, 1, "cut off"),
+                     [&](std::exception_ptr e, storage::append_result) { answered.set_value(e); });
+  storage::postgres_session watcher(url_);
+  while (watcher.exec("SELECT 1 FROM pg_stat_activity WHERE $1::integer = ANY(pg_blocking_pids(pid))", {locker_pid})
+             .empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  proxy.cut();
+
+  auto answer = answered.get_future();
+  const auto error = answer.get();
+  release.set_value();
+  locker.join();
+  ASSERT_NE(error, nullptr) << "the append cannot have committed while the row was locked";
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("not committed"), std::string::npos) << e.what();
+  }
+  // Whatever the old server process could still do, it had two seconds for it now that the lock is free.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(store.load(id).size(), 1u) << "reported not committed, but the batch committed";
+  EXPECT_EQ(store.stats().in_doubt, 1u);
+  EXPECT_EQ(store.append(next_request(id, 1, 1, "retried")).last_seq, 2u) << "retrying is safe";
 }
 
 }  // namespace

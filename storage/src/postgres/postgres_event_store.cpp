@@ -155,6 +155,9 @@ struct writer_connection {
   steady::time_point next_connect{};
   std::chrono::milliseconds backoff{0};
   std::string last_error;  // why the last connection attempt failed (the server's first line)
+  // The server process serving `conn` and when it started (a pid alone may be reused): see resolve_in_doubt.
+  int backend_pid = 0;
+  std::string backend_start;
 
   void drop() noexcept {
     try {
@@ -207,7 +210,7 @@ struct postgres_event_store::impl {
   void completion_loop();
   void run_batch(writer_connection& w, std::vector<pending>& batch, std::vector<completion>& out);
   bool write_batch(writer_connection& w, std::vector<slot>& slots);  // true when a statement was committed
-  void resolve_in_doubt(std::vector<slot>& slots);
+  void resolve_in_doubt(std::vector<slot>& slots, int backend_pid, const std::string& backend_start);
   bool ensure_writer(writer_connection& w, bool ignore_backoff);
   void deliver(std::vector<completion>&& out);
   bool wait_or_stop(std::chrono::milliseconds d);
@@ -231,6 +234,12 @@ bool postgres_event_store::impl::ensure_writer(writer_connection& w, bool ignore
     conn->set_variable("plan_cache_mode", "force_generic_plan");
     conn->prepare("saga_heads", heads_sql);
     conn->prepare("saga_write", write_sql);
+    {
+      pqxx::nontransaction tx(*conn);
+      const auto me = tx.exec("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()");
+      w.backend_pid = me.empty() ? 0 : me[0][0].as<int>();
+      w.backend_start = me.empty() ? std::string() : me[0][1].as<std::string>();
+    }
     w.conn = std::move(conn);
     w.backoff = std::chrono::milliseconds(0);
     w.last_error.clear();
@@ -361,7 +370,7 @@ void postgres_event_store::impl::run_batch(writer_connection& w, std::vector<pen
       break;
     } catch (const commit_in_doubt&) {
       w.drop();
-      resolve_in_doubt(slots);
+      resolve_in_doubt(slots, w.backend_pid, w.backend_start);
       break;
     } catch (...) {
       std::exception_ptr error;
@@ -586,7 +595,8 @@ bool postgres_event_store::impl::write_batch(writer_connection& w, std::vector<s
   }
 }
 
-void postgres_event_store::impl::resolve_in_doubt(std::vector<slot>& slots) {
+void postgres_event_store::impl::resolve_in_doubt(std::vector<slot>& slots, int backend_pid,
+                                                  const std::string& backend_start) {
   in_doubt.fetch_add(1, std::memory_order_relaxed);
   detail::pg_array ids, seqs;
   bool any = false;
@@ -601,8 +611,28 @@ void postgres_event_store::impl::resolve_in_doubt(std::vector<slot>& slots) {
   auto wait = options.reconnect_backoff_min;
   for (;;) {
     try {
-      // A fresh connection: the old backend is gone (its transaction committed or rolled back for good).
       auto conn = detail::connect(url, "postgres_event_store: reading back an in-doubt commit");
+      // The old server process may still be running the batch: PostgreSQL notices a lost client only when it next
+      // talks to it, so a batch waiting for a lock (or for its COMMIT to be durable) goes on and may commit after a
+      // read-back that found nothing. It is ended, and the read-back waits until it is gone: what it reads is final.
+      if (backend_pid != 0) {
+        const auto alive = [&](std::string_view sql) {
+          pqxx::nontransaction q(*conn);
+          return !q.exec_params(std::string(sql), backend_pid, backend_start).empty();
+        };
+        try {
+          (void)alive(
+              "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start = "
+              "$2::timestamptz");
+        } catch (const pqxx::broken_connection&) {
+          throw;
+        } catch (const std::exception&) {  // not allowed to end it (another role): wait for it to end
+        }
+        while (alive("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2::timestamptz")) {
+          if (steady::now() >= deadline || !wait_or_stop(std::chrono::milliseconds(10)))
+            throw std::runtime_error("the server process of the lost connection is still running");
+        }
+      }
       pqxx::nontransaction tx(*conn);
       struct found {
         std::uint64_t seq;
