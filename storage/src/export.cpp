@@ -55,6 +55,7 @@ export_report verify_export(std::istream& in) {
       report.errors.push_back("line " + std::to_string(n) + ": " + x.what());
     }
   }
+  if (in.bad()) report.errors.push_back("the export could not be read to its end (read error)");
   report.sagas = order.size();
   for (const auto& id : order)
     if (auto broken = verify_chain(by_saga[id])) report.breaks.push_back(*broken);

@@ -266,6 +266,10 @@ TEST(sagactl, export_then_verify_file_round_trips_and_catches_one_changed_byte) 
   EXPECT_EQ(bad.status, 1);
   EXPECT_TRUE(has(bad.out, "BROKEN saga " + f.compensated.to_string())) << bad.out;
   std::remove(path.c_str());
+  // A directory is not an export (it read as an empty one: "0 events of 0 sagas checked; all chains verify").
+  const auto folder = f.run({"verify", "--file", std::string(SAGA_BINARY_DIR)});
+  EXPECT_NE(folder.status, 0) << folder.out;
+  EXPECT_TRUE(has(folder.err, "is a directory")) << folder.err;
 }
 
 TEST(sagactl, retry_on_a_stuck_saga_whose_participant_now_succeeds_ends_compensated) {

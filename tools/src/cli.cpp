@@ -7,6 +7,7 @@
 #include "saga/storage/hash_chain.hpp"
 #include "saga/timeline.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
@@ -482,6 +483,9 @@ class session {
 
   int verify() {
     if (c_.has("--file")) {
+      std::error_code ec;
+      if (std::filesystem::is_directory(c_.get("--file"), ec))
+        throw failure("cannot read " + c_.get("--file") + ": it is a directory, not an export");
       std::ifstream in(c_.get("--file"));
       if (!in) throw failure("cannot read " + c_.get("--file"));
       const auto report = storage::verify_export(in);
