@@ -157,6 +157,20 @@ TEST(sagactl, verify_definition_of_all_sagas_reports_an_unreadable_log_and_check
   EXPECT_TRUE(has(one.err, "saga " + bad.to_string() + " seq 2: ")) << one.err;
 }
 
+// An argument a command does not take is refused, not ignored (`export ID` exported everything).
+TEST(sagactl, a_saga_id_given_to_a_command_that_takes_none_is_refused) {
+  fixture f;
+  const std::string id = f.completed.to_string();
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"export", id}, {"list", id}, {"verify", "--all", id}, {"replay", "--all", id, "--verify-definition"}}) {
+    const auto r = f.run(args);
+    EXPECT_EQ(r.status, 2) << args[0];
+    EXPECT_TRUE(has(r.err, args[0] + " takes no argument '" + id + "'")) << r.err;
+    EXPECT_EQ(r.out, "") << args[0];
+  }
+  EXPECT_TRUE(has(f.run({"frobnicate", id}).err, "unknown command 'frobnicate'"));
+}
+
 TEST(sagactl, replay_at_a_seq_or_time_folds_the_prefix) {
   fixture f;
   const auto r = f.run({"replay", f.compensated.to_string(), "--at", "5"});

@@ -242,6 +242,16 @@ class session {
 
   int dispatch() {
     const std::string& cmd = c_.command;
+    static const std::set<std::string> known = {"migrate", "list",   "show",  "partitions", "replay",
+                                                "verify",  "export", "retry", "skip",       "cancel"};
+    if (!known.contains(cmd)) throw usage_error("unknown command '" + cmd + "'");
+    // A command that takes no SAGA_ID (or `--all` instead of one) refuses one rather than ignoring it: `export ID`
+    // exported the whole database.
+    const bool takes_id =
+        cmd == "show" || ((cmd == "replay") && !c_.has("--all")) || cmd == "retry" || cmd == "skip" || cmd == "cancel";
+    if (!takes_id && !c_.positional.empty())
+      throw usage_error(cmd + " takes no argument '" + c_.positional[0] + "'" + (cmd == "replay" ? " with --all" : "") +
+                        " (see sagactl help " + cmd + ")");
     if (cmd == "migrate") return migrate();
     if (cmd == "list") return list();
     if (cmd == "show") return show();
@@ -332,7 +342,6 @@ class session {
   }
 
   int partitions() {
-    if (!c_.positional.empty()) throw usage_error("partitions takes options only, not '" + c_.positional[0] + "'");
     const auto placements = store().partition_placements(c_.get("--type"));
     const bool json = c_.has("--json");
     int status = 0;
