@@ -34,7 +34,8 @@ void memory_event_store::async_append(append_request request, append_callback do
                                               request.partition,
                                               request.events.front().at,
                                               {},
-                                              started.idempotency_key};
+                                              started.idempotency_key,
+                                              {}};
     }
     const auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
     for (auto& r : records) {
@@ -46,6 +47,7 @@ void memory_event_store::async_append(append_request request, append_callback do
     auto& summary = summaries_[request.saga];
     summary.status = request.status_after;
     summary.last_seq = all_[indexes.back()].seq;
+    summary.last_hash = all_[indexes.back()].hash;
     summary.updated_at = request.events.back().at;
     result = append_result{summary.last_seq, all_.size()};
   } catch (...) {

@@ -76,6 +76,7 @@ TEST_F(postgres_store, every_event_type_round_trips_through_append_and_load) {
   EXPECT_EQ(summary->type, "order");
   EXPECT_EQ(summary->definition_version, 3u);
   EXPECT_EQ(summary->last_seq, bodies.size());
+  EXPECT_EQ(summary->last_hash, log.back().hash);
   EXPECT_EQ(summary->partition, 7);
   EXPECT_EQ(summary->idempotency_key, "key-" + id.to_string());
   EXPECT_EQ(summary->started_at, written.front().at);

@@ -2,6 +2,7 @@
 #include "../../examples/order_processing/order_saga.hpp"
 
 #include <saga/cli.hpp>
+#include <saga/storage/hash_chain.hpp>
 #include <saga/testing/driver.hpp>
 #include <saga/timeline.hpp>
 
@@ -260,6 +261,17 @@ TEST(sagactl, verify_passes_untouched_and_names_saga_and_seq_when_altered) {
   const auto broken = f.run({"verify", "--all"});
   EXPECT_EQ(broken.status, 1);
   EXPECT_TRUE(has(broken.out, "BROKEN saga " + f.compensated.to_string() + " at seq 7")) << broken.out;
+  // The last event of another saga rewritten with its hash recomputed: the chain holds, the saga's row does not.
+  const auto last = f.d.store().load(f.completed).back();
+  f.d.store().tamper(f.completed, last.seq, [](storage::recorded_event& e) {
+    e.payload = R"({"output":{"forged":true}})";
+    e.hash = storage::chain_hash(e.prev_hash, e.type, e.seq, e.payload, e.metadata);
+  });
+  const auto rewritten = f.run({"verify", "--saga", f.completed.to_string()});
+  EXPECT_EQ(rewritten.status, 1) << rewritten.out;
+  EXPECT_TRUE(has(rewritten.out, "BROKEN saga " + f.completed.to_string() + " at seq " + std::to_string(last.seq)))
+      << rewritten.out;
+  EXPECT_TRUE(has(rewritten.out, "events rewritten at the end")) << rewritten.out;
 }
 
 TEST(sagactl, export_then_verify_file_round_trips_and_catches_one_changed_byte) {

@@ -533,6 +533,12 @@ class session {
                                  "the log ends at seq " + std::to_string(log.empty() ? 0 : log.back().seq) +
                                      " but the saga's row says " + std::to_string(summary->last_seq) +
                                      " (events removed from the end)"};
+      // Events rewritten at the end with their hashes recomputed leave a valid chain too: the row keeps the head.
+      if (!b && summary && !summary->last_hash.empty() && !log.empty() && log.back().hash != summary->last_hash)
+        b = storage::chain_break{id, log.back().seq,
+                                 "the log's last event has hash " + log.back().hash.substr(0, 16) +
+                                     "... but the saga's row says " + summary->last_hash.substr(0, 16) +
+                                     "... (events rewritten at the end)"};
       if (b) {
         ++broken;
         report_break(*b);

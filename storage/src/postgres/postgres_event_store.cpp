@@ -68,7 +68,7 @@ constexpr const char* event_columns =
 constexpr const char* summary_columns =
     "SELECT id::text, type, definition_version, status, last_seq, partition,"
     " (extract(epoch FROM started_at) * 1000)::bigint, (extract(epoch FROM updated_at) * 1000)::bigint,"
-    " coalesce(idempotency_key, '') FROM saga_instances ";
+    " coalesce(idempotency_key, ''), last_hash FROM saga_instances ";
 
 std::int64_t ms(time_point t) { return static_cast<std::int64_t>(t.time_since_epoch().count()); }
 
@@ -98,6 +98,7 @@ saga_summary summary_from(const pqxx::row& r) {
   s.started_at = time_point(std::chrono::milliseconds(r[6].as<std::int64_t>()));
   s.updated_at = time_point(std::chrono::milliseconds(r[7].as<std::int64_t>()));
   s.idempotency_key = r[8].as<std::string>();
+  s.last_hash = r[9].as<std::string>();
   return s;
 }
 

@@ -96,6 +96,7 @@ struct saga_summary {
   time_point started_at{};
   time_point updated_at{};
   std::string idempotency_key;
+  std::string last_hash;  // hash of the last event (the head sagactl verify checks the log's end against)
 };
 
 // A saga type's recorded reply partition count and where its unfinished sagas are placed (sagactl partitions).
