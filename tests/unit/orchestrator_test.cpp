@@ -853,6 +853,17 @@ TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_th
   o.shutdown();
 }
 
+// Another process that owns the saga's reply partition: its own transport, clock and (answering) participants, the
+// same store. Its run() recovers the saga and resends its pending command.
+struct other_process {
+  rig r;
+  orchestrator o;
+  explicit other_process(storage::event_store& store) : o(store, r.bus, r.options()) {
+    o.add(order_processing::order_saga());
+    o.run();
+  }
+};
+
 // The handle of a saga whose partition went to another process completes when that process ends the saga (read
 // from the store), and the in-flight slot it held is free again.
 TEST(orchestrator, a_handle_whose_saga_another_process_finishes_completes_and_frees_its_slot) {
@@ -870,15 +881,11 @@ TEST(orchestrator, a_handle_whose_saga_another_process_finishes_completes_and_fr
   ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
   r.bus.revoke({p0});
   ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
-  // The partition's new owner: another process, whose participants answer (its own transport, the same store).
-  rig other;
-  orchestrator owner(r.store, other.bus, other.options());
-  owner.add(order_processing::order_saga());
-  owner.run();  // recovers the saga and resends its pending command
-  ASSERT_TRUE(other.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
+  other_process owner(r.store);  // the partition's new owner
+  ASSERT_TRUE(owner.r.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
   EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   EXPECT_NO_THROW((void)o.start("order", to_json(make_order(2)))) << "the slot of the saga that ended elsewhere";
-  owner.shutdown();
+  owner.o.shutdown();
   o.shutdown();
 }
 
@@ -895,16 +902,13 @@ TEST(orchestrator, a_saga_started_by_a_process_that_owns_no_partition_completes_
   starter.add(order_processing::order_saga());
   starter.run();  // never assigned a partition
   auto h = starter.start("order", to_json(make_order(1)));
-  rig other;
-  orchestrator owner(r.store, other.bus, other.options());
-  owner.add(order_processing::order_saga());
-  owner.run();  // recovers the saga and resends its pending command; its participants answer
-  ASSERT_TRUE(other.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
+  other_process owner(r.store);
+  ASSERT_TRUE(owner.r.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
   EXPECT_EQ(h.outcome.get().status, saga_status::completed);
-  EXPECT_TRUE(other.pump_until([&] { return starter.stats().sagas_dropped.load() == 1; }))
+  EXPECT_TRUE(owner.r.pump_until([&] { return starter.stats().sagas_dropped.load() == 1; }))
       << "the stale cached state (and its timers) stays";
   EXPECT_NO_THROW((void)starter.start("order", to_json(make_order(2)))) << "the slot of the saga that ended elsewhere";
-  owner.shutdown();
+  owner.o.shutdown();
   starter.shutdown();
 }
 
