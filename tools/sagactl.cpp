@@ -38,8 +38,8 @@ int main(int argc, char** argv) {
 #endif
   // Operator actions send their commands over Kafka, like the orchestrators, when SAGA_KAFKA_BROKERS names the
   // cluster (topics "<SAGA_KAFKA_PREFIX>.<service>.commands", replies to "<prefix>.<saga type>.replies", the
-  // order orchestrator's settings). Without it the commands are only recorded, and an orchestrator sends them
-  // when it next recovers the saga.
+  // order orchestrator's settings). Without it the commands are only recorded, and the orchestrator that owns the
+  // saga sends them when its orphan sweep finds it.
   const char* brokers = std::getenv("SAGA_KAFKA_BROKERS");
   if (brokers && *brokers) {
     const char* prefix_env = std::getenv("SAGA_KAFKA_PREFIX");

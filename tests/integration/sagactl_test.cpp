@@ -692,7 +692,7 @@ TEST_F(sagactl_pg, retry_without_kafka_records_it_and_the_orchestrator_sends_the
   EXPECT_TRUE(has(r.out, "recorded seq 14 operator_action_recorded\n")) << r.out;
   EXPECT_TRUE(has(r.out,
                   "note: no transport configured (SAGA_KAFKA_BROKERS is not set); 1 command(s) recorded but "
-                  "not sent: an orchestrator sends them when it next recovers this saga"))
+                  "not sent: the orchestrator that owns this saga sends them when its orphan sweep finds the saga"))
       << r.out;
   EXPECT_TRUE(has(r.out, "saga " + stuck_.to_string() + " is now compensating\n")) << r.out;
   // The running orchestrator was not told; it sends the refund when it recovers the saga (here: its restart).
@@ -713,6 +713,26 @@ TEST_F(sagactl_pg, retry_without_kafka_records_it_and_the_orchestrator_sends_the
       has(show.out, "operator_action_recorded charge_payment        retry compensation by ops: ledger reopened"))
       << show.out;
   EXPECT_TRUE(has(show.out, "status compensated")) << show.out;
+}
+
+// The same retry made in-process on the orchestrator's clock: the running orchestrator is not told, and its orphan
+// sweep (PostgreSQL's listing of unfinished sagas, by the time of their last event) finds the saga once it has been
+// unchanged for orchestrator_options::orphan_sweep and sends the refund, without a restart.
+TEST_F(sagactl_pg, retry_without_kafka_is_sent_by_the_running_orchestrators_orphan_sweep) {
+  run_compensated_and_stuck();
+  refunds_fail_ = false;
+  const auto r = cli({"retry", stuck_.to_string(), "--reason", "ledger reopened"}, {order_processing::order_saga()});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_TRUE(has(r.out, "recorded but not sent")) << r.out;
+  const auto sent_before = bus_.sent_commands().size();
+  ASSERT_TRUE(pump_until([&] {
+    clock_->advance(1s);
+    return state(stuck_).status == saga_status::compensated;
+  })) << "the running orchestrator never sent the refund the retry recorded";
+  const auto sent = bus_.sent_commands();
+  ASSERT_GT(sent.size(), sent_before);
+  EXPECT_EQ(sent[sent_before].command_type, "refund_payment");
+  EXPECT_EQ(orchestrator_->stats().sagas_swept.load(), 1u);
 }
 
 TEST_F(sagactl_pg, retry_with_a_transport_sends_the_refund_and_the_running_orchestrator_finishes_the_saga) {

@@ -2,6 +2,7 @@
 // recovery by replay, cancel, back-pressure, metrics. Waiting is bounded; no timing decides a result.
 #include "../../examples/order_processing/order_saga.hpp"
 
+#include <saga/cli.hpp>
 #include <saga/runtime/orchestrator.hpp>
 #include <saga/storage/hash_chain.hpp>
 #include <saga/storage/inbox.hpp>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <set>
 #include <span>
+#include <sstream>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -78,6 +80,7 @@ struct rig {
     o.threads = 2;
     o.max_in_flight = max_in_flight;
     o.start_timeout = duration{50};
+    o.orphan_sweep = duration{0};  // its own tests turn it on; elsewhere its timer would join those tests count
     o.clock = clock;
     std::uint64_t seed = 1;
     auto m = std::make_shared<std::mutex>();
@@ -939,6 +942,107 @@ TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_inst
   EXPECT_EQ(r.clock->pending(), 0u);             // no timer re-armed
   owner.shutdown();
   zombie.shutdown();
+}
+
+// The commands of `type` a bus carried, in order.
+std::vector<transport::command_message> sent_of(const transport::memory_transport& bus, const std::string& type) {
+  std::vector<transport::command_message> out;
+  for (auto& c : bus.sent_commands())
+    if (c.command_type == type) out.push_back(std::move(c));
+  return out;
+}
+
+// An operator retries a stuck saga with sagactl, which has no transport: the command is recorded, not sent, and the
+// saga's owner does not hold it (a stuck saga is let go). The owner's orphan sweep finds it once nothing changed it
+// for an orphan_sweep, resends the command with its id and arms its deadline: without the sweep it waited for good
+// (until its partition moved). A saga the owner holds is never swept, though it stays quiet longer than that.
+TEST(orchestrator, the_owner_resends_and_times_out_a_saga_an_operator_retried_with_sagactl_without_a_transport) {
+  rig r;
+  r.silent.insert("approve_order");
+  auto options = r.options();
+  options.orphan_sweep = duration{10'000};  // shorter than the steps' 30 s deadlines
+  orchestrator o(r.store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  // approve_order (retriable, after the pivot: 10 attempts) times out each time: stuck. The sweeps meanwhile see
+  // the held saga quiet.
+  ASSERT_TRUE(r.pump_until([&] {
+    r.clock->advance(duration{1'000});
+    return ready(h.outcome);
+  }));
+  ASSERT_EQ(h.outcome.get().status, saga_status::stuck);
+  EXPECT_EQ(sent_of(r.bus, "approve_order").size(), 10u) << "a held saga was resent by the sweep";
+  EXPECT_EQ(o.stats().sagas_swept.load(), 0u);
+
+  cli::environment env;
+  env.open_store = [&](const std::string&) { return std::make_unique<counting_store>(r.store); };
+  env.definitions = {order_processing::order_saga()};
+  env.user = "ops";
+  env.now = [&] { return r.clock->now(); };
+  std::ostringstream out, err;
+  ASSERT_EQ(
+      cli::run({"--db", "postgresql://x/y", "retry", h.id.to_string(), "--reason", "orders is back"}, env, out, err), 0)
+      << err.str();
+  ASSERT_NE(out.str().find("recorded but not sent"), std::string::npos) << out.str();
+  const auto events_after_retry = r.store.load(h.id).size();
+
+  // The owner sends the retried command (same id) once the sweep finds the saga, then times it out: the saga ends
+  // stuck again, by this process's timers.
+  ASSERT_TRUE(r.pump_until([&] {
+    r.clock->advance(duration{5'000});
+    return sent_of(r.bus, "approve_order").size() == 11;
+  })) << "nobody resent the command the operator's retry recorded";
+  EXPECT_EQ(o.stats().sagas_swept.load(), 1u);
+  r.pump_until([&] {
+    r.clock->advance(duration{1'000});
+    return storage::fold_recorded(h.id, r.store.load(h.id)).status == saga_status::stuck;
+  });
+  const auto log = r.store.load(h.id);
+  ASSERT_EQ(storage::fold_recorded(h.id, log).status, saga_status::stuck) << "the retried attempt never timed out";
+  bool timed_out = false;
+  for (std::size_t i = events_after_retry; i < log.size(); ++i)
+    timed_out = timed_out || log[i].type == "step_timed_out";
+  EXPECT_TRUE(timed_out);
+  std::set<std::string> ids;
+  for (const auto& c : sent_of(r.bus, "approve_order")) ids.insert(c.command_id);
+  EXPECT_EQ(ids.size(), 1u);
+  o.shutdown();
+}
+
+// A process that owns no reply partition starts a saga and dies; the command it sent is never answered. The
+// partition's owner, running since before the start, recovered nothing when its partition came and receives no
+// reply: its sweep recovers the saga, resends the command (same id), times it out and compensates.
+TEST(orchestrator, the_owner_finishes_a_saga_whose_starter_died_before_any_reply) {
+  rig r;  // the starter's
+  r.bus.set_reply_partitions(1);
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  rig owner_rig;
+  owner_rig.bus.set_reply_partitions(1);
+  owner_rig.silent = {"create_order"};  // cancel_order is answered
+  auto owner_options = owner_rig.options();
+  owner_options.orphan_sweep = duration{10'000};
+  orchestrator owner(r.store, owner_rig.bus, owner_options);
+  owner.add(order_processing::order_saga());
+  owner.run();
+  owner_rig.bus.assign({{"order.replies", 0, "order"}});
+  saga_id id;
+  {
+    orchestrator starter(r.store, r.bus, r.options());
+    starter.add(order_processing::order_saga());
+    starter.run();  // never assigned a partition
+    id = starter.start("order", to_json(make_order(1))).id;
+    ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+  }  // the starter is gone; its timer with it
+  ASSERT_TRUE(owner_rig.pump_until([&] {
+    owner_rig.clock->advance(duration{5'000});
+    return storage::fold_recorded(id, r.store.load(id)).status == saga_status::compensated;
+  })) << "the saga whose starter died was never finished";
+  const auto resent = sent_of(owner_rig.bus, "create_order");
+  ASSERT_EQ(resent.size(), 3u);  // the owner's three attempts, then cancel_order
+  EXPECT_EQ(resent[0].command_id, sent_of(r.bus, "create_order")[0].command_id);
+  EXPECT_EQ(owner.stats().sagas_swept.load(), 1u);
+  owner.shutdown();
 }
 
 TEST(orchestrator, start_reads_nothing_before_its_append_and_a_used_key_still_returns_the_existing_saga) {

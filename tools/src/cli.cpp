@@ -95,8 +95,8 @@ const std::map<std::string, std::string>& command_usage() {
 )"},
       {"retry", R"(usage: sagactl [--db URL] retry SAGA_ID [--reason R] [--operator NAME]
   Retries the action a stuck saga is parked on; recorded as an event with who and why. The command it leads to
-  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by an orchestrator when it next
-  recovers the saga.
+  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by the orchestrator that owns the saga
+  when its orphan sweep finds it (orchestrator_options::orphan_sweep, 30 s by default).
 )"},
       {"skip", R"(usage: sagactl [--db URL] skip SAGA_ID --step STEP --reason R [--operator NAME]
   Treats the stuck action of STEP as done (e.g. fixed by hand) so the saga moves on; recorded with who and why.
@@ -625,8 +625,9 @@ class session {
     if (!env_.open_transport) {
       out_ << "note: no transport configured"
            << (env_.no_transport_hint.empty() ? "" : " (" + env_.no_transport_hint + ")") << "; " << sends.size()
-           << " command(s) recorded but not sent: an orchestrator sends them when it next recovers this saga (on "
-              "its restart, or when it takes over the saga's partition)\n";
+           << " command(s) recorded but not sent: the orchestrator that owns this saga sends them when its orphan "
+              "sweep finds the saga unchanged for a sweep interval (orchestrator_options::orphan_sweep, 30 s by "
+              "default), or when it recovers the saga (its restart, or taking over the saga's partition)\n";
       return;
     }
     auto bus = env_.open_transport();
@@ -643,8 +644,8 @@ class session {
     out_ << "sent " << sent << " of " << sends.size() << " command(s)\n";
     if (sent < sends.size())
       out_ << "note: " << sends.size() - sent
-           << " command(s) could not be sent; they are recorded, and an orchestrator sends them when it next "
-              "recovers this saga\n";
+           << " command(s) could not be sent; they are recorded, and the orchestrator that owns this saga sends "
+              "them when its orphan sweep finds it, or when it recovers it\n";
   }
 
   const command_line& c_;

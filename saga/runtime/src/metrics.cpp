@@ -72,6 +72,8 @@ std::string metrics::prometheus() const {
           recovery_read_ahead);
   counter(out, "saga_sagas_dropped_total", "Cached sagas dropped because another process owns them now.",
           sagas_dropped);
+  counter(out, "saga_sagas_swept_total",
+          "Unfinished sagas of owned partitions, not held in memory, recovered by the orphan sweep.", sagas_swept);
   counter(out, "saga_partition_count_mismatches_total",
           "Saga types refused while running: their reply topic's partition count changed under unfinished sagas.",
           partition_count_mismatches);

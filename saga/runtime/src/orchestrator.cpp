@@ -8,6 +8,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <algorithm>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -61,6 +62,7 @@ struct job {
   // A start whose append failed with a retryable error: it may have committed all the same (a connection lost
   // during COMMIT). Its retry finds the saga started under the id it drew: that is this start, durable.
   bool start_in_doubt = false;
+  bool orphan = false;  // recovery asked for by the orphan sweep: nothing to do when the saga is held here
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -140,6 +142,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   bool prefetch_abandoned = false;  // recovery came first: the read-ahead's result is not wanted any more
   std::unordered_map<saga_id, prefetched_state> prefetched;
   std::thread prefetch_thread;
+
+  // The orphan sweep (see orchestrator_options::orphan_sweep): the clock marks it due, and a thread of its own lists
+  // the unfinished sagas of the owned partitions (a store read that may wait, kept off the io threads and the clock).
+  std::mutex sweep_mutex;
+  std::condition_variable sweep_cv;
+  bool sweep_due = false;
+  bool sweep_stop = false;
+  std::thread sweep_thread;
 
   // Awaited sagas another process advances (see orchestrator_options::elsewhere_poll), read from the store by one
   // timer while any is left.
@@ -607,6 +617,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   void process(const std::shared_ptr<entry>& e, job j) {
     try {
+      if (j.orphan && e->state) {  // held here: this process advances it and has its timers armed
+        if (j.done) j.done(decision{}, nullptr);
+        return;
+      }
       bool fresh = false;
       if (!load(e, j, fresh)) return;
       if (j.recover) {
@@ -616,6 +630,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           return;
         }
         ++stats.sagas_recovered;
+        if (j.orphan) {
+          ++stats.sagas_swept;
+          log("recovered saga " + e->id.to_string() + " (" + to_string(e->state->status) + " at seq " +
+              std::to_string(e->state->seq) +
+              "), which this process owns but did not hold: its last change was made elsewhere");
+        }
         perform(e, with_grace(recovery_effects(*e->state)));
         if (j.done) j.done(decision{}, nullptr);
         return;
@@ -914,6 +934,71 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     submit_recovery(unfinished, take_prefetched(unfinished));
   }
 
+  // Marks the next sweep due after orphan_sweep on the clock.
+  void schedule_sweep() {
+    options.clock->schedule(options.clock->now() + options.orphan_sweep, [weak = weak_from_this()] {
+      auto self = weak.lock();
+      if (!self) return;
+      {
+        std::lock_guard lock(self->sweep_mutex);
+        self->sweep_due = true;
+      }
+      self->sweep_cv.notify_one();
+    });
+  }
+
+  // sweep_thread: one sweep each time the clock marks it due, until shutdown. Holds the impl while it sweeps, so a
+  // log callback that shuts the orchestrator down (and destroys it) does not pull it away mid-sweep.
+  static void sweep_loop(const std::weak_ptr<impl>& weak) {
+    for (;;) {
+      auto self = weak.lock();
+      if (!self) return;
+      {
+        std::unique_lock lock(self->sweep_mutex);  // shutdown() stops this wait before the orchestrator lets go
+        self->sweep_cv.wait(lock, [&] { return self->sweep_due || self->sweep_stop; });
+        if (self->sweep_stop) return;
+        self->sweep_due = false;
+      }
+      self->sweep();
+      std::lock_guard lock(self->sweep_mutex);
+      if (self->sweep_stop) return;
+      self->schedule_sweep();
+    }
+  }
+
+  // Recovers the unfinished sagas of the owned partitions that no trigger brought here and that nothing changed for
+  // an orphan_sweep: each is queued on its strand as a recovery that does nothing when the saga is held here by
+  // then. Their logs are read one by one (they are few: most unfinished sagas are held, or change more often).
+  void sweep() {
+    storage::partition_filter filter;
+    if (bus.partitions_replies()) {
+      std::set<std::int32_t> all;
+      {
+        std::lock_guard lock(owned_mutex);
+        for (const auto& [type, partitions] : owned) all.insert(partitions.begin(), partitions.end());
+      }
+      if (all.empty()) return;  // owns nothing (yet): a start-only process, or one waiting for its assignment
+      filter.partitions.assign(all.begin(), all.end());
+    }
+    std::vector<storage::saga_summary> listed;
+    try {
+      listed = store.list_unfinished(filter);
+    } catch (const std::exception& x) {
+      log_quietly("the orphan sweep could not list the unfinished sagas (it lists them again in " +
+                  std::to_string(options.orphan_sweep.count()) + " ms): " + x.what());
+      return;
+    }
+    const time_point quiet_since = options.clock->now() - options.orphan_sweep;
+    for (const auto& summary : listed) {
+      if (summary.status == saga_status::stuck || summary.updated_at > quiet_since) continue;
+      if (!latest(summary.type) || fenced_why(summary.type) || !owns(summary.type, summary.id)) continue;
+      if (!accepting) return;
+      job j{true, {}, {}, {}};
+      j.orphan = true;
+      submit(summary.id, std::move(j));
+    }
+  }
+
   // Reads and folds every unfinished saga's log ahead of the first assignment (prefetch_thread).
   void prefetch() {
     std::unordered_map<saga_id, prefetched_state> states;
@@ -1090,6 +1175,10 @@ void orchestrator::run() {
   }
   // Transports that do not partition never call on_partitions_assigned: this process owns every saga.
   if (!partitions) s.recover({});
+  if (s.options.orphan_sweep > duration::zero()) {
+    s.sweep_thread = std::thread([weak] { impl::sweep_loop(weak); });
+    s.schedule_sweep();
+  }
 }
 
 saga_handle orchestrator::start(const std::string& type, const std::string& input_json, const std::string& key) {
@@ -1174,6 +1263,17 @@ void orchestrator::shutdown() noexcept {
   if (s.stopped.exchange(true)) return;
   s.accepting = false;
   s.bus.stop();
+  {
+    std::lock_guard lock(s.sweep_mutex);
+    s.sweep_stop = true;
+  }
+  s.sweep_cv.notify_all();
+  if (s.sweep_thread.joinable()) {
+    if (s.sweep_thread.get_id() == std::this_thread::get_id())
+      s.sweep_thread.detach();  // called from a log callback of the sweep: it ends after this sweep
+    else
+      s.sweep_thread.join();  // after the listing it is reading, if any
+  }
   // Let appends in flight finish (bounded wait; the log stays consistent either way, and one that comes later is
   // handled on the store's thread).
   const auto wait_until = std::chrono::steady_clock::now() + s.options.shutdown_append_wait;

@@ -38,6 +38,7 @@ struct metrics {
   std::atomic<std::uint64_t> appends{0}, events_appended{0}, append_conflicts{0}, append_retries{0};
   std::atomic<std::uint64_t> replies_ignored{0}, triggers_rejected{0}, send_failures{0}, sagas_recovered{0};
   std::atomic<std::uint64_t> sagas_dropped{0};  // cached sagas let go: their reply partition went to another process
+  std::atomic<std::uint64_t> sagas_swept{0};    // unfinished sagas not held here, recovered by the orphan sweep
   std::atomic<std::uint64_t> recovery_preloaded{0};      // recovered sagas folded from a log read in bulk (no own load)
   std::atomic<std::uint64_t> recovery_prefetched{0};     // of those, folded ahead by run() before the assignment
   std::atomic<std::uint64_t> recovery_read_ahead{0};     // sagas folded by the read-ahead of run() (once it finished)
