@@ -1,5 +1,7 @@
 #include "saga/audit.hpp"
 
+#include "saga/json.hpp"
+
 namespace saga::audit {
 
 saga_state state_at_seq(const saga_id& id, std::span<const event> log, std::uint64_t seq) {
@@ -80,6 +82,49 @@ std::string comparable(const event_body& body) {
   return std::string(type_name(body)) + " " + encode(body).payload;
 }
 
+// A success reply the orchestrator could not read (invalid JSON, a duplicate key, a number out of range) is
+// recorded as an empty reply, {}, followed in the same decision by an event whose reason carries the reader's
+// error; its text is not in the log. When log[i] is such a reply, returns the recorded error.
+constexpr std::string_view not_json = "reply is not valid JSON: ";
+std::optional<std::string> unreadable_reply_error(std::span<const event> log, std::size_t i) {
+  const auto* ok = std::get_if<step_succeeded>(&log[i].body);
+  if (!ok || ok->data || ok->reply != "{}" || i + 1 >= log.size()) return std::nullopt;
+  const std::string prefix = "reply of step '" + ok->step + "' could not be merged: " + std::string(not_json);
+  const std::string* reason = nullptr;
+  if (const auto* c = std::get_if<compensation_started>(&log[i + 1].body)) reason = &c->reason;
+  if (const auto* k = std::get_if<saga_stuck>(&log[i + 1].body)) reason = &k->reason;
+  if (!reason || reason->rfind(prefix, 0) != 0) return std::nullopt;
+  return reason->substr(prefix.size());
+}
+
+// The decision on that reply: decided on a reply that cannot be read, with the reader's error replaced by the
+// recorded one wherever the decision quotes it.
+decision decide_unreadable(const definition& def, const saga_state& state, const triggers::reply& recorded,
+                           const std::string& error, time_point at) {
+  const std::string unreadable = "\x01";
+  std::string ours;
+  try {
+    (void)canonical_json(unreadable);
+  } catch (const json_error& e) {
+    ours = std::string(not_json) + e.what();
+  }
+  triggers::reply r = recorded;
+  r.payload = unreadable;
+  decision d = decide(def, state, r, decide_context{at, 0});
+  const std::string theirs = std::string(not_json) + error;
+  for (auto& e : d.events)
+    std::visit(
+        [&](auto& x) {
+          if constexpr (requires { x.reason; }) {
+            if (ours.empty()) return;
+            for (auto p = x.reason.find(ours); p != std::string::npos; p = x.reason.find(ours, p + theirs.size()))
+              x.reason.replace(p, ours.size(), theirs);
+          }
+        },
+        e.body);
+  return d;
+}
+
 }  // namespace
 
 std::optional<replay_mismatch> check_definition(const definition& def, const saga_id& id, std::span<const event> log) {
@@ -90,14 +135,26 @@ std::optional<replay_mismatch> check_definition(const definition& def, const sag
     const auto t = trigger_of(log[i]);
     if (!t) return replay_mismatch{log[i].seq, "(an event caused by a trigger)", comparable(log[i].body)};
     // Retries are timed by the recorded due time; the decision is replayed at the recorded time.
-    const decision d = decide(def, state, *t, decide_context{log[i].at, 0});
-    if (d.events.empty())
-      return replay_mismatch{log[i].seq, "(nothing: " + (d.rejected.empty() ? d.ignored : d.rejected) + ")",
-                             comparable(log[i].body)};
-    for (std::size_t k = 0; k < d.events.size(); ++k) {
-      if (i + k >= log.size()) return replay_mismatch{log.back().seq + 1, comparable(d.events[k].body), "(end of log)"};
-      const std::string expected = comparable(d.events[k].body), recorded = comparable(log[i + k].body);
-      if (expected != recorded) return replay_mismatch{log[i + k].seq, expected, recorded};
+    decision d = decide(def, state, *t, decide_context{log[i].at, 0});
+    const auto mismatch = [&](const decision& x) -> std::optional<replay_mismatch> {
+      if (x.events.empty())
+        return replay_mismatch{log[i].seq, "(nothing: " + (x.rejected.empty() ? x.ignored : x.rejected) + ")",
+                               comparable(log[i].body)};
+      for (std::size_t k = 0; k < x.events.size(); ++k) {
+        if (i + k >= log.size())
+          return replay_mismatch{log.back().seq + 1, comparable(x.events[k].body), "(end of log)"};
+        const std::string expected = comparable(x.events[k].body), recorded = comparable(log[i + k].body);
+        if (expected != recorded) return replay_mismatch{log[i + k].seq, expected, recorded};
+      }
+      return std::nullopt;
+    };
+    if (auto m = mismatch(d)) {
+      // Read back, a reply recorded as unreadable is {}, which may read (and merge) fine: decide it as unreadable.
+      const auto error = unreadable_reply_error(log, i);
+      if (!error) return m;
+      decision u = decide_unreadable(def, state, std::get<triggers::reply>(*t), *error, log[i].at);
+      if (mismatch(u)) return m;
+      d = std::move(u);
     }
     for (std::size_t k = 0; k < d.events.size(); ++k) apply(state, log[i + k]);
     // Decide what-if: as though the log had run under `def` from the start.

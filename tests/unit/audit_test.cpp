@@ -60,6 +60,56 @@ TEST(audit, every_golden_log_is_what_the_current_definition_decides) {
   }
 }
 
+// Runs `t` through decide and appends what it decided to `log` (and to `state`).
+void decide_into(const definition& def, saga_state& state, std::vector<event>& log, const trigger& t) {
+  const decision d = decide(def, state, t, decide_context{time_point(std::chrono::seconds(1'700'000'000)), 7});
+  ASSERT_TRUE(d.rejected.empty()) << d.rejected;
+  for (const auto& e : d.events) {
+    apply(state, e);
+    log.push_back(e);
+  }
+}
+
+std::string requested_id(const saga_state& state, const std::string& step) {
+  return state.find(step)->forward.command_id;
+}
+
+// A success reply the orchestrator cannot read (a duplicate key, a number beyond a double, text that is not JSON)
+// is recorded as {} with the reader's error in the next event's reason. Replayed, the recorded {} reads (and
+// here merges) fine, so the check used to flag a valid log; it now decides such a reply as unreadable.
+TEST(audit, a_reply_recorded_as_unreadable_replays_as_recorded) {
+  const auto def = order_processing::order_saga();
+  for (const std::string bad :
+       {R"({"reservation_id":"r","reservation_id":"s"})", R"({"reservation_id":1e999})", R"({"reservation_id":)"}) {
+    SCOPED_TRACE(bad);
+    saga_state state;
+    state.id = id;
+    std::vector<event> log;
+    order o;
+    o.order_id = "o-1";
+    o.customer = "c";
+    o.sku = "s";
+    o.quantity = 1;
+    o.amount_cents = 100;
+    o.address = "a";
+    decide_into(def, state, log, triggers::start{to_json(o), "k"});
+    decide_into(def, state, log,
+                triggers::reply{requested_id(state, "create_order"), 1, triggers::outcome::success, "{}", ""});
+    decide_into(def, state, log,
+                triggers::reply{requested_id(state, "reserve_inventory"), 1, triggers::outcome::success, bad, ""});
+    ASSERT_EQ(state.status, saga_status::compensating);
+    ASSERT_NE(state.reason.find("reply is not valid JSON"), std::string::npos) << state.reason;
+    const auto mismatch = audit::check_definition(def, id, log);
+    EXPECT_FALSE(mismatch) << "seq " << mismatch->seq << "\n expected " << mismatch->expected << "\n recorded "
+                           << mismatch->recorded;
+    // Only a reply recorded as {} can have been unreadable (the error's own text cannot be checked: the reply's
+    // text is not in the log). One recorded with content read fine, and its decision was another.
+    auto forged = log;
+    std::get<events::step_succeeded>(forged.at(4).body).reply = R"({"reservation_id":"r"})";
+    EXPECT_TRUE(audit::check_definition(def, id, forged));
+  }
+}
+
 TEST(audit, a_renamed_step_is_flagged_at_its_first_request) {
   // The same saga with "reserve_inventory" renamed: a deploy that would strand running sagas.
   const auto renamed =
