@@ -105,6 +105,12 @@ definition definition::make(std::string type, std::uint32_t version, std::vector
       if (s.kind != step_kind::compensatable)
         fail(type, "step '" + s.name + "' is " + to_string(s.kind) + " and cannot have a compensation");
       check_action(type, "compensation of step '" + s.name + "'", *s.compensation);
+      if (s.compensation->service != s.invoke.service)
+        fail(type, "step '" + s.name + "' runs on service '" + s.invoke.service + "' and its compensation on '" +
+                       s.compensation->service +
+                       "'; a compensation goes to the service that ran the step: that service's inbox fences it "
+                       "against the forward command, and another service's inbox, with no record of that command, "
+                       "would take it for one that never ran and undo nothing");
     }
     if (s.kind == step_kind::pivot) {
       if (pivot) fail(type, "steps '" + steps[*pivot].name + "' and '" + s.name + "' are both pivots; a saga has one");

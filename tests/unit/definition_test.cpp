@@ -143,6 +143,23 @@ TEST(definition, rejects_an_empty_or_null_payload_builder_naming_the_step) {
             "saga 's': step 'y' has no payload builder");
 }
 
+// Another service's inbox has no record of the forward command: its fence would take the compensation for one
+// whose forward command never ran, answer "nothing to undo", and the saga would end compensated with the charge
+// still in place.
+TEST(definition, rejects_a_compensation_sent_to_another_service_than_its_step) {
+  EXPECT_EQ(build_error([] {
+              return define<data>("s", 1)
+                  .step("charge")
+                  .invoke("payments", "charge", payload_for("charge"))
+                  .compensate("refunds", "refund", payload_for("refund"))
+                  .build();
+            }),
+            "saga 's': step 'charge' runs on service 'payments' and its compensation on 'refunds'; a compensation "
+            "goes to the service that ran the step: that service's inbox fences it against the forward command, and "
+            "another service's inbox, with no record of that command, would take it for one that never ran and undo "
+            "nothing");
+}
+
 TEST(definition, rejects_an_empty_or_null_compensation_builder_naming_the_step) {
   const std::function<cmd(const data&)> empty;
   EXPECT_EQ(
