@@ -55,6 +55,11 @@ struct kafka_participant_memory : ::testing::Test {
       ++runs;
       return st::failure(std::string(500'000, 'r'), "\"" + std::string(500'000, 'p') + "\"");
     });
+    p->handle("foreign",
+              [this](const st::command_message&, saga::storage::transaction&) -> saga::storage::stored_reply {
+                ++runs;
+                throw 42;  // what a library that does not derive from std::exception may throw
+              });
     p->handle("busy", [this](const st::command_message&, saga::storage::transaction&) {
       ++runs;
       return st::retryable("locked");
@@ -98,7 +103,7 @@ TEST_F(kafka_participant_memory, unknown_command_type_is_dead_lettered_and_the_n
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].first.command_type, "teleport");
   EXPECT_EQ(dead[0].second,
-            "unknown command type 'teleport' for service inventory (known: busy, huge, reserve, wordy)");
+            "unknown command type 'teleport' for service inventory (known: busy, foreign, huge, reserve, wordy)");
   EXPECT_EQ(p->stats().dead_lettered, 1u);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].command_id, command("reserve", 2).command_id);
@@ -119,6 +124,19 @@ TEST_F(kafka_participant_memory, a_handler_that_throws_is_retried_then_dead_lett
   EXPECT_EQ(runs, 3);  // more than 2 failures: parked
   ASSERT_EQ(transport.dead_letters().size(), 1u);
   EXPECT_EQ(transport.dead_letters()[0].second, "handler for reserve threw 3 times; last: database hiccup");
+  EXPECT_EQ(replies.size(), 1u);
+}
+
+// A handler that throws something that is not a std::exception was left unhandled at once and for good: not
+// retried, not dead-lettered, its offset never committed (the partition's committed offset stayed behind it).
+TEST_F(kafka_participant_memory, a_handler_that_throws_a_non_standard_exception_is_retried_then_dead_lettered) {
+  send(command("foreign", 1));
+  EXPECT_EQ(runs, 3);
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_EQ(transport.dead_letters()[0].second,
+            "handler for foreign threw 3 times; last: an exception that is not a std::exception");
+  EXPECT_EQ(p->stats().handler_exceptions, 3u);
+  send(command("reserve", 2));  // the next command is processed
   EXPECT_EQ(replies.size(), 1u);
 }
 

@@ -186,6 +186,7 @@ void participant::process(command_message command, handled_callback handled) noe
     auto outage_backoff =
         std::max(options_.retry_backoff, decltype(options_.retry_backoff)(std::chrono::milliseconds(50)));
     for (std::uint32_t failures = 0;;) {
+      std::string what;
       try {
         // Dedup by command id; a compensation first fences the forward command it undoes (storage::handle_command).
         reply = storage::handle_command(
@@ -206,18 +207,22 @@ void participant::process(command_message command, handled_callback handled) noe
                                     std::to_string(outage_backoff.count()) + " ms: " + e.what());
         std::this_thread::sleep_for(outage_backoff);  // failure path only
         outage_backoff = std::min(outage_backoff * 2, decltype(outage_backoff)(std::chrono::seconds(5)));
+        continue;
       } catch (const std::exception& e) {
-        ++handler_exceptions_;
-        if (++failures > options_.max_handler_failures)
-          return park(command,
-                      "handler for " + command.command_type + " threw " + std::to_string(failures) +
-                          " times; last: " + e.what(),
-                      std::move(handled));
-        say(log_level::warning, "handler for " + command.command_id + " threw (" + std::to_string(failures) + "/" +
-                                    std::to_string(options_.max_handler_failures) + "), retrying: " + e.what());
-        std::this_thread::sleep_for(backoff);  // failure path only
-        backoff *= 2;
+        what = e.what();
+      } catch (...) {  // not a std::exception: retried and dead-lettered all the same, not left unhandled for good
+        what = "an exception that is not a std::exception";
       }
+      ++handler_exceptions_;
+      if (++failures > options_.max_handler_failures)
+        return park(
+            command,
+            "handler for " + command.command_type + " threw " + std::to_string(failures) + " times; last: " + what,
+            std::move(handled));
+      say(log_level::warning, "handler for " + command.command_id + " threw (" + std::to_string(failures) + "/" +
+                                  std::to_string(options_.max_handler_failures) + "), retrying: " + what);
+      std::this_thread::sleep_for(backoff);  // failure path only
+      backoff *= 2;
     }
     finish(std::move(command), std::move(reply), first, std::move(handled));
   } catch (const std::exception& e) {
