@@ -107,6 +107,7 @@ TEST(kafka_envelope, command_round_trips) {
   ASSERT_TRUE(d) << d.error;
   EXPECT_EQ(*d.message, c);
   c.compensation = false;
+  c.compensates.clear();  // a forward command names none (decode refuses one that does)
   c.traceparent.clear();
   c.attempt = 4294967295u;
   e = st::encode(c, "/orders");
@@ -187,6 +188,15 @@ TEST(kafka_envelope, bad_header_values_are_named) {
   EXPECT_EQ(bad(hn::compensation, "maybe"), "bad header ce_sagacompensation: 'maybe' (expected true or false)");
   EXPECT_EQ(bad(hn::time, "yesterday"), "bad header ce_time: 'yesterday' is not an RFC 3339 date-time");
   EXPECT_EQ(bad(hn::id, ""), "empty header ce_id");
+  // A NUL ends a text parameter early on its way to PostgreSQL: "X\0junk" would dedupe as "X".
+  EXPECT_EQ(bad(hn::id, std::string("c-1\0junk", 8)), "bad header ce_id: control character 0x00 at offset 3");
+  EXPECT_EQ(bad(hn::id, "c-1\n"), "bad header ce_id: control character 0x0a at offset 3");
+  // A forward command that names a command it compensates would be fenced as that compensation and never run.
+  EXPECT_EQ(bad(hn::compensation, "false"), "header ce_sagacompensates on a command that is not a compensation");
+  EXPECT_EQ(bad(hn::compensates, std::string("a\0b", 3)),
+            "bad header ce_sagacompensates: control character 0x00 at offset 1");
+  EXPECT_EQ(st::decode_reply(with(st::encode(sample_reply(), "/p").headers, hn::id, "r\x7f"), "{}").error,
+            "bad header ce_id: control character 0x7f at offset 1");
   auto garbage = st::decode_command(e.headers, "\xff\x01garbage");
   ASSERT_FALSE(garbage);
   EXPECT_NE(garbage.error.find("value is not JSON"), std::string::npos) << garbage.error;

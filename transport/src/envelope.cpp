@@ -60,6 +60,20 @@ class reader {
   const header_list& headers_;
 };
 
+// A command id (the participant's inbox key; `compensates` names one too) holds no control character: a NUL ends a
+// text parameter early where it is sent to PostgreSQL, so "X\0junk" would dedupe as (and be answered like) "X".
+void check_id(reader& r, std::string_view name, const std::string& id) {
+  if (!r.ok()) return;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    const auto b = static_cast<unsigned char>(id[i]);
+    if (b >= 0x20 && b != 0x7f) continue;
+    static constexpr char digits[] = "0123456789abcdef";
+    r.fail("bad header " + std::string(name) + ": control character 0x" + digits[b >> 4] + digits[b & 15] +
+           " at offset " + std::to_string(i));
+    return;
+  }
+}
+
 struct common_fields {
   std::string id, type;
   saga_id saga;
@@ -73,6 +87,7 @@ common_fields read_common(reader& r) {
   auto spec = r.required(hn::spec_version);
   if (r.ok() && spec != "1.0") r.fail("bad header ce_specversion: '" + spec + "' (expected 1.0)");
   c.id = r.required(hn::id);
+  check_id(r, hn::id, c.id);
   c.type = r.required(hn::type);
   auto saga_text = r.required(hn::saga_id);
   if (r.ok()) {
@@ -215,6 +230,10 @@ decoded<command_message> decode_command(const header_list& headers, std::string_
   m.compensates = r.optional(hn::compensates);
   if (r.ok() && m.compensation && m.compensates.empty())
     r.fail("missing header " + std::string(hn::compensates) + " on a compensation");
+  // On a forward command the participant would fence it as the compensation of that id, and never run it.
+  if (r.ok() && !m.compensation && !m.compensates.empty())
+    r.fail("header " + std::string(hn::compensates) + " on a command that is not a compensation");
+  check_id(r, hn::compensates, m.compensates);
   check_json(r, value, false);
   if (!r.ok()) return {std::nullopt, std::move(r.error_)};
   m.command_id = std::move(c.id);
