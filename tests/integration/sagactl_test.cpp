@@ -692,7 +692,7 @@ TEST_F(sagactl_pg, retry_without_kafka_records_it_and_the_orchestrator_sends_the
   EXPECT_TRUE(has(r.out, "recorded seq 14 operator_action_recorded\n")) << r.out;
   EXPECT_TRUE(has(r.out,
                   "note: no transport configured (SAGA_KAFKA_BROKERS is not set); 1 command(s) recorded but "
-                  "not sent: the orchestrator that owns this saga sends them when its orphan sweep finds the saga"))
+                  "not sent: an orchestrator that holds this saga sends them at its next reply or deadline for it"))
       << r.out;
   EXPECT_TRUE(has(r.out, "saga " + stuck_.to_string() + " is now compensating\n")) << r.out;
   // The running orchestrator was not told; it sends the refund when it recovers the saga (here: its restart).

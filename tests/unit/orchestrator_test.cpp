@@ -1045,6 +1045,48 @@ TEST(orchestrator, the_owner_finishes_a_saga_whose_starter_died_before_any_reply
   owner.shutdown();
 }
 
+// A saga held by a live process that does not own its partition (it only starts sagas) is that process's to time
+// out: the owner's sweep finds it quiet, but leaves it while its deadline has not passed by an orphan_sweep. Once
+// it has (nobody fired it), the owner takes the saga over.
+TEST(orchestrator, the_owner_leaves_a_quiet_saga_whose_deadline_another_process_may_still_fire) {
+  rig r;  // the starter's: never assigned a partition
+  r.bus.set_reply_partitions(1);
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  rig owner_rig;
+  owner_rig.bus.set_reply_partitions(1);
+  owner_rig.silent = r.silent;
+  counting_store store(r.store);
+  auto owner_options = owner_rig.options();
+  owner_options.orphan_sweep = duration{10'000};
+  orchestrator owner(store, owner_rig.bus, owner_options);
+  owner.add(order_processing::order_saga());
+  owner.run();
+  owner_rig.bus.assign({{"order.replies", 0, "order"}});
+  orchestrator starter(r.store, r.bus, r.options());
+  starter.add(order_processing::order_saga());
+  starter.run();
+  const saga_id id = starter.start("order", to_json(make_order(1))).id;  // create_order is due in 30 s
+  // 15 s on: the saga is quiet for a sweep interval, and the sweep reads it, but its deadline is ahead.
+  owner_rig.clock->advance(duration{15'000});
+  ASSERT_TRUE(owner_rig.pump_until([&] { return store.loads.load() >= 1; })) << "the sweep never read the saga";
+  // 35 s on: the deadline passed 5 s ago, less than an orphan_sweep (the holder may be appending its timeout).
+  owner_rig.clock->advance(duration{20'000});
+  ASSERT_TRUE(owner_rig.pump_until([&] { return store.loads.load() >= 2; }));
+  owner_rig.bus.pump();
+  EXPECT_TRUE(sent_of(owner_rig.bus, "create_order").empty()) << "the owner resent a command its holder times out";
+  EXPECT_EQ(owner.stats().sagas_swept.load(), 0u);
+  // Nobody fired it: once its deadline is an orphan_sweep behind, the owner takes it over.
+  ASSERT_TRUE(owner_rig.pump_until([&] {
+    owner_rig.clock->advance(duration{1'000});
+    return !sent_of(owner_rig.bus, "create_order").empty();
+  }));
+  EXPECT_EQ(owner.stats().sagas_swept.load(), 1u);
+  EXPECT_EQ(sent_of(owner_rig.bus, "create_order")[0].command_id, sent_of(r.bus, "create_order")[0].command_id);
+  EXPECT_EQ(storage::fold_recorded(id, r.store.load(id)).seq, 2u);  // nothing appended by the sweep
+  owner.shutdown();
+  starter.shutdown();
+}
+
 TEST(orchestrator, start_reads_nothing_before_its_append_and_a_used_key_still_returns_the_existing_saga) {
   rig r;
   counting_store counted(r.store);

@@ -95,8 +95,8 @@ const std::map<std::string, std::string>& command_usage() {
 )"},
       {"retry", R"(usage: sagactl [--db URL] retry SAGA_ID [--reason R] [--operator NAME]
   Retries the action a stuck saga is parked on; recorded as an event with who and why. The command it leads to
-  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by the orchestrator that owns the saga
-  when its orphan sweep finds it (orchestrator_options::orphan_sweep, 30 s by default).
+  is sent when this sagactl has a transport (SAGA_KAFKA_BROKERS), else by an orchestrator: the one holding
+  the saga at its next reply or deadline for it, or the partition's owner when its orphan sweep finds it.
 )"},
       {"skip", R"(usage: sagactl [--db URL] skip SAGA_ID --step STEP --reason R [--operator NAME]
   Treats the stuck action of STEP as done (e.g. fixed by hand) so the saga moves on; recorded with who and why.
@@ -625,9 +625,10 @@ class session {
     if (!env_.open_transport) {
       out_ << "note: no transport configured"
            << (env_.no_transport_hint.empty() ? "" : " (" + env_.no_transport_hint + ")") << "; " << sends.size()
-           << " command(s) recorded but not sent: the orchestrator that owns this saga sends them when its orphan "
-              "sweep finds the saga unchanged for a sweep interval (orchestrator_options::orphan_sweep, 30 s by "
-              "default), or when it recovers the saga (its restart, or taking over the saga's partition)\n";
+           << " command(s) recorded but not sent: an orchestrator that holds this saga sends them at its next "
+              "reply or deadline for it (it finds the saga moved on and reads it again); otherwise the one that "
+              "owns the saga's partition sends them when its orphan sweep finds the saga (unchanged, and its "
+              "deadline passed, for orchestrator_options::orphan_sweep, 30 s by default), or when it recovers it\n";
       return;
     }
     auto bus = env_.open_transport();

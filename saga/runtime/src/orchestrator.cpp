@@ -107,6 +107,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       };
     }
     if (options.threads == 0) options.threads = 1;
+    // A longer sweep interval would overflow the clock's arithmetic (a negative one means never, like 0).
+    options.orphan_sweep = std::clamp(options.orphan_sweep, duration::zero(), duration(std::chrono::hours(24 * 365)));
   }
 
   storage::event_store& store;
@@ -573,6 +575,19 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return true;
   }
 
+  // Whether a saga the sweep found is orphaned: unfinished and not stuck, and every timer it has was due an
+  // orphan_sweep ago. A process that holds it (one that started it without owning its partition, say) fires its
+  // timers when they come due, and the event that appends changes the saga: one still ahead, or just passed, may
+  // be that process's to fire.
+  bool orphaned(const saga_state& st) const {
+    if (st.status == saga_status::not_started || is_terminal(st.status) || st.status == saga_status::stuck)
+      return false;
+    const time_point settled = options.clock->now() - options.orphan_sweep;
+    for (const auto& f : recovery_effects(st))
+      if (const auto* t = std::get_if<effects::arm_timer>(&f); t && t->due > settled) return false;
+    return true;
+  }
+
   // Recovery resends what is in flight; each resend gets a fresh wait before its deadline fires.
   std::vector<effect> with_grace(std::vector<effect> fx) const {
     const time_point earliest = options.clock->now() + options.recovery_grace;
@@ -626,6 +641,15 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (j.recover) {
         if (!owns(e->state->type, e->id)) {  // its partition was revoked while the recovery waited
           drop(e, "its reply partition was revoked before it was recovered");
+          if (j.done) j.done(decision{}, nullptr);
+          return;
+        }
+        if (j.orphan && !orphaned(*e->state)) {
+          if (!is_terminal(e->state->status) && e->state->status != saga_status::stuck) {
+            e->state.reset();  // read for this check only: still not held here
+            ++e->state_changes;
+            forget_if_idle(e, false);
+          }
           if (j.done) j.done(decision{}, nullptr);
           return;
         }
@@ -959,16 +983,23 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         if (self->sweep_stop) return;
         self->sweep_due = false;
       }
-      self->sweep();
-      std::lock_guard lock(self->sweep_mutex);
-      if (self->sweep_stop) return;
-      self->schedule_sweep();
+      try {
+        self->sweep();
+      } catch (...) {  // bad_alloc, say: the next sweep tries again
+        self->log_quietly("the orphan sweep failed; it runs again at the next interval");
+      }
+      {
+        std::lock_guard lock(self->sweep_mutex);
+        if (self->sweep_stop) return;
+      }
+      self->schedule_sweep();  // outside the lock: a clock may run a callback (which takes it) from schedule()
     }
   }
 
   // Recovers the unfinished sagas of the owned partitions that no trigger brought here and that nothing changed for
   // an orphan_sweep: each is queued on its strand as a recovery that does nothing when the saga is held here by
-  // then. Their logs are read one by one (they are few: most unfinished sagas are held, or change more often).
+  // then, or is not orphaned (see orphaned()). Their logs are read one by one (they are few: most unfinished sagas
+  // are held, or change more often).
   void sweep() {
     storage::partition_filter filter;
     if (bus.partitions_replies()) {

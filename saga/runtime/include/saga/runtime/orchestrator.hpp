@@ -77,12 +77,13 @@ struct orchestrator_options {
   duration elsewhere_poll{1'000};
   std::size_t elsewhere_poll_batch = 500;
   // This often (on `clock`), a process lists the unfinished sagas of the reply partitions it owns and recovers those
-  // it does not hold and that nothing changed for at least as long: it resends what they have pending (same command
-  // ids) and arms their timers. They are sagas whose last change was made outside this process: an operator's
-  // sagactl retry, skip or cancel of a saga not held here (its command sent, or left unsent, and no deadline armed),
-  // or a saga started by a process that does not own its partition and ended before its timers fired. Without this,
+  // it does not hold, that nothing changed for at least as long, and whose timers all came due at least as long
+  // ago (a process holding the saga would have fired them): it resends what they have pending (same command ids)
+  // and arms their timers. They are sagas whose last change was made outside this process: an operator's sagactl
+  // retry, skip or cancel of a saga not held here (its command sent, or left unsent, and no deadline armed), or a
+  // saga started by a process that does not own its partition and ended before its timers fired. Without this,
   // such a saga whose reply never comes waits until its partition next moves. The listing runs on a thread of its
-  // own. Zero: never.
+  // own. Zero: never (at most a year).
   duration orphan_sweep{30'000};
   std::function<std::string(const std::string& saga_type)> reply_to;  // reply address; default: the saga type
   std::shared_ptr<runtime::clock> clock;                              // default: system_clock
