@@ -1,4 +1,5 @@
 // The participant helper over the in-memory transport and inbox: dedup, stored replies, dead letters, retries.
+#include "saga/storage/event_store.hpp"
 #include "saga/transport/memory_transport.hpp"
 #include "saga/transport/participant.hpp"
 
@@ -28,6 +29,7 @@ struct kafka_participant_memory : ::testing::Test {
   std::vector<st::reply_message> replies;
   int runs = 0;
   int throws_left = 0;
+  int conflicts_left = 0;
   std::unique_ptr<st::participant> p;
   std::vector<std::string> log;
 
@@ -54,6 +56,14 @@ struct kafka_participant_memory : ::testing::Test {
     p->handle("wordy", [this](const st::command_message&, saga::storage::transaction&) {
       ++runs;
       return st::failure(std::string(500'000, 'r'), "\"" + std::string(500'000, 'p') + "\"");
+    });
+    p->handle("contended", [this](const st::command_message&, saga::storage::transaction&) {
+      ++runs;
+      if (conflicts_left > 0) {
+        --conflicts_left;
+        throw saga::storage::store_error("SQL state 40P01: deadlock detected", /*retryable=*/true);
+      }
+      return st::success();
     });
     p->handle("foreign",
               [this](const st::command_message&, saga::storage::transaction&) -> saga::storage::stored_reply {
@@ -102,8 +112,9 @@ TEST_F(kafka_participant_memory, unknown_command_type_is_dead_lettered_and_the_n
   auto dead = transport.dead_letters();
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].first.command_type, "teleport");
-  EXPECT_EQ(dead[0].second,
-            "unknown command type 'teleport' for service inventory (known: busy, foreign, huge, reserve, wordy)");
+  EXPECT_EQ(
+      dead[0].second,
+      "unknown command type 'teleport' for service inventory (known: busy, contended, foreign, huge, reserve, wordy)");
   EXPECT_EQ(p->stats().dead_lettered, 1u);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_EQ(replies[0].command_id, command("reserve", 2).command_id);
@@ -138,6 +149,26 @@ TEST_F(kafka_participant_memory, a_handler_that_throws_a_non_standard_exception_
   EXPECT_EQ(p->stats().handler_exceptions, 3u);
   send(command("reserve", 2));  // the next command is processed
   EXPECT_EQ(replies.size(), 1u);
+}
+
+// A transaction the database rolled back (a deadlock with another worker, a serialization failure) is contention,
+// not a bad command: it runs again without using up max_handler_failures (2 here). It was dead-lettered after 3,
+// and its step lost an attempt.
+TEST_F(kafka_participant_memory, a_transaction_rolled_back_by_the_database_runs_again_without_counting_as_a_failure) {
+  conflicts_left = 5;
+  send(command("contended", 1));
+  EXPECT_EQ(runs, 6);
+  EXPECT_TRUE(transport.dead_letters().empty());
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies[0].result, saga::triggers::outcome::success);
+  EXPECT_EQ(p->stats().handler_exceptions, 0u);
+  // Past max_conflict_retries in a row it counts as a failure, as before.
+  runs = 0;
+  conflicts_left = 1000;
+  send(command("contended", 2));
+  EXPECT_EQ(runs, static_cast<int>(st::participant::max_conflict_retries) + 3);
+  ASSERT_EQ(transport.dead_letters().size(), 1u);
+  EXPECT_NE(transport.dead_letters()[0].second.find("deadlock detected"), std::string::npos);
 }
 
 TEST_F(kafka_participant_memory, a_reply_too_large_to_travel_is_rolled_back_and_dead_lettered_naming_the_sizes) {

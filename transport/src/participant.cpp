@@ -185,7 +185,8 @@ void participant::process(command_message command, handled_callback handled) noe
     auto backoff = options_.retry_backoff;
     auto outage_backoff =
         std::max(options_.retry_backoff, decltype(options_.retry_backoff)(std::chrono::milliseconds(50)));
-    for (std::uint32_t failures = 0;;) {
+    auto conflict_backoff = options_.retry_backoff;
+    for (std::uint32_t failures = 0, conflicts = 0;;) {
       std::string what;
       try {
         // Dedup by command id; a compensation first fences the forward command it undoes (storage::handle_command).
@@ -208,6 +209,18 @@ void participant::process(command_message command, handled_callback handled) noe
         std::this_thread::sleep_for(outage_backoff);  // failure path only
         outage_backoff = std::min(outage_backoff * 2, decltype(outage_backoff)(std::chrono::seconds(5)));
         continue;
+      } catch (const storage::store_error& e) {
+        what = e.what();
+        // Rolled back by the server (a serialization failure, a deadlock with another worker's transaction): the
+        // command is fine and runs again without using up its failures (else it was dead-lettered, and the step
+        // lost an attempt to contention).
+        if (e.retryable() && ++conflicts <= max_conflict_retries) {
+          say(log_level::info, "transaction of " + command.command_id + " rolled back (" + std::to_string(conflicts) +
+                                   "/" + std::to_string(max_conflict_retries) + "), running it again: " + what);
+          std::this_thread::sleep_for(conflict_backoff);  // failure path only
+          conflict_backoff = std::min(conflict_backoff * 2, decltype(conflict_backoff)(std::chrono::seconds(1)));
+          continue;
+        }
       } catch (const std::exception& e) {
         what = e.what();
       } catch (...) {  // not a std::exception: retried and dead-lettered all the same, not left unhandled for good
