@@ -788,6 +788,11 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   auto explode = command(1, "explode");
   explode.command_id += "-explode";
   orch.transport.send_command(explode, orch.deliveries.callback());
+  auto misdirected = command(1);  // a reserve addressed to payments, on inventory's topic: not run here
+  misdirected.command_id += "-misdirected";
+  misdirected.service = "payments";
+  e = st::encode(misdirected, "/test");
+  orch.transport.send_raw(commands_topic(), e.key, e.headers, e.value, orch.deliveries.callback());
   auto good = command(1);
   good.command_id += "-good";
   orch.transport.send_command(good, orch.deliveries.callback());
@@ -795,7 +800,7 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   ASSERT_TRUE(orch.replies.wait_unique(1, 120s));
   {
     std::unique_lock lock(mutex);
-    ASSERT_TRUE(cv.wait_for(lock, 120s, [&] { return dead.size() >= 4; })) << "dead letters: " << dead.size();
+    ASSERT_TRUE(cv.wait_for(lock, 120s, [&] { return dead.size() >= 5; })) << "dead letters: " << dead.size();
   }
   {
     std::lock_guard lock(orch.replies.mutex);
@@ -817,8 +822,9 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   EXPECT_EQ(reasons[unknown.command_id],
             "unknown command type 'teleport' for service inventory (known: explode, reserve)");
   EXPECT_EQ(reasons[explode.command_id], "handler for explode threw 3 times; last: boom");
-  EXPECT_EQ(p.participant.stats().dead_lettered, 2u);
-  EXPECT_GE(p.transport.stats().dead_lettered, 2u);
+  EXPECT_EQ(reasons[misdirected.command_id], "addressed to service 'payments', delivered to service 'inventory'");
+  EXPECT_EQ(p.participant.stats().dead_lettered, 3u);
+  EXPECT_GE(p.transport.stats().dead_lettered, 3u);
   // The garbage bytes themselves are kept.
   for (const auto& r : dead)
     if (st::find_header(r.headers, st::header_names::id) == garbage.command_id) {

@@ -100,11 +100,21 @@ void participant::work_loop() {
   }
 }
 
-std::string participant::unknown_type(const command_message& command) const {
+const participant::handler* participant::handler_for(command_message& command, std::string& why) const {
+  if (command.service != options_.service) {
+    // Delivered here, addressed elsewhere (a producer's mistake): not run by whatever handler shares its type. Its
+    // dead letter goes where this service's own go.
+    why = "addressed to service '" + command.service + "', delivered to service '" + options_.service + "'";
+    command.service = options_.service;
+    return nullptr;
+  }
+  auto it = handlers_.find(command.command_type);
+  if (it != handlers_.end()) return &it->second;
   std::string known;
   for (const auto& [type, h] : handlers_) known += (known.empty() ? "" : ", ") + type;
-  return "unknown command type '" + command.command_type + "' for service " + options_.service + " (known: " + known +
-         ")";
+  why =
+      "unknown command type '" + command.command_type + "' for service " + options_.service + " (known: " + known + ")";
+  return nullptr;
 }
 
 storage::stored_reply participant::run_handler(const handler& h, const command_message& command,
@@ -126,12 +136,13 @@ void participant::handle_batch(std::vector<queued>& batch) noexcept {
     std::vector<storage::inbox::command_work> works;
     std::vector<queued*> owners;
     for (auto& q : batch) {
-      auto it = handlers_.find(q.command.command_type);
-      if (it == handlers_.end()) {
-        park(q.command, unknown_type(q.command), std::move(q.handled));
+      std::string why;
+      const handler* found = handler_for(q.command, why);
+      if (!found) {
+        park(q.command, why, std::move(q.handled));
         continue;
       }
-      const handler& h = it->second;
+      const handler& h = *found;
       const command_message& command = q.command;
       works.push_back(storage::inbox::command_work{
           command.command_id, command.compensates,
@@ -177,9 +188,10 @@ void participant::say(log_level level, const std::string& line) const noexcept {
 
 void participant::process(command_message command, handled_callback handled) noexcept {
   try {
-    auto it = handlers_.find(command.command_type);
-    if (it == handlers_.end()) return park(command, unknown_type(command), std::move(handled));
-    const handler& h = it->second;
+    std::string why;
+    const handler* found = handler_for(command, why);
+    if (!found) return park(command, why, std::move(handled));
+    const handler& h = *found;
     storage::stored_reply reply;
     bool first = false;
     auto backoff = options_.retry_backoff;

@@ -113,7 +113,9 @@ class participant {
   };
   void work_loop();
   void handle_batch(std::vector<queued>& batch) noexcept;
-  [[nodiscard]] std::string unknown_type(const command_message& command) const;
+  // The handler of `command`, or nullptr with `why` (its service is not this one: set to this one, so that its dead
+  // letter goes where this service's go; or no handler has its type).
+  [[nodiscard]] const handler* handler_for(command_message& command, std::string& why) const;
   storage::stored_reply run_handler(const handler& h, const command_message& command, storage::transaction& tx) const;
   void finish(command_message command, storage::stored_reply reply, bool first, handled_callback handled);
   void send_reply(command_message command, storage::stored_reply reply, handled_callback handled,
