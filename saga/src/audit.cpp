@@ -83,17 +83,19 @@ std::string comparable(const event_body& body) {
 }
 
 // A success reply the orchestrator could not read (invalid JSON, a duplicate key, a number out of range) is
-// recorded as an empty reply, {}, followed in the same decision by an event whose reason carries the reader's
-// error; its text is not in the log. When log[i] is such a reply, returns the recorded error.
+// recorded as an empty reply, {}, without merged data; its text is not in the log. While the saga runs, the next
+// event of the same decision quotes the reader's error in its reason; while it compensates, nothing does. When
+// log[i] may be such a reply, returns the recorded error ("" when none is quoted).
 constexpr std::string_view not_json = "reply is not valid JSON: ";
 std::optional<std::string> unreadable_reply_error(std::span<const event> log, std::size_t i) {
   const auto* ok = std::get_if<step_succeeded>(&log[i].body);
-  if (!ok || ok->data || ok->reply != "{}" || i + 1 >= log.size()) return std::nullopt;
+  if (!ok || ok->data || ok->reply != "{}") return std::nullopt;
+  if (i + 1 >= log.size()) return std::string();
   const std::string prefix = "reply of step '" + ok->step + "' could not be merged: " + std::string(not_json);
   const std::string* reason = nullptr;
   if (const auto* c = std::get_if<compensation_started>(&log[i + 1].body)) reason = &c->reason;
   if (const auto* k = std::get_if<saga_stuck>(&log[i + 1].body)) reason = &k->reason;
-  if (!reason || reason->rfind(prefix, 0) != 0) return std::nullopt;
+  if (!reason || reason->rfind(prefix, 0) != 0) return std::string();
   return reason->substr(prefix.size());
 }
 

@@ -1,5 +1,6 @@
 // Audit: state at a point of the log, and the definition replay gate, on the golden order logs.
 #include "../../examples/order_processing/order_saga.hpp"
+#include "test_definitions.hpp"
 
 #include <saga/audit.hpp>
 #include <saga/json.hpp>
@@ -108,6 +109,41 @@ TEST(audit, a_reply_recorded_as_unreadable_replays_as_recorded) {
     std::get<events::step_succeeded>(forged.at(4).body).reply = R"({"reservation_id":"r"})";
     EXPECT_TRUE(audit::check_definition(def, id, forged));
   }
+}
+
+// The same while the saga compensates (a step in flight beside the one that failed): nothing quotes the reader's
+// error then, since the saga is already compensating; the reply recorded as {} without merged data is all there is.
+struct anything {  // a reply type that {} reads as
+  template <class A>
+  void serialize(A&) {}
+};
+TEST(audit, a_reply_recorded_as_unreadable_while_compensating_replays_as_recorded) {
+  using namespace saga_test;
+  const auto def = define<data>("parallel", 1)
+                       .step("a")
+                       .invoke("svc", "do_a", payload_for("a"))
+                       .compensate("svc", "undo_a", payload_for("undo_a"))
+                       .step("b")
+                       .after("a")
+                       .invoke("svc", "do_b", payload_for("b"))
+                       .on_reply([](data& d, const anything&) { d.trail.push_back("b"); })
+                       .compensate("svc", "undo_b", payload_for("undo_b"))
+                       .step("c")
+                       .after("a")
+                       .invoke("svc", "do_c", payload_for("c"))
+                       .compensate("svc", "undo_c", payload_for("undo_c"))
+                       .build();
+  saga_state state;
+  state.id = id;
+  std::vector<event> log;
+  decide_into(def, state, log, triggers::start{R"({"name":"n","trail":[]})", ""});
+  decide_into(def, state, log, triggers::reply{requested_id(state, "a"), 1, triggers::outcome::success, "{}", ""});
+  decide_into(def, state, log, triggers::reply{requested_id(state, "c"), 1, triggers::outcome::failure, "", "no"});
+  ASSERT_EQ(state.status, saga_status::compensating);
+  decide_into(def, state, log, triggers::reply{requested_id(state, "b"), 1, triggers::outcome::success, "{", ""});
+  const auto mismatch = audit::check_definition(def, id, log);
+  EXPECT_FALSE(mismatch) << "seq " << mismatch->seq << "\n expected " << mismatch->expected << "\n recorded "
+                         << mismatch->recorded;
 }
 
 TEST(audit, a_renamed_step_is_flagged_at_its_first_request) {

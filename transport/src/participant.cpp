@@ -227,6 +227,9 @@ void participant::process(command_message command, handled_callback handled) noe
         // command is fine and runs again without using up its failures (else it was dead-lettered, and the step
         // lost an attempt to contention).
         if (e.retryable() && ++conflicts <= max_conflict_retries) {
+          if (transport_.stopping())
+            return say(log_level::warning, "stopping while " + command.command_id +
+                                               " meets contention: left unhandled (redelivered to the next owner)");
           say(log_level::info, "transaction of " + command.command_id + " rolled back (" + std::to_string(conflicts) +
                                    "/" + std::to_string(max_conflict_retries) + "), running it again: " + what);
           std::this_thread::sleep_for(conflict_backoff);  // failure path only

@@ -26,8 +26,8 @@ struct replay_mismatch {
 // it again with `def`; returns the first event the definition would not have produced, or nullopt when the whole
 // log is what `def` decides. Retry jitter (seed, due time) is not compared: it comes from entropy; nor are the
 // definition version and fingerprint recorded at the start (they change with any change at all). A success reply
-// recorded as unreadable ({} and the reader's error in the next event's reason) is decided as unreadable: its text
-// is not in the log, so the error's wording is taken as recorded.
+// recorded as {} without merged data may have been unreadable (its text is not in the log): when deciding {} does
+// not give the recorded events, it is decided as unreadable, the reader's error worded as the next event quotes it.
 // Use it as a gate before deploying a changed definition: replay production logs against it.
 [[nodiscard]] std::optional<replay_mismatch> check_definition(const definition& def, const saga_id& id,
                                                               std::span<const event> log);

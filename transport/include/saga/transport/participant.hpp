@@ -33,7 +33,7 @@ struct participant_options {
   std::string service;
   // A command whose handler throws more than this many times in a row goes to the dead-letter place. A transaction
   // the database rolled back (a serialization failure or deadlock: storage::store_error::retryable()) is run again
-  // without counting, up to participant::max_conflict_retries times in a row.
+  // without counting, up to participant::max_conflict_retries times per delivery.
   std::uint32_t max_handler_failures = 3;
   // Wait before re-running a handler that threw (doubles each time); blocks one worker thread meanwhile.
   std::chrono::milliseconds retry_backoff{20};
@@ -82,7 +82,7 @@ class participant {
   // A handler: reads the command, writes through `tx` (committed with the reply), returns the answer.
   // Throwing counts as a transient failure (rolled back, retried, then dead-lettered).
   using handler = std::function<storage::stored_reply(const command_message& command, storage::transaction& tx)>;
-  // Rolled-back transactions (see participant_options::max_handler_failures) run again this many times in a row,
+  // Rolled-back transactions (see participant_options::max_handler_failures) run again this many times per delivery,
   // waiting retry_backoff, doubled each time up to 1 s, in between; more count as failures.
   static constexpr std::uint32_t max_conflict_retries = 20;
 
