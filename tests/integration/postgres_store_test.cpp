@@ -2,8 +2,14 @@
 // append-only enforcement and tamper detection.
 #include "postgres_support.hpp"
 
+#include "../../storage/src/postgres/pg_detail.hpp"
 #include "saga/storage/hash_chain.hpp"
 #include "saga/storage/postgres_event_store.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <barrier>
@@ -663,6 +669,69 @@ TEST_F(postgres_store, load_many_returns_what_load_returns_for_each_saga_in_requ
 TEST_F(postgres_store, an_unreachable_server_is_store_unavailable) {
   EXPECT_THROW(postgres_event_store("postgresql://saga@127.0.0.1:1/saga?connect_timeout=2"),
                storage::store_unavailable);
+}
+
+// A server that accepts connections on loopback and never answers (a frozen server, a host gone behind a proxy).
+struct silent_server {
+  int fd = -1;
+  int port = 0;
+  silent_server() {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd, 16) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("cannot listen on loopback");
+    port = ntohs(a.sin_port);  // the kernel completes handshakes into the backlog; nothing is ever read or sent
+  }
+  ~silent_server() { ::close(fd); }
+};
+
+// libpq waited for such a server as long as the operating system let it (for good here: the connection is open,
+// the server just never answers). Unless the URL says otherwise, the store now gives up after connect_timeout
+// (10 s) with store_unavailable.
+TEST_F(postgres_store, a_server_that_never_answers_is_store_unavailable_after_the_connect_timeout) {
+  silent_server silent;
+  auto outcome = std::make_shared<std::promise<std::string>>();
+  auto result = outcome->get_future();
+  std::thread([outcome, url = "postgresql://saga@127.0.0.1:" + std::to_string(silent.port) + "/saga"] {
+    try {
+      postgres_event_store store(url);
+      outcome->set_value("connected");
+    } catch (const storage::store_unavailable& e) {
+      outcome->set_value(std::string("store_unavailable: ") + e.what());
+    } catch (const std::exception& e) {
+      outcome->set_value(std::string("other error: ") + e.what());
+    }
+  }).detach();  // if it never returns, the test fails below and the thread goes with the process
+  ASSERT_EQ(result.wait_for(std::chrono::seconds(90)), std::future_status::ready)
+      << "still connecting after 90 s to a server that never answers";
+  const std::string what = result.get();
+  EXPECT_EQ(what.rfind("store_unavailable: ", 0), 0u) << what;
+  EXPECT_NE(what.find("timeout"), std::string::npos) << what;
+}
+
+TEST(postgres_connection_defaults, bound_waiting_unless_the_connection_string_sets_it) {
+  using storage::detail::with_connection_defaults;
+  const std::string all =
+      "connect_timeout=10&keepalives_idle=30&keepalives_interval=10&keepalives_count=3&"
+      "tcp_user_timeout=60000";
+  if (std::getenv("PGCONNECT_TIMEOUT")) GTEST_SKIP() << "PGCONNECT_TIMEOUT is set here";
+  EXPECT_EQ(with_connection_defaults("postgresql://u@h/db"), "postgresql://u@h/db?" + all);
+  EXPECT_EQ(with_connection_defaults("postgres://u@h/db?sslmode=disable"), "postgres://u@h/db?sslmode=disable&" + all);
+  EXPECT_EQ(with_connection_defaults("postgresql://u@h/db?connect_timeout=2&tcp_user_timeout=5"),
+            "postgresql://u@h/db?connect_timeout=2&tcp_user_timeout=5&keepalives_idle=30&keepalives_interval=10&"
+            "keepalives_count=3");
+  EXPECT_EQ(with_connection_defaults("host=h dbname=db connect_timeout = 3"),
+            "host=h dbname=db connect_timeout = 3 keepalives_idle=30 keepalives_interval=10 keepalives_count=3 "
+            "tcp_user_timeout=60000");
+  EXPECT_EQ(with_connection_defaults(""),
+            "connect_timeout=10 keepalives_idle=30 keepalives_interval=10 keepalives_count=3 tcp_user_timeout=60000");
+  // A key inside another value is not the key.
+  EXPECT_EQ(with_connection_defaults("postgresql://u@h/db?application_name=xconnect_timeout=1"),
+            "postgresql://u@h/db?application_name=xconnect_timeout=1&" + all);
 }
 
 // The server's reason reaches the caller: before, every refused connection said only "cannot connect to PostgreSQL

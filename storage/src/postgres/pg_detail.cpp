@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cctype>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <unordered_map>
@@ -83,9 +84,40 @@ bool is_stale_plan(const pqxx::sql_error& e) noexcept {
 }
 }  // namespace internal
 
+std::string with_connection_defaults(const std::string& url) {
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 5> defaults{
+      {{"connect_timeout", "10"},
+       {"keepalives_idle", "30"},
+       {"keepalives_interval", "10"},
+       {"keepalives_count", "3"},
+       {"tcp_user_timeout", "60000"}}};
+  const bool uri = url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0;
+  // Whether the text sets `key` (a key followed by '=', spaces allowed in the key=value form).
+  const auto sets = [&](std::string_view key) {
+    for (auto at = url.find(key); at != std::string::npos; at = url.find(key, at + 1)) {
+      const bool starts =
+          at == 0 || url[at - 1] == '?' || url[at - 1] == '&' || std::isspace(static_cast<unsigned char>(url[at - 1]));
+      auto next = at + key.size();
+      while (!uri && next < url.size() && std::isspace(static_cast<unsigned char>(url[next]))) ++next;
+      if (starts && next < url.size() && url[next] == '=') return true;
+    }
+    return false;
+  };
+  std::string out = url;
+  for (const auto& [key, value] : defaults) {
+    if (sets(key) || (key == "connect_timeout" && std::getenv("PGCONNECT_TIMEOUT"))) continue;
+    if (uri)
+      out += out.find('?') == std::string::npos ? '?' : '&';
+    else if (!out.empty())
+      out += ' ';
+    out.append(key).append("=").append(value);
+  }
+  return out;
+}
+
 std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing) {
   try {
-    return std::make_unique<pqxx::connection>(url);
+    return std::make_unique<pqxx::connection>(with_connection_defaults(url));
   } catch (const std::exception& e) {
     throw store_unavailable(std::string(doing) + ": cannot connect to PostgreSQL: " + first_line(e.what()));
   }

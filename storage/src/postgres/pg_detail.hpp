@@ -13,8 +13,15 @@
 
 namespace saga::storage::detail {
 
-// Opens a connection; throws store_unavailable when the server cannot be reached.
+// Opens a connection to `url` with_connection_defaults; throws store_unavailable when the server cannot be reached.
 [[nodiscard]] std::unique_ptr<pqxx::connection> connect(const std::string& url, std::string_view doing);
+
+// `url` (a postgresql:// URI or key=value pairs) with bounds on waiting for a server that does not answer, for each
+// one the text does not set: connect_timeout=10 (unless PGCONNECT_TIMEOUT is set), keepalives_idle=30,
+// keepalives_interval=10, keepalives_count=3 and tcp_user_timeout=60000 (ms). Without them libpq waits as long as
+// the operating system lets it for a host that vanished without a reset (a failover, a network partition): about
+// two minutes for a connection, about fifteen for a statement on an open one.
+[[nodiscard]] std::string with_connection_defaults(const std::string& url);
 
 // connect() for a connection whose statements go through exec_cached (the inbox's and a postgres_session's): with
 // plan_cache_mode = force_custom_plan, so a statement is parsed once but planned on each execution for the tables as
