@@ -1087,6 +1087,39 @@ TEST(orchestrator, the_owner_leaves_a_quiet_saga_whose_deadline_another_process_
   starter.shutdown();
 }
 
+// The log callback runs on the orchestrator's io threads. shutdown() there joined that thread from itself
+// (std::terminate). Now it returns, a thread of the orchestrator's own finishes the shutdown, and the destructor
+// (on this thread) waits for that.
+TEST(orchestrator, shutdown_from_its_own_log_callback_returns_and_the_orchestrator_stops) {
+  rig r;
+  std::atomic<orchestrator*> self{nullptr};
+  std::atomic<bool> once{false};
+  std::promise<void> returned;
+  auto options = r.options();
+  options.log = [&](const std::string& line) {
+    if (line.rfind("ignored:", 0) != 0 || once.exchange(true)) return;
+    self.load()->shutdown();
+    returned.set_value();
+  };
+  orchestrator o(r.store, r.bus, options);
+  self = &o;
+  o.add(order_processing::order_saga());
+  o.run();
+  transport::reply_message stray;  // for a saga nobody started: decided on an io thread, ignored, logged
+  stray.command_id = "nobody:2";
+  stray.saga = saga_id::from_words(9, 9);
+  stray.saga_type = "order";
+  stray.step = "create_order";
+  stray.attempt = 1;
+  stray.payload = "{}";
+  r.bus.send_reply("order", stray, nullptr);
+  auto done = returned.get_future();
+  ASSERT_TRUE(r.pump_until([&] { return done.wait_for(0s) == std::future_status::ready; }))
+      << "the callback never returned";
+  EXPECT_THROW((void)o.start("order", to_json(make_order(1))), std::logic_error);  // not running
+  o.shutdown();  // waits for the rest of the shutdown begun in the callback
+}
+
 TEST(orchestrator, start_reads_nothing_before_its_append_and_a_used_key_still_returns_the_existing_saga) {
   rig r;
   counting_store counted(r.store);

@@ -1030,6 +1030,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
   }
 
+  // The part of orchestrator::shutdown() after it stopped taking triggers: waits for appends in flight, stops and
+  // joins the workers, then lets go of what is still queued. Not on an io thread. Sets shutdown_finished at the end.
+  void finish_shutdown() noexcept;
+  std::mutex finish_mutex;
+  std::condition_variable finish_cv;
+  bool shutdown_finished = false;
+
   // Reads and folds every unfinished saga's log ahead of the first assignment (prefetch_thread).
   void prefetch() {
     std::unordered_map<saga_id, prefetched_state> states;
@@ -1291,7 +1298,14 @@ std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
 
 void orchestrator::shutdown() noexcept {
   auto& s = *impl_;
-  if (s.stopped.exchange(true)) return;
+  const bool own_thread = std::any_of(s.threads.begin(), s.threads.end(),
+                                      [](const std::thread& t) { return t.get_id() == std::this_thread::get_id(); });
+  if (s.stopped.exchange(true)) {
+    if (own_thread) return;
+    std::unique_lock lock(s.finish_mutex);  // begun elsewhere (maybe on an io thread): done when this returns
+    s.finish_cv.wait(lock, [&] { return s.shutdown_finished; });
+    return;
+  }
   s.accepting = false;
   s.bus.stop();
   {
@@ -1305,6 +1319,25 @@ void orchestrator::shutdown() noexcept {
     else
       s.sweep_thread.join();  // after the listing it is reading, if any
   }
+  if (own_thread) {
+    // On one of its own io threads (a log callback): that thread cannot join itself, nor can the io_context be
+    // drained under a handler that runs on it. A thread of the orchestrator's own finishes the shutdown once this
+    // handler has returned; it holds the orchestrator's state until then, even if the orchestrator is destroyed.
+    try {
+      std::thread([self = impl_] { self->finish_shutdown(); }).detach();
+    } catch (...) {  // no thread to be had: stop the workers at least; the rest goes with the io_context
+      if (s.work) s.work.reset();
+      s.io.stop();
+      std::lock_guard lock(s.finish_mutex);
+      s.shutdown_finished = true;
+    }
+    return;
+  }
+  s.finish_shutdown();
+}
+
+void orchestrator::impl::finish_shutdown() noexcept {
+  auto& s = *this;
   // Let appends in flight finish (bounded wait; the log stays consistent either way, and one that comes later is
   // handled on the store's thread).
   const auto wait_until = std::chrono::steady_clock::now() + s.options.shutdown_append_wait;
@@ -1328,13 +1361,20 @@ void orchestrator::shutdown() noexcept {
     for (const auto& e : s.watched) e->watched = false;
     s.watched.clear();
   }
-  std::lock_guard lock(s.late_mutex);
-  s.drained = true;
-  try {
-    s.io.restart();
-    s.io.poll();
-  } catch (...) {  // a job's callback threw: the rest goes with the io_context
+  {
+    std::lock_guard lock(s.late_mutex);
+    s.drained = true;
+    try {
+      s.io.restart();
+      s.io.poll();
+    } catch (...) {  // a job's callback threw: the rest goes with the io_context
+    }
   }
+  {
+    std::lock_guard lock(s.finish_mutex);
+    s.shutdown_finished = true;
+  }
+  s.finish_cv.notify_all();
 }
 
 const runtime::metrics& orchestrator::stats() const noexcept { return impl_->stats; }

@@ -135,7 +135,10 @@ class orchestrator {
   // queued: a start/cancel/act waiting on it throws shut_down, a reply stays unhandled (the next owner of its
   // partition gets it again), a store retry waiting for its backoff is dropped (recovery redoes it from the log).
   // An append still in flight afterwards is handled when the store answers, on the store's thread: its caller gets
-  // the result (or shut_down when the store asks for a retry). Idempotent; never throws.
+  // the result (or shut_down when the store asks for a retry). Idempotent; never throws. Called on one of the
+  // orchestrator's own threads (from its log callback), it stops taking triggers and returns; a thread of its own
+  // finishes the rest once that callback has returned. A later call from any other thread (the destructor's, say)
+  // waits until that is done: destroy the orchestrator elsewhere, before its store and transport.
   void shutdown() noexcept;
   // Counters and histograms.
   [[nodiscard]] const runtime::metrics& stats() const noexcept;
