@@ -578,12 +578,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // Whether a saga the sweep found is orphaned: unfinished and not stuck, and every timer it has was due an
   // orphan_sweep ago. A process that holds it (one that started it without owning its partition, say) fires its
   // timers when they come due, and the event that appends changes the saga: one still ahead, or just passed, may
-  // be that process's to fire.
-  bool orphaned(const saga_state& st) const {
+  // be that process's to fire. `fx` is recovery_effects(st).
+  bool orphaned(const saga_state& st, const std::vector<effect>& fx) const {
     if (st.status == saga_status::not_started || is_terminal(st.status) || st.status == saga_status::stuck)
       return false;
     const time_point settled = options.clock->now() - options.orphan_sweep;
-    for (const auto& f : recovery_effects(st))
+    for (const auto& f : fx)
       if (const auto* t = std::get_if<effects::arm_timer>(&f); t && t->due > settled) return false;
     return true;
   }
@@ -644,7 +644,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           if (j.done) j.done(decision{}, nullptr);
           return;
         }
-        if (j.orphan && !orphaned(*e->state)) {
+        auto fx = recovery_effects(*e->state);
+        if (j.orphan && !orphaned(*e->state, fx)) {
           if (!is_terminal(e->state->status) && e->state->status != saga_status::stuck) {
             e->state.reset();  // read for this check only: still not held here
             ++e->state_changes;
@@ -660,7 +661,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
               std::to_string(e->state->seq) +
               "), which this process owns but did not hold: its last change was made elsewhere");
         }
-        perform(e, with_grace(recovery_effects(*e->state)));
+        perform(e, with_grace(std::move(fx)));
         if (j.done) j.done(decision{}, nullptr);
         return;
       }
