@@ -180,6 +180,11 @@ class decider {
       const step_phase waiting = t.compensation ? step_phase::compensating : step_phase::running;
       if (s->phase != waiting || t.attempt != a.attempt)
         return ignore("stale deadline of step '" + name + "' attempt " + std::to_string(t.attempt));
+      // Attempt numbers start again at 1 for an operator's fresh command: a deadline armed for an earlier command
+      // with the same number is not this one's, which is due later.
+      if (ctx_.now < a.deadline)
+        return ignore("deadline of step '" + name + "' attempt " + std::to_string(t.attempt) +
+                      " is not due yet: the timer was armed for an earlier command");
       const std::string why =
           "no reply to attempt " + std::to_string(a.attempt) + " within " +
           std::to_string(
@@ -196,6 +201,9 @@ class decider {
       const step_phase waiting = t.compensation ? step_phase::compensation_retry_wait : step_phase::retry_wait;
       if (s->phase != waiting || t.attempt != a.attempt + 1)
         return ignore("stale retry timer of step '" + name + "' attempt " + std::to_string(t.attempt));
+      if (ctx_.now < a.retry_due)
+        return ignore("retry of step '" + name + "' attempt " + std::to_string(t.attempt) +
+                      " is not due yet: the timer was armed for an earlier wait");
       if (t.compensation)
         request_compensation(name, t.attempt);
       else

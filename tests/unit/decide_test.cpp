@@ -152,6 +152,7 @@ TEST(decide, success_from_an_earlier_attempt_is_accepted_but_its_stale_failure_i
   scenario s(saga_test::linear(3));
   s.apply(triggers::start{input, ""});
   s.apply(transient(s.command_id(2), "busy"));
+  s.at(s.state().find("a")->forward.retry_due);
   s.apply(triggers::timer{"a", false, 2, triggers::timer_kind::retry});
   EXPECT_NE(s.when(transient(s.command_id(2), "late busy", 1)).ignored.find("stale reply"), std::string::npos);
   EXPECT_EQ(s.then(ok(s.command_id(2), 1, "late"),
@@ -249,8 +250,11 @@ TEST(decide, operators_cannot_act_on_a_saga_that_is_not_stuck) {
 
 TEST(decide, pivot_outcome_unknown_after_timeouts_is_stuck_not_compensated) {
   scenario s = linear_after_b();  // c requested at seq 6, linear(2): two attempts
+  s.at(s.state().find("c")->forward.deadline);
   s.apply(triggers::timer{"c", false, 1, triggers::timer_kind::deadline});
+  s.at(s.state().find("c")->forward.retry_due);
   s.apply(triggers::timer{"c", false, 2, triggers::timer_kind::retry});
+  s.at(s.state().find("c")->forward.deadline);
   const decision d = s.apply(triggers::timer{"c", false, 2, triggers::timer_kind::deadline});
   EXPECT_EQ(s.state().status, saga_status::stuck);
   EXPECT_NE(s.state().stuck_reason.find("the pivot may have been applied"), std::string::npos);
@@ -399,6 +403,51 @@ TEST(decide, a_saga_keeps_its_definition_version) {
                            .build();
   EXPECT_NE(decide(changed, s.state(), ok(s.command_id(2)), decide_context{}).rejected.find("without a version bump"),
             std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+// An operator's retry after a definite rejection sends a fresh command as attempt 1 again; the deadline timer armed
+// for the rejected attempt 1 still fires (timers are never cancelled) and must not time out the new command.
+TEST(decide, a_deadline_armed_for_an_earlier_command_does_not_time_out_the_operators_fresh_one) {
+  scenario s(saga_test::linear());
+  s.at(t0);
+  s.apply(triggers::start{input, ""});
+  s.apply(ok(s.command_id(2)));
+  s.apply(ok(s.command_id(4)));
+  s.apply(ok(s.command_id(6)));            // d requested at seq 8, deadline t0 + 1000
+  s.apply(failed(s.command_id(8), "no"));  // d is retriable: stuck
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  s.at(t0 + ms(900));
+  const decision retry = s.apply(triggers::operator_action{triggers::operator_verb::retry, "", "fixed", "ops"});
+  ASSERT_EQ(std::get<step_requested>(retry.events.at(1).body).deadline, t0 + ms(1900));
+  s.at(t0 + ms(1000));  // the rejected command's timer
+  const decision early = s.when(triggers::timer{"d", false, 1, triggers::timer_kind::deadline});
+  EXPECT_TRUE(early.events.empty());
+  EXPECT_NE(early.ignored.find("not due yet"), std::string::npos) << early.ignored;
+  s.at(t0 + ms(1900));  // the fresh command's own deadline still times it out
+  const decision due = s.when(triggers::timer{"d", false, 1, triggers::timer_kind::deadline});
+  ASSERT_FALSE(due.events.empty());
+  EXPECT_TRUE(std::holds_alternative<step_timed_out>(due.events[0].body));
+}
+
+TEST(decide, a_deadline_armed_for_an_earlier_compensation_does_not_time_out_the_operators_fresh_one) {
+  scenario s(saga_test::linear());
+  s.at(t0);
+  s.apply(triggers::start{input, ""});
+  s.apply(ok(s.command_id(2)));
+  s.apply(ok(s.command_id(4)));
+  s.apply(failed(s.command_id(6), "declined"));  // undo b requested at seq 9, deadline t0 + 1000
+  s.apply(failed(s.command_id(9), "no"));        // a definite failure of a compensation: stuck
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  s.at(t0 + ms(900));
+  s.apply(triggers::operator_action{triggers::operator_verb::retry, "", "reopened", "ops"});
+  s.at(t0 + ms(1000));
+  const decision early = s.when(triggers::timer{"b", true, 1, triggers::timer_kind::deadline});
+  EXPECT_TRUE(early.events.empty());
+  EXPECT_NE(early.ignored.find("not due yet"), std::string::npos) << early.ignored;
 }
 
 }  // namespace
