@@ -1,6 +1,7 @@
 // The orchestrator on the memory store and memory transport with a manual clock: concurrency, timeouts,
 // recovery by replay, cancel, back-pressure, metrics. Waiting is bounded; no timing decides a result.
 #include "../../examples/order_processing/order_saga.hpp"
+#include "test_definitions.hpp"
 
 #include <saga/cli.hpp>
 #include <saga/runtime/orchestrator.hpp>
@@ -1452,3 +1453,72 @@ TEST(system_clock, callbacks_scheduled_out_of_order_fire_in_order_of_due_time) {
   std::lock_guard lock(m);
   EXPECT_EQ(fired, (std::vector<int>{0, 10, 20, 30, 40}));
 }
+
+namespace {
+
+// While a saga is stuck, replies and deadlines are ignored. An operator's skip resends what was in flight; its
+// recorded deadline passed long ago, so it fired at once and timed the step out before its resent reply could come
+// back: a saga whose every step succeeded compensated. The resend now gets recovery_grace.
+TEST(orchestrator, an_operators_action_gives_the_commands_it_resends_a_fresh_wait) {
+  rig r;
+  std::atomic<bool> answer_c{false};
+  std::atomic<int> c_sent{0};
+  auto reply = [&r](const transport::command_message& c, outcome result, const std::string& reason) {
+    r.bus.send_reply(c.reply_to,
+                     transport::reply_message{c.command_id,
+                                              c.saga,
+                                              c.saga_type,
+                                              c.step,
+                                              c.attempt,
+                                              result,
+                                              result == outcome::success ? R"({"note":""})" : "",
+                                              reason,
+                                              {},
+                                              {}},
+                     nullptr);
+  };
+  r.bus.on_command("svc_a", [&](transport::command_message c, transport::handled_callback handled) {
+    reply(c, outcome::success, "");
+    handled();
+  });
+  r.bus.on_command("svc_b", [&](transport::command_message c, transport::handled_callback handled) {
+    reply(c, outcome::failure, "refused");  // b is retriable: a definite failure leaves the saga stuck
+    handled();
+  });
+  r.bus.on_command("svc_c", [&](transport::command_message c, transport::handled_callback handled) {
+    ++c_sent;
+    if (answer_c) reply(c, outcome::success, "");
+    handled();
+  });
+  const auto def = define<saga_test::data>("parallel", 1)
+                       .step("a")
+                       .invoke("svc_a", "do_a", saga_test::payload_for("a"))
+                       .no_compensation()
+                       .step("b")
+                       .after("a")
+                       .retriable()
+                       .invoke("svc_b", "do_b", saga_test::payload_for("b"))
+                       .step("c")
+                       .after("a")
+                       .invoke("svc_c", "do_c", saga_test::payload_for("c"))
+                       .retry(saga_test::policy(1))
+                       .compensate("svc_c", "undo_c", saga_test::payload_for("undo_c"))
+                       .build();
+  orchestrator o(r.store, r.bus, r.options());
+  o.add(def);
+  o.run();
+  const saga_id id = o.start("parallel", R"({"name":"n","trail":[]})").id;
+  const auto status = [&] { return storage::fold_recorded(id, r.store.load(id)).status; };
+  ASSERT_TRUE(r.pump_until([&] { return status() == saga_status::stuck && c_sent == 1; }));
+  r.clock->advance(duration{5'000});  // c's deadline (1 s) passes while the saga is stuck: ignored
+  answer_c = true;
+  const decision skip = o.act(id, triggers::operator_action{triggers::operator_verb::skip, "b", "done by hand", "ops"});
+  ASSERT_TRUE(skip.rejected.empty()) << skip.rejected;
+  r.clock->advance(duration{1});  // the resent c's reply is on its way
+  ASSERT_TRUE(r.pump_until([&] { return is_terminal(status()); }));
+  EXPECT_EQ(status(), saga_status::completed);
+  EXPECT_EQ(c_sent.load(), 2);
+  o.shutdown();
+}
+
+}  // namespace

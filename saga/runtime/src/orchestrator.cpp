@@ -815,7 +815,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     adopt(*e, j, after);
     ++e->state_changes;
-    perform(e, effects_of(*e->state, d.events));
+    auto fx = effects_of(*e->state, d.events);
+    // An operator's action ends a stuck spell, during which replies and deadlines were ignored: what was in flight
+    // is resent, and, like a resend after recovery, gets a fresh wait (its recorded deadline may have passed).
+    if (std::any_of(d.events.begin(), d.events.end(),
+                    [](const event& x) { return std::holds_alternative<events::operator_action_recorded>(x.body); }))
+      fx = with_grace(std::move(fx));
+    perform(e, std::move(fx));
     finish_job(j, d);
     pump(e);
   }
