@@ -380,7 +380,15 @@ class decider {
           default: break;
         }
       }
-      if (next)
+      if (next && next->skipped && next->forward.command_id.empty())
+        // Skipped by an operator before any command went out: its participant has no record of it, so a
+        // compensation could not be fenced and would undo what that participant never did.
+        emit(saga_stuck{next->name, true,
+                        "step '" + next->name +
+                            "' was skipped by an operator before any command was sent, so its participant has "
+                            "nothing on record to undo: undo it by hand and skip its compensation, or retry to send "
+                            "the compensation anyway"});
+      else if (next)
         request_compensation(next->name, 1);
       else
         emit(saga_compensated{st_.reason});

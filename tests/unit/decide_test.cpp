@@ -451,3 +451,43 @@ TEST(decide, a_deadline_armed_for_an_earlier_compensation_does_not_time_out_the_
 }
 
 }  // namespace
+
+namespace {
+
+// A compensatable step skipped before any command went out (its payload builder threw) has nothing on record at its
+// participant: its compensation would go out with no forward command to fence against and undo what never happened.
+// Compensating the saga parks it there for an operator instead.
+TEST(decide, a_step_skipped_before_any_command_went_out_is_not_compensated_without_an_operator) {
+  const auto def =
+      define<saga_test::data>("skipped", 1)
+          .step("a")
+          .invoke("svc_a", "do_a", [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("boom"); })
+          .compensate("svc_a", "undo_a", saga_test::payload_for("undo_a"))
+          .step("b")
+          .invoke("svc_b", "do_b", saga_test::payload_for("b"))
+          .no_compensation()
+          .build();
+  scenario s(def);
+  s.apply(triggers::start{input, ""});
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  s.apply(triggers::operator_action{triggers::operator_verb::skip, "a", "not needed", "ops"});
+  const decision d = s.apply(failed(s.state().find("b")->forward.command_id, "declined"));
+  for (const auto& e : d.events) EXPECT_FALSE(std::holds_alternative<compensation_requested>(e.body));
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  EXPECT_EQ(s.state().stuck_step, "a");
+  EXPECT_TRUE(s.state().stuck_in_compensation);
+  EXPECT_NE(s.state().stuck_reason.find("skipped by an operator before any command was sent"), std::string::npos);
+  // The operator undid it by hand (or found nothing to undo) and skips the compensation: the saga ends.
+  s.apply(triggers::operator_action{triggers::operator_verb::skip, "a", "nothing to undo", "ops"});
+  EXPECT_EQ(s.state().status, saga_status::compensated);
+  // Or retries, and the compensation goes out on the operator's word.
+  scenario t(def);
+  t.apply(triggers::start{input, ""});
+  t.apply(triggers::operator_action{triggers::operator_verb::skip, "a", "not needed", "ops"});
+  t.apply(failed(t.state().find("b")->forward.command_id, "declined"));
+  const decision retry = t.apply(triggers::operator_action{triggers::operator_verb::retry, "a", "undo anyway", "ops"});
+  ASSERT_EQ(retry.events.size(), 2u);
+  EXPECT_EQ(std::get<compensation_requested>(retry.events[1].body).command_type, "undo_a");
+}
+
+}  // namespace
