@@ -239,6 +239,10 @@ class decider {
     const step_definition* sd = def_.find(step);
     if (!sd) return refuse("stuck step '" + step + "' is not in definition " + def_.type());
     const bool retry = o.verb == triggers::operator_verb::retry;
+    if (const step_state* s = st_.find(step); retry && !comp && s && s->phase == step_phase::succeeded)
+      return refuse("step '" + step + "' of saga " + st_.id.to_string() +
+                    " succeeded, but its reply could not be merged into the saga's data; a retry would resend "
+                    "nothing and go on without that data: skip it to go on without the reply's data");
     emit(operator_action_recorded{retry ? "retry" : "skip", step, comp, o.reason, o.by});
     if (retry) {
       if (const step_state* s = st_.find(step)) {

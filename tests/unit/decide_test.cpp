@@ -491,3 +491,32 @@ TEST(decide, a_step_skipped_before_any_command_went_out_is_not_compensated_witho
 }
 
 }  // namespace
+
+namespace {
+
+// A pivot whose success reply could not be merged parks the saga. "Retry" resent nothing there and went on as if
+// the step were skipped, without the reply's data and without saying so: it is refused, naming skip.
+TEST(decide, retry_of_a_step_stuck_on_an_unmergeable_reply_is_refused_naming_skip) {
+  const auto def = define<saga_test::data>("pivot_merge", 1)
+                       .step("p")
+                       .pivot()
+                       .invoke("svc_p", "do_p", saga_test::payload_for("p"))
+                       .on_reply(saga_test::merge_note())
+                       .step("d")
+                       .retriable()
+                       .invoke("svc_d", "do_d", saga_test::payload_for("d"))
+                       .build();
+  scenario s(def);
+  s.apply(triggers::start{input, ""});
+  s.apply(triggers::reply{s.command_id(2), 1, outcome::success, R"({"note":42})", ""});
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  const decision retry = s.when(triggers::operator_action{triggers::operator_verb::retry, "", "again", "ops"});
+  EXPECT_TRUE(retry.events.empty());
+  EXPECT_NE(retry.rejected.find("could not be merged"), std::string::npos) << retry.rejected;
+  EXPECT_NE(retry.rejected.find("skip it"), std::string::npos) << retry.rejected;
+  const decision skip = s.apply(triggers::operator_action{triggers::operator_verb::skip, "p", "no note", "ops"});
+  ASSERT_EQ(skip.events.size(), 2u);
+  EXPECT_EQ(std::get<step_requested>(skip.events[1].body).step, "d");
+}
+
+}  // namespace
