@@ -23,6 +23,16 @@ std::optional<time_point> parse_time(std::string_view text) {
   if (text.size() < 20) return std::nullopt;
   int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0, consumed = 0;
   const std::string t(text);
+  // Every field is its exact count of digits (sscanf's %2d alone would take a sign or a space: "T-1:00:00Z").
+  const auto all_digits = [&t](std::size_t from, std::size_t count) {
+    if (t.size() < from + count) return false;
+    for (std::size_t k = from; k < from + count; ++k)
+      if (!std::isdigit(static_cast<unsigned char>(t[k]))) return false;
+    return true;
+  };
+  if (!all_digits(0, 4) || !all_digits(5, 2) || !all_digits(8, 2) || !all_digits(11, 2) || !all_digits(14, 2) ||
+      !all_digits(17, 2))
+    return std::nullopt;
   if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &consumed) != 6 || consumed != 19)
     return std::nullopt;
   if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60) return std::nullopt;
@@ -40,7 +50,9 @@ std::optional<time_point> parse_time(std::string_view text) {
     ++i;
   } else if (i < t.size() && (t[i] == '+' || t[i] == '-')) {
     int oh = 0, om = 0;
-    if (t.size() != i + 6 || std::sscanf(t.c_str() + i + 1, "%2d:%2d", &oh, &om) != 2) return std::nullopt;
+    if (t.size() != i + 6 || !all_digits(i + 1, 2) || t[i + 3] != ':' || !all_digits(i + 4, 2) ||
+        std::sscanf(t.c_str() + i + 1, "%2d:%2d", &oh, &om) != 2 || oh > 23 || om > 59)
+      return std::nullopt;
     offset_minutes = (t[i] == '-' ? -1 : 1) * (oh * 60 + om);
     i += 6;
   } else {
