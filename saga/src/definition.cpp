@@ -61,6 +61,15 @@ void check_policy(const std::string& type, const std::string& where, const retry
   if (p.initial_backoff.count() < 0 || p.max_backoff < p.initial_backoff)
     fail(type, where + ": backoff must satisfy 0 <= initial <= max");
   if (p.timeout.count() <= 0) fail(type, where + ": timeout must be positive");
+  // A deadline or a retry's due time is now plus one of these: a longer one overflows the clock's arithmetic
+  // (duration::max() meant as "no timeout" wrapped into the past, and every attempt timed out at once).
+  constexpr duration longest = std::chrono::hours(24 * 365);
+  if (p.timeout > longest)
+    fail(type, where + ": timeout must be at most 365 days (" + std::to_string(longest.count()) + " ms); got " +
+                   std::to_string(p.timeout.count()) + " ms");
+  if (p.max_backoff > longest)
+    fail(type, where + ": max_backoff must be at most 365 days (" + std::to_string(longest.count()) + " ms); got " +
+                   std::to_string(p.max_backoff.count()) + " ms");
 }
 
 void check_action(const std::string& type, const std::string& where, const action_definition& a) {

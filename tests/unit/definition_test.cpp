@@ -288,6 +288,31 @@ TEST(definition, rejects_bad_retry_policies_and_misuse) {
         return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
       }),
       "saga 's': step 'x': jitter must be between 0 and 1");
+  // duration::max() as "no timeout" overflowed now + timeout into the past: every attempt timed out at once.
+  p = retry_policy{};
+  p.timeout = duration::max();
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "saga 's': step 'x': timeout must be at most 365 days (31536000000 ms); got " +
+          std::to_string(duration::max().count()) + " ms");
+  p = retry_policy{};
+  p.max_backoff = duration::max();
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "saga 's': step 'x': max_backoff must be at most 365 days (31536000000 ms); got " +
+          std::to_string(duration::max().count()) + " ms");
+  p = retry_policy{};
+  p.timeout = std::chrono::hours(24 * 365);
+  p.max_backoff = std::chrono::hours(24 * 365);
+  EXPECT_EQ(
+      build_error([&] {
+        return define<data>("s", 1).step("x").invoke("a", "b", payload_for("x")).retry(p).no_compensation().build();
+      }),
+      "(no error)");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).invoke("a", "b", payload_for("x")).build(); }),
             "saga 's': invoke() called before any step()");
   EXPECT_EQ(build_error([] { return define<data>("s", 1).build(); }), "saga 's': has no steps");
