@@ -27,17 +27,25 @@ struct borrowed_store final : storage::event_store {
   std::vector<storage::recorded_event> load(const saga_id& id) override {
     auto log = s_.load(id);
     if (damaged && id == *damaged && log.size() > 1) log[1].payload = "{";  // its second event cannot be decoded
+    if (after_load && *after_load) std::exchange(*after_load, nullptr)();   // once, after the log was read
     return log;
   }
   std::vector<storage::recorded_event> read_all(std::uint64_t p, std::size_t n) override { return s_.read_all(p, n); }
   std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
     return s_.list_unfinished(f);
   }
-  std::optional<storage::saga_summary> find(const saga_id& id) override { return s_.find(id); }
+  std::optional<storage::saga_summary> find(const saga_id& id) override {
+    if (rowless && id == *rowless) return std::nullopt;
+    return s_.find(id);
+  }
   std::optional<saga_id> find_by_idempotency_key(const std::string& t, const std::string& k) override {
     return s_.find_by_idempotency_key(t, k);
   }
-  std::vector<storage::saga_summary> list(const storage::saga_query& q) override { return s_.list(q); }
+  std::vector<storage::saga_summary> list(const storage::saga_query& q) override {
+    auto rows = s_.list(q);
+    if (rowless) std::erase_if(rows, [&](const storage::saga_summary& r) { return r.id == *rowless; });
+    return rows;
+  }
   std::vector<std::pair<saga_status, std::uint64_t>> count_by_status(const std::string& t) override {
     return s_.count_by_status(t);
   }
@@ -49,6 +57,8 @@ struct borrowed_store final : storage::event_store {
   }
   storage::event_store& s_;
   std::optional<saga_id> damaged;
+  std::optional<saga_id> rowless;               // its saga_instances row was deleted
+  std::function<void()>* after_load = nullptr;  // runs once, after a log was read
 };
 struct borrowed_bus final : saga::transport::transport {
   explicit borrowed_bus(saga::transport::transport& b) : b_(b) {}
@@ -399,6 +409,97 @@ TEST(sagactl, verify_json_lists_each_broken_saga_with_its_first_bad_seq) {
   const std::string list = json_member(broken.out, "broken");
   EXPECT_EQ(json_string_member(list.substr(1, list.size() - 2), "saga"), f.stuck.to_string()) << list;
   EXPECT_EQ(json_uint_member(list.substr(1, list.size() - 2), "seq"), 4u) << list;
+}
+
+}  // namespace
+
+namespace {
+
+// verify read a saga's log, then its row: an orchestrator appending in between put the row ahead of the log, and a
+// live saga was reported as cut short ("events removed from the end"), exit 1.
+TEST(sagactl, verify_of_a_saga_advanced_while_it_reads_reports_nothing_broken) {
+  fixture f;
+  std::function<void()> hook = [&f] {
+    f.refunds_fail = true;
+    ASSERT_EQ(f.run({"retry", f.stuck.to_string(), "--reason", "again"}).status, 0);  // appends two events
+  };
+  f.env.open_store = [&f, &hook](const std::string&) {
+    auto s = std::make_unique<borrowed_store>(f.d.store());
+    s->after_load = &hook;
+    return s;
+  };
+  const auto before = f.d.store().load(f.stuck).size();
+  const auto r = f.run({"verify", "--saga", f.stuck.to_string()});
+  EXPECT_GT(f.d.store().load(f.stuck).size(), before) << "the hook did not append";
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "0 broken")) << r.out;
+}
+
+// saga_instances is not append-only: a saga whose row was deleted was left out of verify --all, which passed.
+TEST(sagactl, verify_all_checks_a_log_whose_saga_row_was_deleted_and_reports_the_row_missing) {
+  fixture f;
+  f.env.open_store = [&f](const std::string&) {
+    auto s = std::make_unique<borrowed_store>(f.d.store());
+    s->rowless = f.compensated;
+    return s;
+  };
+  const auto r = f.run({"verify", "--all"});
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "BROKEN saga " + f.compensated.to_string())) << r.out;
+  EXPECT_TRUE(has(r.out, "the row was removed")) << r.out;
+  EXPECT_TRUE(has(r.out, "3 sagas checked; 1 broken")) << r.out;
+  const auto typed = f.run({"verify", "--all", "--type", "order"});
+  EXPECT_TRUE(has(typed.out, "3 sagas checked; 1 broken")) << typed.out;
+}
+
+TEST(sagactl, options_that_do_not_apply_repeat_or_swallow_another_option_are_refused) {
+  fixture f;
+  const auto before = f.d.store().read_all(1, 100000).size();
+  const std::string id = f.stuck.to_string();
+  const auto refused = [&f](std::vector<std::string> args, const std::string& why) {
+    const auto r = f.run(args);
+    EXPECT_EQ(r.status, 2) << args[0] << ": " << r.out;
+    EXPECT_TRUE(has(r.err, why)) << r.err;
+  };
+  refused({"cancel", id, "--reason", "--json"}, "option --reason needs a value, not the option --json");
+  refused({"cancel", id, "--reason", "a", "--reason", "b"}, "option --reason is given twice");
+  refused({"cancel", id, "--reason", "a", "--step", "x"}, "option --step does not apply to cancel");
+  refused({"export", "--saga", id, "--since", "5"}, "option --saga cannot be combined with --since in export");
+  refused({"list", "--counts", "--status", "stuck"}, "option --counts cannot be combined with --status in list");
+  refused({"verify", "--file", "x", "--saga", id}, "cannot be combined");
+  refused({"verify", "--saga", id, "--type", "order"}, "option --type applies to verify --all only");
+  refused({"replay", "--all"}, "replay --all needs --verify-definition");
+  refused({"show", id, "--since", "3"}, "option --since does not apply to show");
+  // An empty step meant "whatever step it is stuck on": `--step "$STEP"` with STEP unset skipped that.
+  refused({"skip", id, "--step", "", "--reason", "x"}, "option --step needs a non-empty value");
+  EXPECT_EQ(f.d.store().read_all(1, 100000).size(), before);
+  // A misspelt type checked nothing and passed.
+  const auto typo = f.run({"verify", "--all", "--type", "ordr"});
+  EXPECT_EQ(typo.status, 1);
+  EXPECT_TRUE(has(typo.err, "no saga of type 'ordr'")) << typo.err;
+  EXPECT_EQ(f.run({"replay", "--all", "--type", "ordr", "--verify-definition"}).status, 1);
+}
+
+// Output that cannot be written (`sagactl export > /dev/full`) exited 0 with the archive cut short.
+TEST(sagactl, output_that_cannot_be_written_fails) {
+  fixture f;
+  std::ostringstream out, err;
+  out.setstate(std::ios::badbit);
+  EXPECT_EQ(cli::run({"export"}, f.env, out, err), 1);
+  EXPECT_TRUE(has(err.str(), "writing the output failed")) << err.str();
+}
+
+// The action is committed before the transport opens: a transport that fails is a note, and the exit is 0 (it was
+// 1, and a script's rerun was then refused as the saga was no longer stuck).
+TEST(sagactl, an_action_recorded_whose_commands_cannot_be_sent_exits_zero_with_a_note) {
+  fixture f;
+  f.env.open_transport = []() -> std::unique_ptr<transport::transport> {
+    throw std::runtime_error("kafka: bad config");
+  };
+  const auto r = f.run({"retry", f.stuck.to_string(), "--reason", "again"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "recorded seq")) << r.out;
+  EXPECT_TRUE(has(r.out, "the transport failed (kafka: bad config)")) << r.out;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <unordered_set>
 
 namespace saga::cli {
 
@@ -87,11 +88,15 @@ const std::map<std::string, std::string>& command_usage() {
 )"},
       {"verify", R"(usage: sagactl [--db URL] verify (--saga SAGA_ID | --all [--type T] | --file EXPORT.jsonl) [--json]
   Recomputes the hash chains, checks seq gaps and order, and reports each broken saga with its first bad seq
-  (exit 1 when anything is broken). --file checks an export without a database. --json: one JSON object
+  (exit 1 when anything is broken). Each saga's row (saga_instances) must hold the head of its log; --all also
+  checks logs whose row is gone, and refuses a --type that matches no saga. --file checks an export without a database. --json: one JSON object
   {"ok","sagas","events","broken":[{"saga","seq","why"}],"unreadable":[…]}.
 )"},
       {"export", R"(usage: sagactl [--db URL] export [--saga SAGA_ID | --since POSITION]
   JSON Lines of events in global order, with their hashes; check one offline with verify --file.
+  --since POSITION starts at that global position, inclusive (the next export of an archive starts at the last
+  line's position + 1). verify --file checks whole sagas: an export that begins partway through a saga's log
+  does not verify on its own.
 )"},
       {"retry", R"(usage: sagactl [--db URL] retry SAGA_ID [--reason R] [--operator NAME]
   Retries the action a stuck saga is parked on; recorded as an event with who and why. The command it leads to
@@ -138,10 +143,14 @@ command_line parse(const std::vector<std::string>& args) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a.rfind("--", 0) == 0) {
+      if (c.options.count(a)) throw usage_error("option " + a + " is given twice");
       if (flags.count(a)) {
         c.options[a] = "";
       } else if (valued.count(a)) {
         if (i + 1 >= args.size()) throw usage_error("option " + a + " needs a value");
+        // `cancel ID --reason --json` recorded the reason "--json" for good.
+        if (flags.count(args[i + 1]) || valued.count(args[i + 1]))
+          throw usage_error("option " + a + " needs a value, not the option " + args[i + 1]);
         c.options[a] = args[++i];
       } else {
         throw usage_error("unknown option " + a);
@@ -252,6 +261,46 @@ class session {
     if (!takes_id && !c_.positional.empty())
       throw usage_error(cmd + " takes no argument '" + c_.positional[0] + "'" + (cmd == "replay" ? " with --all" : "") +
                         " (see sagactl help " + cmd + ")");
+    // An option the command does not use is refused rather than ignored: `export --saga X --since N` exported
+    // the whole saga, `list --counts --status stuck` counted every status.
+    static const std::map<std::string, std::set<std::string>> accepted = {
+        {"migrate", {}},
+        {"list", {"--type", "--status", "--from", "--to", "--limit", "--json", "--counts"}},
+        {"show", {"--json"}},
+        {"partitions", {"--type", "--json"}},
+        {"replay", {"--at", "--json", "--all", "--type", "--verify-definition"}},
+        {"verify", {"--saga", "--all", "--type", "--file", "--json"}},
+        {"export", {"--saga", "--since"}},
+        {"retry", {"--step", "--reason", "--operator"}},
+        {"skip", {"--step", "--reason", "--operator"}},
+        {"cancel", {"--reason", "--operator"}},
+    };
+    const auto& mine = accepted.at(cmd);
+    for (const auto& [option, value] : c_.options)
+      if (option != "--db" && option != "--help" && !mine.contains(option))
+        throw usage_error("option " + option + " does not apply to " + cmd + " (see sagactl help " + cmd + ")");
+    const auto together = [this, &cmd](const char* a, const char* b) {
+      if (c_.has(a) && c_.has(b))
+        throw usage_error(std::string("option ") + a + " cannot be combined with " + b + " in " + cmd);
+    };
+    if (cmd == "list")
+      for (const char* o : {"--status", "--from", "--to", "--limit"}) together("--counts", o);
+    if (cmd == "verify") {
+      together("--saga", "--all");
+      together("--saga", "--file");
+      together("--all", "--file");
+    }
+    if (cmd == "export") together("--saga", "--since");
+    if (cmd == "replay") {
+      together("--at", "--verify-definition");
+      together("--at", "--all");
+      if (c_.has("--all") && !c_.has("--verify-definition"))
+        throw usage_error("replay --all needs --verify-definition (see sagactl help replay)");
+    }
+    if ((cmd == "verify" || cmd == "replay") && c_.has("--type") && !c_.has("--all"))
+      throw usage_error("option --type applies to " + cmd + " --all only");
+    for (const char* o : {"--step", "--reason", "--operator", "--type", "--saga", "--file"})
+      if (c_.has(o) && c_.get(o).empty()) throw usage_error(std::string("option ") + o + " needs a non-empty value");
     if (cmd == "migrate") return migrate();
     if (cmd == "list") return list();
     if (cmd == "show") return show();
@@ -410,13 +459,46 @@ class session {
     return 0;
   }
 
+  // The sagas `--all [--type T]` covers: those with a saga row, and those whose events have none (the rows are
+  // not append-only: a log whose row was deleted is still checked, and verify reports the missing row). A --type
+  // that matches no saga is refused: a misspelt type passed the audit with nothing checked.
+  std::vector<saga_id> all_sagas() {
+    const std::string type = c_.get("--type");
+    storage::saga_query q;
+    q.limit = static_cast<std::size_t>(-1);
+    std::vector<saga_id> ids;
+    std::unordered_set<saga_id> rows, seen;
+    for (const auto& s : store().list(q)) {
+      rows.insert(s.id);
+      if (type.empty() || s.type == type) ids.push_back(s.id);
+    }
+    for (std::uint64_t from = 1;;) {
+      const auto page = store().read_all(from, 10'000);
+      for (const auto& r : page) {
+        if (rows.contains(r.saga) || !seen.insert(r.saga).second) continue;
+        // Its type is in its first event (saga_started); a log that cannot be read is checked whatever --type.
+        bool wanted = type.empty();
+        if (!wanted) {
+          try {
+            const auto log = store().load(r.saga);
+            wanted = log.empty() || std::get<events::saga_started>(log.front().to_event().body).saga_type == type;
+          } catch (const std::exception&) {
+            wanted = true;
+          }
+        }
+        if (wanted) ids.push_back(r.saga);
+      }
+      if (page.size() < 10'000) break;
+      from = page.back().position + 1;
+    }
+    if (ids.empty() && !type.empty()) throw failure("no saga of type '" + type + "'");
+    return ids;
+  }
+
   int verify_definitions() {
     std::vector<saga_id> ids;
     if (c_.has("--all")) {
-      storage::saga_query q;
-      q.type = c_.get("--type");
-      q.limit = static_cast<std::size_t>(-1);
-      for (const auto& s : store().list(q)) ids.push_back(s.id);
+      ids = all_sagas();
     } else {
       ids.push_back(one_id());
     }
@@ -513,30 +595,35 @@ class session {
     if (c_.has("--saga")) {
       ids.push_back(parse_id(c_.get("--saga")));
     } else if (c_.has("--all")) {
-      storage::saga_query q;
-      q.type = c_.get("--type");
-      q.limit = static_cast<std::size_t>(-1);
-      for (const auto& s : store().list(q)) ids.push_back(s.id);
+      ids = all_sagas();
     } else {
       throw usage_error("verify needs --saga SAGA_ID, --all [--type T] or --file EXPORT");
     }
     std::size_t broken = 0, events = 0;
     for (const auto& id : ids) {
-      const auto log = store().load(id);
+      // The row is read before the log: a saga that an orchestrator advances meanwhile has a log that goes on past
+      // the row's head, which is then compared with the event at the row's seq (read the other way round, the row
+      // ran ahead of the log and a live saga was reported as cut short).
       const auto summary = store().find(id);
+      const auto log = store().load(id);
       if (log.empty() && !summary) throw failure("no saga " + id.to_string());
       events += log.size();
       std::optional<storage::chain_break> b = storage::verify_chain(log);
+      if (!b && !summary)
+        b = storage::chain_break{id, 1, "the log has no saga row (saga_instances): the row was removed"};
       // Rows removed from the end leave a valid chain: the instance row still knows where the log ended.
-      if (!b && summary && (log.empty() || log.back().seq != summary->last_seq))
+      if (!b && summary && (log.empty() || log.back().seq < summary->last_seq))
         b = storage::chain_break{id, log.empty() ? 1 : log.back().seq + 1,
                                  "the log ends at seq " + std::to_string(log.empty() ? 0 : log.back().seq) +
                                      " but the saga's row says " + std::to_string(summary->last_seq) +
                                      " (events removed from the end)"};
       // Events rewritten at the end with their hashes recomputed leave a valid chain too: the row keeps the head.
-      if (!b && summary && !summary->last_hash.empty() && !log.empty() && log.back().hash != summary->last_hash)
-        b = storage::chain_break{id, log.back().seq,
-                                 "the log's last event has hash " + log.back().hash.substr(0, 16) +
+      const storage::recorded_event* head = nullptr;
+      if (summary && summary->last_seq >= 1 && summary->last_seq <= log.size())
+        head = &log[summary->last_seq - 1];  // a valid chain holds seq 1, 2, 3, ... in order
+      if (!b && head && !summary->last_hash.empty() && head->hash != summary->last_hash)
+        b = storage::chain_break{id, head->seq,
+                                 "event " + std::to_string(head->seq) + " has hash " + head->hash.substr(0, 16) +
                                      "... but the saga's row says " + summary->last_hash.substr(0, 16) +
                                      "... (events rewritten at the end)"};
       if (b) {
@@ -609,7 +696,14 @@ class session {
         throw;
       }
       for (const auto& e : d.events) out_ << "recorded seq " << e.seq << " " << type_name(e.body) << "\n";
-      send_commands(after, d.events);
+      try {
+        send_commands(after, d.events);
+      } catch (const std::exception& x) {
+        // The action is committed: exit 1 here told a script it failed, and its rerun was refused.
+        out_ << "note: the transport failed (" << x.what()
+             << "); the command(s) are recorded but not sent: the orchestrator that owns this saga sends them when "
+                "its orphan sweep finds it, or when it recovers it\n";
+      }
       out_ << "saga " << id.to_string() << " is now " << to_string(after.status) << "\n";
       return 0;
     }
@@ -677,7 +771,14 @@ int run(const std::vector<std::string>& args, const environment& env, std::ostre
       out << it->second;
       return 0;
     }
-    return session(c, env, out).dispatch();
+    const int status = session(c, env, out).dispatch();
+    // Output that could not be written (`sagactl export > /dev/full`, a full disk) is a failure, not exit 0.
+    out.flush();
+    if (!out) {
+      err << "sagactl: writing the output failed (a full disk or a closed pipe?): it is incomplete\n";
+      return 1;
+    }
+    return status;
   } catch (const usage_error& e) {
     err << "sagactl: " << e.what() << "\n(sagactl --help lists the commands)\n";
     return 2;
