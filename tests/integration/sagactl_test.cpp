@@ -650,7 +650,8 @@ TEST_F(sagactl_pg, export_then_verify_file_round_trips_and_one_changed_byte_is_c
   run_compensated_and_stuck();
   const auto exported = sagactl({"--db", url_, "export"});
   ASSERT_EQ(exported.status, 0) << exported.err;
-  EXPECT_EQ(std::count(exported.out.begin(), exported.out.end(), '\n'), 26);
+  // 26 events, the two sagas' heads and the end record.
+  EXPECT_EQ(std::count(exported.out.begin(), exported.out.end(), '\n'), 26 + 2 + 1);
   const std::string path =
       std::string(SAGA_BINARY_DIR) + "/sagactl_test_export_" + std::to_string(::getpid()) + ".jsonl";
   std::ofstream(path) << exported.out;
@@ -678,7 +679,7 @@ TEST_F(sagactl_pg, export_then_verify_file_round_trips_and_one_changed_byte_is_c
   EXPECT_EQ(j.broken[0].seq, 12u);
 
   const auto one = sagactl({"--db", url_, "export", "--saga", compensated_.to_string()});
-  EXPECT_EQ(std::count(one.out.begin(), one.out.end(), '\n'), 13);
+  EXPECT_EQ(std::count(one.out.begin(), one.out.end(), '\n'), 13 + 1 + 1);
   EXPECT_FALSE(has(one.out, stuck_.to_string()));
   std::remove(path.c_str());
 }

@@ -2,6 +2,7 @@
 #include "../../examples/order_processing/order_saga.hpp"
 
 #include <saga/cli.hpp>
+#include <saga/storage/export.hpp>
 #include <saga/storage/hash_chain.hpp>
 #include <saga/testing/driver.hpp>
 #include <saga/timeline.hpp>
@@ -500,6 +501,65 @@ TEST(sagactl, an_action_recorded_whose_commands_cannot_be_sent_exits_zero_with_a
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(has(r.out, "recorded seq")) << r.out;
   EXPECT_TRUE(has(r.out, "the transport failed (kafka: bad config)")) << r.out;
+}
+
+}  // namespace
+
+namespace {
+
+// An export ends with each saga's head and a count: a chain alone does not show an export cut short at a line,
+// nor a saga's last events removed (it passed as "all chains verify", as did an empty file).
+TEST(sagactl, verify_file_finds_an_export_cut_short_or_missing_a_sagas_last_events) {
+  fixture f;
+  const auto exported = f.run({"export"});
+  ASSERT_EQ(exported.status, 0);
+  const std::string path = std::string(SAGA_BINARY_DIR) + "/cli_test_export_cut.jsonl";
+  const auto verify = [&](const std::string& text) {
+    std::ofstream(path, std::ios::trunc) << text;
+    return f.run({"verify", "--file", path});
+  };
+  std::vector<std::string> lines;
+  {
+    std::istringstream in(exported.out);
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+  }
+  const auto join = [](const std::vector<std::string>& ls) {
+    std::string out;
+    for (const auto& l : ls) out += l + "\n";
+    return out;
+  };
+  ASSERT_TRUE(has(lines.back(), "\"export_end\"")) << lines.back();
+  EXPECT_EQ(verify(exported.out).status, 0);
+  // Cut short at a line boundary: the end record is gone.
+  auto cut = lines;
+  cut.resize(cut.size() / 2);
+  const auto short_one = verify(join(cut));
+  EXPECT_EQ(short_one.status, 1) << short_one.out;
+  EXPECT_TRUE(has(short_one.out, "no export_end record")) << short_one.out;
+  EXPECT_EQ(verify("").status, 1);
+  // The completed saga's last event removed, and the end record's count fixed to match: its head says otherwise.
+  const auto last = f.d.store().load(f.completed).back();
+  auto dropped = lines;
+  std::erase_if(dropped, [&](const std::string& l) {
+    return !has(l, "export_head") &&
+           has(l, "\"saga\":\"" + f.completed.to_string() + "\",\"seq\":" + std::to_string(last.seq) + ",");
+  });
+  ASSERT_EQ(dropped.size(), lines.size() - 1);
+  const auto count = f.d.store().read_all(1, 100000).size();
+  dropped.back() = storage::export_end_line(count - 1, 3);
+  const auto missing = verify(join(dropped));
+  EXPECT_EQ(missing.status, 1) << missing.out;
+  EXPECT_TRUE(has(missing.out, "BROKEN saga " + f.completed.to_string() + " at seq " + std::to_string(last.seq)))
+      << missing.out;
+  EXPECT_TRUE(has(missing.out, "events missing from the end")) << missing.out;
+  // Left with the old count, the end record gives it away too.
+  dropped.back() = lines.back();
+  EXPECT_TRUE(has(verify(join(dropped)).out, "records removed or added"));
+  // One saga alone carries its head.
+  const auto one = f.run({"export", "--saga", f.stuck.to_string()});
+  EXPECT_TRUE(has(one.out, "\"export_head\":{\"saga\":\"" + f.stuck.to_string())) << one.out;
+  EXPECT_EQ(verify(one.out).status, 0);
+  std::remove(path.c_str());
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace saga::cli {
@@ -638,18 +639,45 @@ class session {
     return broken ? 1 : 0;
   }
 
+  // Events, then the head of each saga they cover as its row said before they were read, then the end record
+  // (see storage::export_head): verify --file then finds an export cut short or missing a saga's last events.
   int export_events() {
+    std::uint64_t events = 0;
+    std::vector<storage::export_head> heads;
+    const auto head_of = [](const storage::saga_summary& s) {
+      return storage::export_head{s.id, s.last_seq, s.last_hash};
+    };
     if (c_.has("--saga")) {
-      for (const auto& r : load_existing(parse_id(c_.get("--saga")))) out_ << storage::to_json_line(r) << "\n";
-      return 0;
+      const saga_id id = parse_id(c_.get("--saga"));
+      const auto row = store().find(id);
+      for (const auto& r : load_existing(id)) {
+        out_ << storage::to_json_line(r) << "\n";
+        ++events;
+      }
+      if (row) heads.push_back(head_of(*row));
+    } else {
+      storage::saga_query all;
+      all.limit = static_cast<std::size_t>(-1);
+      std::unordered_map<saga_id, storage::saga_summary> rows;
+      for (auto& s : store().list(all)) rows.emplace(s.id, std::move(s));
+      std::uint64_t from = c_.has("--since") ? parse_number(c_.get("--since"), "--since") : 1;
+      for (;;) {
+        const auto page = store().read_all(from, 10'000);
+        for (const auto& r : page) {
+          out_ << storage::to_json_line(r) << "\n";
+          ++events;
+          if (auto it = rows.find(r.saga); it != rows.end()) {  // once per saga, in order of first appearance
+            heads.push_back(head_of(it->second));
+            rows.erase(it);
+          }
+        }
+        if (page.size() < 10'000) break;
+        from = page.back().position + 1;
+      }
     }
-    std::uint64_t from = c_.has("--since") ? parse_number(c_.get("--since"), "--since") : 1;
-    for (;;) {
-      const auto page = store().read_all(from, 10'000);
-      for (const auto& r : page) out_ << storage::to_json_line(r) << "\n";
-      if (page.size() < 10'000) return 0;
-      from = page.back().position + 1;
-    }
+    for (const auto& h : heads) out_ << storage::to_json_line(h) << "\n";
+    out_ << storage::export_end_line(events, heads.size()) << "\n";
+    return 0;
   }
 
   int act() {
