@@ -87,6 +87,14 @@ struct applier {
       illegal("command id " + command_id + " is not the current one (" + a.command_id + ")");
   }
 
+  // A log that evolve folds is one decide could have written: an event that settles an action needs that action
+  // in flight (a forged or buggy log, even with a valid chain, could otherwise undo a compensation or wedge the saga).
+  void check_phase(const step_state& s, std::initializer_list<step_phase> allowed) const {
+    for (auto p : allowed)
+      if (s.phase == p) return;
+    illegal("step '" + s.name + "' is " + to_string(s.phase));
+  }
+
   void operator()(const saga_started& e) const {
     st.type = e.saga_type;
     st.definition_version = e.definition_version;
@@ -118,6 +126,7 @@ struct applier {
   }
 
   void operator()(const step_requested& e) const {
+    if (st.status != saga_status::running) illegal("only a running saga requests steps");
     auto* s = st.find(e.step);
     if (!s) {
       if (e.attempt != 1) illegal("first request of step '" + e.step + "' is not attempt 1");
@@ -131,6 +140,7 @@ struct applier {
   void operator()(const step_succeeded& e) const {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
+    check_phase(s, {step_phase::running, step_phase::retry_wait});
     s.phase = step_phase::succeeded;
     s.settled_seq = ev.seq;
     if (e.data) st.data = *e.data;
@@ -138,12 +148,14 @@ struct applier {
   void operator()(const step_failed& e) const {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
+    check_phase(s, {step_phase::running, step_phase::retry_wait});
     if (!e.retryable) s.forward.rejected = true;
     settle_unsuccessful(s);
   }
   void operator()(const step_timed_out& e) const {
     auto& s = known(e.step);
     check_command(s.forward, e.command_id);
+    check_phase(s, {step_phase::running});
     settle_unsuccessful(s);
   }
   void settle_unsuccessful(step_state& s) const {
@@ -174,29 +186,42 @@ struct applier {
   void operator()(const compensation_succeeded& e) const {
     auto& s = known(e.step);
     check_command(s.compensation, e.command_id);
+    check_phase(s, {step_phase::compensating, step_phase::compensation_retry_wait});
     s.phase = step_phase::compensated;
   }
   void operator()(const compensation_failed& e) const {
     auto& s = known(e.step);
     check_command(s.compensation, e.command_id);
+    check_phase(s, {step_phase::compensating, step_phase::compensation_retry_wait});
     if (!e.retryable) s.compensation.rejected = true;
     s.phase = step_phase::compensation_failed;
   }
   void operator()(const compensation_timed_out& e) const {
     auto& s = known(e.step);
     check_command(s.compensation, e.command_id);
+    check_phase(s, {step_phase::compensating});
     s.phase = step_phase::compensation_failed;
   }
   void operator()(const cancel_requested&) const { st.cancel_requested = true; }
   void operator()(const saga_completed& e) const {
+    if (st.status != saga_status::running) illegal("only a running saga completes");
+    for (const auto& s : st.steps)
+      if (s.phase != step_phase::succeeded) illegal("step '" + s.name + "' is " + to_string(s.phase));
     st.status = saga_status::completed;
     st.data = e.output;
   }
   void operator()(const saga_compensated& e) const {
+    if (st.status != saga_status::compensating) illegal("only a compensating saga ends compensated");
+    for (const auto& s : st.steps)
+      if (s.phase == step_phase::running || s.phase == step_phase::retry_wait || s.phase == step_phase::compensating ||
+          s.phase == step_phase::compensation_retry_wait || s.phase == step_phase::compensation_failed)
+        illegal("step '" + s.name + "' is " + to_string(s.phase));
     st.status = saga_status::compensated;
     st.reason = e.reason;
   }
   void operator()(const saga_stuck& e) const {
+    if (st.status != saga_status::running && st.status != saga_status::compensating)
+      illegal("only a running or compensating saga gets stuck");  // twice stuck, stuck_from was stuck: wedged
     st.stuck_from = st.status;
     st.status = saga_status::stuck;
     st.stuck_step = e.step;
@@ -206,6 +231,9 @@ struct applier {
   void operator()(const operator_action_recorded& e) const {
     if (st.status != saga_status::stuck) illegal("operator actions apply to stuck sagas");
     if (e.step != st.stuck_step) illegal("saga is stuck at step '" + st.stuck_step + "', not '" + e.step + "'");
+    if (e.compensation != st.stuck_in_compensation)
+      illegal(std::string("saga is stuck in its ") + (st.stuck_in_compensation ? "compensation" : "forward") +
+              " action, not its " + (e.compensation ? "compensation" : "forward") + " one");
     if (!st.find(e.step)) {  // stuck before its first request (its payload builder threw)
       st.steps.push_back(step_state{});
       st.steps.back().name = e.step;
@@ -246,6 +274,10 @@ void apply(saga_state& state, const event& e) {
   if (is_terminal(state.status))
     throw illegal_transition("saga " + state.id.to_string() + " is " + to_string(state.status) + "; " +
                              std::string(type_name(e.body)) + " at seq " + std::to_string(e.seq) + " follows its end");
+  // While stuck, decide ignores replies and timers and refuses cancel: only an operator's action moves it on.
+  if (state.status == saga_status::stuck && !std::holds_alternative<operator_action_recorded>(e.body))
+    throw illegal_transition("saga " + state.id.to_string() + " is stuck; " + std::string(type_name(e.body)) +
+                             " at seq " + std::to_string(e.seq) + " can only follow an operator's action");
   std::visit(applier{state, e}, e.body);
   state.seq = e.seq;
   state.updated_at = e.at;

@@ -46,6 +46,48 @@ TEST(evolve, illegal_logs_are_typed_errors_naming_state_and_event) {
                 " (running) cannot apply step_succeeded at seq 3: command id other is not the current one (c)");
 }
 
+// evolve folds only what decide could have written: an event that settles an action needs that action in flight, an
+// end needs the state it ends. A chain-valid log from a buggy writer (or forged with its hashes recomputed) was
+// folded into a state that compensated a step twice, completed while compensating, or was wedged for good.
+TEST(evolve, refuses_sequences_decide_never_writes) {
+  const auto started = at(1, saga_started{"t", 1, "f", "{}", ""});
+  const auto requested = at(2, step_requested{"a", 1, "c1", "v", "do_a", "{}", {}});
+  const auto succeeded = at(3, step_succeeded{"a", 1, "c1", "{}", std::nullopt});
+  const auto compensating = at(4, compensation_started{"b failed", "b"});
+  const auto undo = at(5, compensation_requested{"a", 1, "c5", "v", "undo_a", "{}", {}});
+  const auto undone = at(6, compensation_succeeded{"a", 1, "c5", "{}"});
+  const std::string prefix = "saga " + id.to_string();
+  // a's success again after its compensation: it was succeeded once more, to be compensated twice.
+  EXPECT_EQ(illegal({started, requested, succeeded, compensating, undo, undone,
+                     at(7, step_succeeded{"a", 1, "c1", "{}", std::nullopt})}),
+            prefix + " (compensating) cannot apply step_succeeded at seq 7: step 'a' is compensated");
+  EXPECT_EQ(illegal({started, requested, succeeded, compensating, undo, undone, at(7, saga_completed{"{}"})}),
+            prefix + " (compensating) cannot apply saga_completed at seq 7: only a running saga completes");
+  EXPECT_EQ(illegal({started, requested, at(3, saga_completed{"{}"})}),
+            prefix + " (running) cannot apply saga_completed at seq 3: step 'a' is running");
+  EXPECT_EQ(illegal({started, requested, succeeded, at(4, saga_compensated{""})}),
+            prefix + " (running) cannot apply saga_compensated at seq 4: only a compensating saga ends compensated");
+  EXPECT_EQ(illegal({started, requested, succeeded, compensating, undo, at(6, saga_compensated{""})}),
+            prefix + " (compensating) cannot apply saga_compensated at seq 6: step 'a' is compensating");
+  EXPECT_EQ(illegal({started, requested, succeeded, compensating, undo, undone,
+                     at(7, compensation_succeeded{"a", 1, "c5", "{}"})}),
+            prefix + " (compensating) cannot apply compensation_succeeded at seq 7: step 'a' is compensated");
+  EXPECT_EQ(
+      illegal({started, requested, succeeded, compensating, at(5, step_requested{"b", 1, "c", "v", "x", "{}", {}})}),
+      prefix + " (compensating) cannot apply step_requested at seq 5: only a running saga requests steps");
+  // Stuck twice: stuck_from became stuck, and no operator action could ever move it on.
+  EXPECT_EQ(illegal({started, requested, at(3, saga_stuck{"a", false, "x"}), at(4, saga_stuck{"a", false, "y"})}),
+            prefix + " is stuck; saga_stuck at seq 4 can only follow an operator's action");
+  EXPECT_EQ(illegal({started, requested, at(3, saga_stuck{"a", false, "x"}),
+                     at(4, operator_action_recorded{"skip", "a", true, "r", "ops"})}),
+            prefix +
+                " (stuck) cannot apply operator_action_recorded at seq 4: saga is stuck in its forward action, "
+                "not its compensation one");
+  EXPECT_EQ(illegal({started, requested, at(3, saga_stuck{"a", false, "x"}),
+                     at(4, operator_action_recorded{"skip", "a", false, "r", "ops"})}),
+            "(legal)");
+}
+
 TEST(evolve, incremental_fold_equals_all_at_once) {
   scenario s = scenario(saga_test::diamond());
   s.apply(triggers::start{input, ""});
