@@ -1522,3 +1522,38 @@ TEST(orchestrator, an_operators_action_gives_the_commands_it_resends_a_fresh_wai
 }
 
 }  // namespace
+
+namespace {
+
+// The wall clock steps back (NTP) between a timer firing and its saga deciding it: decide saw a deadline not yet
+// due and ignored it, and the timer never fired again: the step waited for good. A timer is now decided no
+// earlier than when it came due.
+struct stepping_clock final : runtime::clock {
+  std::shared_ptr<runtime::manual_clock> inner = std::make_shared<runtime::manual_clock>();
+  std::atomic<std::int64_t> back_ms{0};
+  time_point now() override { return inner->now() - duration{back_ms.load()}; }
+  void schedule(time_point due, std::function<void()> fire) override { inner->schedule(due, std::move(fire)); }
+};
+
+TEST(orchestrator, a_deadline_that_fired_is_decided_even_when_the_wall_clock_stepped_back_since) {
+  rig r;
+  r.silent.insert("charge_payment");
+  auto clock = std::make_shared<stepping_clock>();
+  auto options = r.options();
+  options.clock = clock;
+  orchestrator o(r.store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "charge_payment").size() == 1; }));
+  clock->back_ms = 60'000;                  // the wall clock is set back a minute ...
+  clock->inner->advance(duration{31'000});  // ... just as the charge's deadline (30 s) fires
+  ASSERT_TRUE(r.pump_until([&] {
+    clock->inner->advance(duration{1});  // its retry's backoff
+    return sent_of(r.bus, "charge_payment").size() == 2;
+  })) << "the timed-out charge was never resent";
+  EXPECT_EQ(sent_of(r.bus, "charge_payment")[1].command_id, sent_of(r.bus, "charge_payment")[0].command_id);
+  o.shutdown();
+}
+
+}  // namespace

@@ -63,6 +63,9 @@ struct job {
   // during COMMIT). Its retry finds the saga started under the id it drew: that is this start, durable.
   bool start_in_doubt = false;
   bool orphan = false;  // recovery asked for by the orphan sweep: nothing to do when the saga is held here
+  // A timer: when it came due. It is decided at no earlier time, even when the wall clock stepped back after it
+  // fired (decide ignores a deadline not yet due, and the timer would not fire again).
+  time_point due{};
 };
 
 double ms_since(steady::time_point t0) { return std::chrono::duration<double, std::milli>(steady::now() - t0).count(); }
@@ -470,7 +473,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // Timers are armed by this process for sagas it holds; a saga no longer held finished (or is stuck), where
   // timers change nothing, so the timer is dropped without reading the store.
   // A timer of an entry that was dropped (or replaced) since it was armed is void as well.
-  void submit_timer(const std::weak_ptr<entry>& armed_by, std::uint64_t generation, const triggers::timer& t) {
+  void submit_timer(const std::weak_ptr<entry>& armed_by, std::uint64_t generation, const triggers::timer& t,
+                    time_point due) {
     auto e = armed_by.lock();
     if (!e) return;
     {
@@ -478,10 +482,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       auto it = entries.find(e->id);
       if (it == entries.end() || it->second != e) return;
     }
-    on_strand(e, [generation, t](impl& self, const std::shared_ptr<entry>& x) {
+    on_strand(e, [generation, t, due](impl& self, const std::shared_ptr<entry>& x) {
       if (x->generation != generation) return;
       job j{false, t, {}, {}};
       j.generation = generation;
+      j.due = due;
       x->queue.push_back(std::move(j));
       self.pump(x);
     });
@@ -676,7 +681,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
                        std::to_string(e->state->definition_version);
         return finish_job(j, d);
       }
-      decision d = decide(*def, *e->state, j.what, decide_context{options.clock->now(), options.entropy()});
+      decision d =
+          decide(*def, *e->state, j.what, decide_context{std::max(options.clock->now(), j.due), options.entropy()});
       if (starting && j.start_in_doubt && !d.rejected.empty() && e->state->status != saga_status::not_started &&
           e->state->type == j.type && e->state->idempotency_key == std::get<triggers::start>(j.what).idempotency_key) {
         // The first attempt's append committed after all (its id was drawn for this start): the start is durable,
@@ -853,8 +859,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         });
       } else if (const auto* timer = std::get_if<effects::arm_timer>(&f)) {
         options.clock->schedule(timer->due, [self = weak_from_this(), armed_by = std::weak_ptr<entry>(e),
-                                             generation = e->generation, t = timer->timer] {
-          if (auto s = self.lock(); s && !s->stopped) s->submit_timer(armed_by, generation, t);
+                                             generation = e->generation, t = timer->timer, due = timer->due] {
+          if (auto s = self.lock(); s && !s->stopped) s->submit_timer(armed_by, generation, t, due);
         });
       } else if (const auto* done = std::get_if<effects::saga_finished>(&f)) {
         finished(e, *done);
