@@ -26,9 +26,12 @@ int main(int argc, char** argv) {
   env.open_store = [](const std::string& url) { return std::make_unique<saga::storage::postgres_event_store>(url); };
   env.migrate = [](const std::string& url) {
     const auto r = saga::storage::migrate(url);
-    if (r.applied.empty()) return std::string("the schema is up to date");
-    std::string out = "applied:";
+    std::string out = r.applied.empty() ? std::string("the schema is up to date") : std::string("applied:");
     for (const auto& name : r.applied) out += " " + name;
+    if (!r.newer.empty()) {
+      out += "\nnote: the database also has migrations newer than this sagactl, applied by a newer release:";
+      for (const auto& name : r.newer) out += " " + name;
+    }
     return out;
   };
 #else

@@ -124,8 +124,9 @@ TEST_F(postgres_migrate, a_tampered_migration_is_refused_with_its_name) {
 TEST_F(postgres_migrate, an_applied_migration_missing_from_the_build_is_refused_with_its_name) {
   auto list = bundled();
   list.push_back({7, "0007_gone.sql", "SELECT 1;"});
+  list.push_back({8, "0008_kept.sql", "SELECT 1;"});
   (void)storage::migrate(url_, list);
-  list.pop_back();
+  list.erase(list.end() - 2);  // 0007 is gone, 0008 (after it) is still in the build
   try {
     (void)storage::migrate(url_, list);
     FAIL() << "a missing applied migration must be refused";
@@ -135,8 +136,40 @@ TEST_F(postgres_migrate, an_applied_migration_missing_from_the_build_is_refused_
   }
 }
 
+// A newer release applied 0007 and 0008 (a rolling upgrade, or this process rolled back): the older build runs, and
+// says so. It was refused ("missing from this build"), so an older process that restarted could not start.
+TEST_F(postgres_migrate, migrations_a_newer_release_applied_are_left_alone_and_reported) {
+  auto list = bundled();
+  const auto older = list;
+  list.push_back({7, "0007_newer.sql", "SELECT 1;"});
+  list.push_back({8, "0008_newer.sql", "SELECT 1;"});
+  (void)storage::migrate(url_, list);
+  const auto r = storage::migrate(url_, older);
+  EXPECT_TRUE(r.applied.empty());
+  EXPECT_EQ(r.newer, (std::vector<std::string>{"0007_newer.sql", "0008_newer.sql"}));
+}
+
+// A migration numbered below one already applied (a branch merged late) would run out of order: refused, naming
+// both. Before, it was applied after the later one without a word.
+TEST_F(postgres_migrate, a_migration_below_one_already_applied_is_refused_as_out_of_order) {
+  auto list = bundled();
+  list.push_back({9, "0009_applied.sql", "SELECT 1;"});
+  (void)storage::migrate(url_, list);
+  list.push_back({8, "0008_late.sql", "CREATE TABLE late_one (id integer);"});
+  try {
+    (void)storage::migrate(url_, list);
+    FAIL() << "an out-of-order migration must be refused";
+  } catch (const storage::migration_error& e) {
+    EXPECT_NE(std::string(e.what()).find("0008_late.sql is not applied, but a later one (0009_applied.sql) is"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(count("SELECT count(*) FROM pg_tables WHERE tablename = 'late_one' AND schemaname = current_schema()"), 0u);
+}
+
 TEST_F(postgres_migrate, a_failing_migration_rolls_back_and_names_itself) {
   auto list = bundled();
+  list.push_back({40, "0040_fine.sql", "SELECT 1;"});
   list.push_back({50, "0050_broken.sql", "CREATE TABLE half_done (id integer); SELECT no_such_column FROM half_done;"});
   try {
     (void)storage::migrate(url_, list);
@@ -144,10 +177,13 @@ TEST_F(postgres_migrate, a_failing_migration_rolls_back_and_names_itself) {
   } catch (const storage::store_error& e) {
     EXPECT_NE(std::string(e.what()).find("0050_broken.sql"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("42703"), std::string::npos) << e.what();
+    // What the same call committed before it is named: it stays applied.
+    EXPECT_NE(std::string(e.what()).find("this call applied before it:"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("0040_fine.sql"), std::string::npos) << e.what();
   }
   EXPECT_EQ(count("SELECT count(*) FROM pg_tables WHERE tablename = 'half_done' AND schemaname = current_schema()"),
             0u);
-  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size());
+  EXPECT_EQ(count("SELECT count(*) FROM saga_migrations"), storage::bundled_migrations().size() + 1);
 }
 
 }  // namespace

@@ -75,8 +75,15 @@ migrate_result migrate(const std::string& url, std::span<const migration> migrat
       for (const auto& row : tx.exec("SELECT version, name, checksum FROM saga_migrations ORDER BY version"))
         applied.emplace(row[0].as<std::uint32_t>(), applied_row{row[1].as<std::string>(), row[2].as<std::string>()});
     }
+    const std::uint32_t highest = ordered.empty() ? 0 : ordered.back()->version;
     for (const auto& [version, row] : applied) {
       auto it = std::find_if(ordered.begin(), ordered.end(), [v = version](auto* m) { return m->version == v; });
+      if (it == ordered.end() && version > highest) {
+        // A newer release applied it (a rolling upgrade, or a rollback of this process): its migrations keep
+        // the schema usable by the release before, so this build runs, and says so.
+        result.newer.push_back(row.name);
+        continue;
+      }
       if (it == ordered.end())
         throw migration_error("migration " + row.name + " (version " + std::to_string(version) +
                               ") is recorded as applied but its file is missing from this build");
@@ -85,9 +92,21 @@ migrate_result migrate(const std::string& url, std::span<const migration> migrat
         throw migration_error("migration " + (*it)->name + " was changed after it was applied as " + row.name +
                               " (recorded checksum " + row.checksum + ", file now has " + checksum + ")");
     }
+    const std::uint32_t last_applied = applied.empty() ? 0 : applied.rbegin()->first;
+    for (const auto* m : ordered)
+      if (!applied.count(m->version) && m->version < last_applied)
+        throw migration_error("migration " + m->name + " is not applied, but a later one (" +
+                              applied.at(last_applied).name +
+                              ") is: applying it now would run the migrations out of order; renumber it after " +
+                              applied.at(last_applied).name + " or apply it by hand");
     for (const auto* m : ordered) {
       if (applied.count(m->version)) continue;
       current = "migrate: applying " + m->name;
+      if (!result.applied.empty()) {
+        current += " (this call applied before it:";
+        for (const auto& name : result.applied) current += " " + name;
+        current += ")";
+      }
       pqxx::work tx(*conn);
       tx.exec(m->sql);
       tx.exec_params("INSERT INTO saga_migrations (version, name, checksum) VALUES ($1, $2, $3)", m->version, m->name,

@@ -26,15 +26,18 @@ class migration_error : public store_error {
 // What one migrate call did.
 struct migrate_result {
   std::vector<std::string> applied;  // names applied by this call, in order (empty = the schema was up to date)
+  std::vector<std::string> newer;  // applied by a newer release: versions above this build's highest, left as they are
 };
 
 // The migrations compiled into this library (migrations/*.sql), ordered by version. Never fails.
 [[nodiscard]] const std::vector<migration>& bundled_migrations();
 
 // Applies the bundled migrations not yet applied, in order, one transaction each, under a PostgreSQL advisory lock
-// (concurrent callers wait and then find nothing to do). Throws migration_error when an applied migration's file
-// changed (checksum) or is missing, store_unavailable when the server cannot be reached (retry helps), store_error
-// when a migration's SQL fails.
+// (concurrent callers wait and then find nothing to do). Versions above this build's highest that a newer release
+// applied are left alone and listed in `newer` (a rolling upgrade runs both releases on one schema). Throws
+// migration_error when an applied migration's file changed (checksum) or is missing below the build's highest, or
+// when one not applied comes before one that is (out of order); store_unavailable when the server cannot be reached
+// (retry helps); store_error when a migration's SQL fails (naming it, and those this call applied before it).
 migrate_result migrate(const std::string& url);
 // Same with an explicit migration list (tools and tests); versions must be unique.
 migrate_result migrate(const std::string& url, std::span<const migration> migrations);
