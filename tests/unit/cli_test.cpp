@@ -563,3 +563,17 @@ TEST(sagactl, verify_file_finds_an_export_cut_short_or_missing_a_sagas_last_even
 }
 
 }  // namespace
+
+namespace {
+
+// list stopped at its default 1,000 without a word.
+TEST(sagactl, list_says_when_its_default_limit_cut_it_short) {
+  fixture f;
+  for (int i = 0; i < 998; ++i) (void)f.d.start_with("order", fixture::make("ok", "a" + std::to_string(i)), "");
+  const auto all = f.run({"list"});
+  EXPECT_TRUE(has(all.out, "(the first 1000 shown; --limit N shows more")) << all.out.substr(0, 200);
+  EXPECT_FALSE(has(f.run({"list", "--limit", "1001"}).out, "shown;"));
+  EXPECT_FALSE(has(f.run({"list", "--status", "stuck"}).out, "shown;"));
+}
+
+}  // namespace

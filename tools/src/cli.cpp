@@ -66,7 +66,7 @@ const std::map<std::string, std::string>& command_usage() {
       {"list", R"(usage: sagactl [--db URL] list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--json]
        sagactl [--db URL] list --counts [--type T] [--json]
   Sagas by type, status (running|compensating|completed|compensated|stuck) and start time (--from and --to
-  both inclusive), oldest first. --counts: how many sagas are in each status (from the instance rows, no scan
+  both inclusive), oldest first; the first 1000 unless --limit says otherwise. --counts: how many sagas are in each status (from the instance rows, no scan
   of the events). --json: one JSON object per line (--counts: one object status -> count).
 )"},
       {"show", R"(usage: sagactl [--db URL] show SAGA_ID [--json]
@@ -388,6 +388,9 @@ class session {
         out_ << s.id.to_string() << "  " << s.type << " v" << s.definition_version << "  " << to_string(s.status)
              << "  seq " << s.last_seq << "  started " << format_time(s.started_at) << "\n";
     }
+    // The default limit cut the list short without a word (--json stays one object per line: count them).
+    if (!c_.has("--limit") && !c_.has("--json") && sagas.size() == q.limit)
+      out_ << "(the first " << q.limit << " shown; --limit N shows more, --counts counts them all)\n";
     return 0;
   }
 
