@@ -258,8 +258,10 @@ struct counting_store final : storage::event_store {
         inner.async_append(std::move(r), std::move(done));
     }
   }
+  std::atomic<bool> load_fails{false};  // load throws a store_error that retrying does not help
   std::vector<storage::recorded_event> load(const saga_id& id) override {
     ++loads;
+    if (load_fails) throw storage::store_error("test: permission denied for table saga_events");
     return inner.load(id);
   }
   std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
@@ -1553,6 +1555,47 @@ TEST(orchestrator, a_deadline_that_fired_is_decided_even_when_the_wall_clock_ste
     return sent_of(r.bus, "charge_payment").size() == 2;
   })) << "the timed-out charge was never resent";
   EXPECT_EQ(sent_of(r.bus, "charge_payment")[1].command_id, sent_of(r.bus, "charge_payment")[0].command_id);
+  o.shutdown();
+}
+
+}  // namespace
+
+namespace {
+
+// A reply whose saga's log cannot be read (a store error retrying does not help; a log evolve refuses) was dropped
+// without a word, and left an empty entry in memory for good.
+TEST(orchestrator, a_reply_whose_log_cannot_be_read_is_logged_and_leaves_no_entry) {
+  rig r;
+  counting_store store(r.store);
+  std::mutex m;
+  std::vector<std::string> lines;
+  auto options = r.options();
+  options.log = [&](const std::string& line) {
+    std::lock_guard lock(m);
+    lines.push_back(line);
+  };
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  store.load_fails = true;
+  transport::reply_message reply;
+  reply.command_id = "someone:2";
+  reply.saga = saga_id::from_words(4, 4);
+  reply.saga_type = "order";
+  reply.step = "create_order";
+  reply.attempt = 1;
+  reply.result = outcome::success;
+  reply.payload = "{}";
+  r.bus.send_reply("order", reply, nullptr);
+  const auto logged = [&] {
+    std::lock_guard lock(m);
+    return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
+      return l.find("saga " + reply.saga.to_string() + ": a reply could not be processed: test: permission denied") !=
+             std::string::npos;
+    });
+  };
+  ASSERT_TRUE(r.pump_until(logged)) << "the failure was not logged";
+  ASSERT_TRUE(r.pump_until([&] { return o.active() == 0; })) << "an entry was left behind";
   o.shutdown();
 }
 

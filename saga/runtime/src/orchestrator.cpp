@@ -735,7 +735,24 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         if (failed.done) failed.done(decision{}, std::current_exception());
       }
     } catch (...) {
+      // The saga's log could not be read or folded (a store error that retrying does not help, an event evolve
+      // refuses). A caller who waits is told; a reply, timer or recovery was dropped without a word: it is logged.
+      if (!j.awaited) {
+        std::string why = "unknown error";
+        try {
+          throw;
+        } catch (const std::exception& x) {
+          why = x.what();
+        } catch (...) {
+        }
+        log("saga " + e->id.to_string() + ": " +
+            (j.recover                                         ? std::string("recovery")
+             : std::holds_alternative<triggers::reply>(j.what) ? "a reply"
+                                                               : "a timer") +
+            " could not be processed: " + why);
+      }
       if (j.done) j.done(decision{}, std::current_exception());
+      if (!e->state) forget_if_idle(e, false);  // an entry made for this job alone: read again by the next trigger
     }
   }
 
