@@ -566,14 +566,25 @@ TEST(sagactl, verify_file_finds_an_export_cut_short_or_missing_a_sagas_last_even
 
 namespace {
 
-// list stopped at its default 1,000 without a word.
+// list stopped at its default 1,000 without a word. The note goes to stderr (a pipeline reading the ids from stdout
+// took "(the" for one), and only when more sagas exist than are shown.
 TEST(sagactl, list_says_when_its_default_limit_cut_it_short) {
   fixture f;
-  for (int i = 0; i < 998; ++i) (void)f.d.start_with("order", fixture::make("ok", "a" + std::to_string(i)), "");
+  for (int i = 0; i < 997; ++i) (void)f.d.start_with("order", fixture::make("ok", "a" + std::to_string(i)), "");
+  const auto lines = [](const std::string& s) { return std::count(s.begin(), s.end(), '\n'); };
+  const auto exactly = f.run({"list"});
+  ASSERT_EQ(lines(exactly.out), 1000) << exactly.err;  // all of them: nothing was cut
+  EXPECT_EQ(exactly.err, "");
+  (void)f.d.start_with("order", fixture::make("ok", "one-more"), "");
   const auto all = f.run({"list"});
-  EXPECT_TRUE(has(all.out, "(the first 1000 shown; --limit N shows more")) << all.out.substr(0, 200);
-  EXPECT_FALSE(has(f.run({"list", "--limit", "1001"}).out, "shown;"));
-  EXPECT_FALSE(has(f.run({"list", "--status", "stuck"}).out, "shown;"));
+  EXPECT_EQ(all.status, 0);
+  EXPECT_EQ(lines(all.out), 1000);
+  EXPECT_FALSE(has(all.out, "shown")) << all.out.substr(all.out.size() - 200);
+  EXPECT_TRUE(has(all.err, "the first 1000 shown; --limit N shows more")) << all.err;
+  EXPECT_TRUE(has(f.run({"list", "--json"}).err, "the first 1000 shown"));
+  EXPECT_EQ(lines(f.run({"list", "--limit", "1001"}).out), 1001);
+  EXPECT_EQ(f.run({"list", "--limit", "1001"}).err, "");
+  EXPECT_EQ(f.run({"list", "--status", "stuck"}).err, "");
 }
 
 }  // namespace

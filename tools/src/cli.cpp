@@ -66,7 +66,8 @@ const std::map<std::string, std::string>& command_usage() {
       {"list", R"(usage: sagactl [--db URL] list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--json]
        sagactl [--db URL] list --counts [--type T] [--json]
   Sagas by type, status (running|compensating|completed|compensated|stuck) and start time (--from and --to
-  both inclusive), oldest first; the first 1000 unless --limit says otherwise. --counts: how many sagas are in each status (from the instance rows, no scan
+  both inclusive), oldest first; the first 1000 unless --limit says otherwise (when more exist, stderr says so).
+  --counts: how many sagas are in each status (from the instance rows, no scan
   of the events). --json: one JSON object per line (--counts: one object status -> count).
 )"},
       {"show", R"(usage: sagactl [--db URL] show SAGA_ID [--json]
@@ -248,7 +249,8 @@ std::string state_json(const saga_state& s) {
 
 class session {
  public:
-  session(const command_line& c, const environment& env, std::ostream& out) : c_(c), env_(env), out_(out) {}
+  session(const command_line& c, const environment& env, std::ostream& out, std::ostream& err)
+      : c_(c), env_(env), out_(out), err_(err) {}
 
   int dispatch() {
     const std::string& cmd = c_.command;
@@ -379,8 +381,14 @@ class session {
     }
     if (c_.has("--from")) q.started_from = parse_when(c_.get("--from"), "--from");
     if (c_.has("--to")) q.started_to = parse_when(c_.get("--to"), "--to");
-    if (c_.has("--limit")) q.limit = parse_number(c_.get("--limit"), "--limit");
-    const auto sagas = store().list(q);
+    // Without --limit, one more than the default is asked for, to tell whether the default cut the list short.
+    const bool default_limit = !c_.has("--limit");
+    if (!default_limit) q.limit = parse_number(c_.get("--limit"), "--limit");
+    const std::size_t shown = q.limit;
+    if (default_limit) ++q.limit;
+    auto sagas = store().list(q);
+    const bool cut = default_limit && sagas.size() > shown;
+    if (cut) sagas.resize(shown);
     for (const auto& s : sagas) {
       if (c_.has("--json"))
         out_ << summary_json(s) << "\n";
@@ -388,9 +396,8 @@ class session {
         out_ << s.id.to_string() << "  " << s.type << " v" << s.definition_version << "  " << to_string(s.status)
              << "  seq " << s.last_seq << "  started " << format_time(s.started_at) << "\n";
     }
-    // The default limit cut the list short without a word (--json stays one object per line: count them).
-    if (!c_.has("--limit") && !c_.has("--json") && sagas.size() == q.limit)
-      out_ << "(the first " << q.limit << " shown; --limit N shows more, --counts counts them all)\n";
+    // The default limit cut the list short: said on stderr, so that `sagactl list | cut -f1` sees only sagas.
+    if (cut) err_ << "sagactl: the first " << shown << " shown; --limit N shows more, --counts counts them all\n";
     return 0;
   }
 
@@ -777,6 +784,7 @@ class session {
   const command_line& c_;
   const environment& env_;
   std::ostream& out_;
+  std::ostream& err_;  // notes about the output, kept out of it so that pipelines see only results
   std::unique_ptr<storage::event_store> store_;
   std::string breaks_json_;
 };
@@ -802,7 +810,7 @@ int run(const std::vector<std::string>& args, const environment& env, std::ostre
       out << it->second;
       return 0;
     }
-    const int status = session(c, env, out).dispatch();
+    const int status = session(c, env, out, err).dispatch();
     // Output that could not be written (`sagactl export > /dev/full`, a full disk) is a failure, not exit 0.
     out.flush();
     if (!out) {
