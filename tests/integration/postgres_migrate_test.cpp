@@ -107,6 +107,39 @@ TEST_F(postgres_migrate, two_processes_migrating_at_once_both_succeed) {
   EXPECT_TRUE(storage::migrate(url_).applied.empty());
 }
 
+// A session holding the migration lock (a migration stuck behind a table lock, a hung process) made every later
+// migrate, and so every service start, wait for good without a word.
+TEST_F(postgres_migrate, a_lock_held_past_lock_wait_is_a_retryable_error_naming_its_holder) {
+  const std::string lock = "SELECT pg_advisory_lock(8314040054174280039)";  // the key migrate.cpp uses
+  {
+    storage::postgres_session holder(url_);
+    const std::string pid = *holder.exec("SELECT pg_backend_pid()").at(0).at(0);
+    (void)holder.exec(lock);
+    try {
+      (void)storage::migrate(url_, bundled(), {std::chrono::milliseconds(300)});
+      ADD_FAILURE() << "migrate went on while another session held the lock";
+    } catch (const storage::store_error& e) {
+      EXPECT_TRUE(e.retryable());
+      const std::string what = e.what();
+      EXPECT_NE(what.find("held the migration lock for longer than 300 ms"), std::string::npos) << what;
+      EXPECT_NE(what.find("pid " + pid), std::string::npos) << what;
+      EXPECT_NE(what.find("last statement: "), std::string::npos) << what;
+    }
+    EXPECT_EQ(count("SELECT count(*) FROM pg_tables WHERE tablename = 'saga_migrations'"
+                    " AND schemaname = current_schema()"),
+              0u);  // nothing done
+    // Let go while another migrate waits within its lock_wait: that one goes on.
+    std::thread release([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      (void)holder.exec("SELECT pg_advisory_unlock(8314040054174280039)");
+    });
+    std::vector<std::string> applied;
+    EXPECT_NO_THROW(applied = storage::migrate(url_, bundled(), {std::chrono::seconds(30)}).applied);
+    release.join();
+    EXPECT_EQ(applied.size(), storage::bundled_migrations().size());
+  }
+}
+
 TEST_F(postgres_migrate, a_tampered_migration_is_refused_with_its_name) {
   auto list = bundled();
   (void)storage::migrate(url_, list);

@@ -4,7 +4,9 @@
 #include "pg_detail.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
+#include <thread>
 
 namespace saga::storage {
 
@@ -13,12 +15,46 @@ namespace {
 // Key of the session-level advisory lock every migrating process takes ("saga-mig").
 constexpr std::int64_t migrate_lock_key = 0x736167612d6d6967;
 
-// Holds pg_advisory_lock for its lifetime; closing the connection releases it too.
+// Who holds the migration lock, for the error when it stays taken: pid, application, state, since when.
+std::string lock_holder(pqxx::connection& conn) {
+  pqxx::nontransaction tx(conn);
+  // A bigint advisory key is stored as classid (high 32 bits), objid (low 32 bits), objsubid 1.
+  const auto rows = tx.exec_params(
+      "SELECT l.pid, coalesce(a.application_name, ''), coalesce(a.state, ''),"
+      " coalesce(to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''),"
+      " coalesce(left(a.query, 200), '')"
+      " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+      " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+      " AND l.classid::bigint = ($1::bigint >> 32) AND l.objid::bigint = ($1::bigint & 4294967295)",
+      migrate_lock_key);
+  if (rows.empty()) return "a session that has let it go since";
+  const auto r = rows[0];
+  std::string who = "the session with pid " + r[0].as<std::string>();
+  if (!r[1].as<std::string>().empty()) who += " ('" + r[1].as<std::string>() + "')";
+  if (!r[2].as<std::string>().empty()) who += ", " + r[2].as<std::string>();
+  if (!r[3].as<std::string>().empty()) who += ", in a transaction since " + r[3].as<std::string>();
+  if (!r[4].as<std::string>().empty()) who += ", last statement: " + r[4].as<std::string>();
+  return who;
+}
+
+// Holds pg_advisory_lock for its lifetime; closing the connection releases it too. Waits at most `wait` for it.
 class advisory_lock {
  public:
-  explicit advisory_lock(pqxx::connection& conn) : conn_(conn) {
-    pqxx::nontransaction tx(conn_);
-    tx.exec_params("SELECT pg_advisory_lock($1)", migrate_lock_key);
+  advisory_lock(pqxx::connection& conn, std::chrono::milliseconds wait) : conn_(conn) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (std::chrono::milliseconds pause{5};; pause = std::min(pause * 2, std::chrono::milliseconds(500))) {
+      {
+        pqxx::nontransaction tx(conn_);
+        if (tx.exec_params1("SELECT pg_try_advisory_lock($1)", migrate_lock_key)[0].as<bool>()) return;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline)
+        throw store_error("migrate: another session has held the migration lock for longer than " +
+                              std::to_string(wait.count()) + " ms: " + lock_holder(conn_) +
+                              " (a migration waiting for a table lock, or a process hung while migrating?)",
+                          true);
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+    }
   }
   ~advisory_lock() {
     try {
@@ -45,7 +81,7 @@ std::string migration_checksum(const migration& m) { return sha256_hex(m.sql); }
 
 migrate_result migrate(const std::string& url) { return migrate(url, bundled_migrations()); }
 
-migrate_result migrate(const std::string& url, std::span<const migration> migrations) {
+migrate_result migrate(const std::string& url, std::span<const migration> migrations, const migrate_options& options) {
   std::vector<const migration*> ordered;
   for (const auto& m : migrations) ordered.push_back(&m);
   std::sort(ordered.begin(), ordered.end(), [](auto* a, auto* b) { return a->version < b->version; });
@@ -58,7 +94,7 @@ migrate_result migrate(const std::string& url, std::span<const migration> migrat
   auto conn = detail::connect(url, "migrate");
   std::string current = "migrate";
   try {
-    advisory_lock lock(*conn);
+    advisory_lock lock(*conn, options.lock_wait);
     {
       pqxx::work tx(*conn);
       tx.exec(
