@@ -55,6 +55,7 @@ std::optional<trigger> trigger_of(const event& e) {
         } else if constexpr (std::is_same_v<T, cancel_requested>) {
           return triggers::cancel{x.reason, x.by};
         } else if constexpr (std::is_same_v<T, operator_action_recorded>) {
+          if (x.action == "cancel") return triggers::cancel{x.reason, x.operator_name};
           return triggers::operator_action{
               x.action == "skip" ? triggers::operator_verb::skip : triggers::operator_verb::retry, x.step, x.reason,
               x.operator_name};

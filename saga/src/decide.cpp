@@ -213,14 +213,23 @@ class decider {
   }
 
   void on(const triggers::cancel& c) {
-    if (st_.status != saga_status::running)
-      return refuse("saga " + st_.id.to_string() + " is " + to_string(st_.status) +
-                    "; only a running saga can be cancelled");
+    // A saga stuck going forward (a payload builder that throws, a retriable step past its policy) could only be
+    // skipped forward or retried into the same wall; cancelling it undoes what it did instead.
+    const bool stuck_forward = st_.status == saga_status::stuck && !st_.stuck_in_compensation;
+    if (st_.status != saga_status::running && !stuck_forward)
+      return refuse("saga " + st_.id.to_string() + " is " +
+                    (st_.status == saga_status::stuck ? std::string("stuck in a compensation")
+                                                      : std::string(to_string(st_.status))) +
+                    "; only a running saga, or one stuck going forward, can be cancelled");
     if (const auto p = def_.pivot()) {
       const auto& pivot = def_.steps()[*p];
       if (const auto* ps = st_.find(pivot.name); ps && ps->phase != step_phase::pending)
         return refuse("cannot cancel saga " + st_.id.to_string() + ": pivot step '" + pivot.name +
                       "' was already requested, so the saga can only go forward");
+    }
+    if (stuck_forward) {
+      if (c.reason.empty()) return refuse("cancelling a stuck saga needs a reason");
+      emit(operator_action_recorded{"cancel", st_.stuck_step, false, c.reason, c.by});
     }
     emit(cancel_requested{c.reason, c.by});
     emit(compensation_started{"cancelled by " + (c.by.empty() ? std::string("unknown") : c.by) + ": " + c.reason, ""});

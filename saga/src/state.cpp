@@ -234,6 +234,11 @@ struct applier {
     if (e.compensation != st.stuck_in_compensation)
       illegal(std::string("saga is stuck in its ") + (st.stuck_in_compensation ? "compensation" : "forward") +
               " action, not its " + (e.compensation ? "compensation" : "forward") + " one");
+    if (e.action == "cancel") {  // the saga goes on as it was before it got stuck: decide compensates it next
+      if (e.compensation || st.stuck_from != saga_status::running)
+        illegal("only a saga stuck going forward is cancelled by an operator");
+      return unstick();
+    }
     if (!st.find(e.step)) {  // stuck before its first request (its payload builder threw)
       st.steps.push_back(step_state{});
       st.steps.back().name = e.step;
@@ -253,6 +258,9 @@ struct applier {
     } else {
       illegal("unknown operator action '" + e.action + "'");
     }
+    unstick();
+  }
+  void unstick() const {
     st.status = st.stuck_from;
     st.stuck_step.clear();
     st.stuck_reason.clear();

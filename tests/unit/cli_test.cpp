@@ -358,6 +358,11 @@ TEST(sagactl, cancel_before_the_pivot_compensates_after_it_is_refused_with_the_r
   const auto late = f.run({"cancel", f.completed.to_string(), "--reason", "too late"});
   EXPECT_EQ(late.status, 1);
   EXPECT_TRUE(has(late.err, "refused: saga " + f.completed.to_string() + " is completed")) << late.err;
+  // A saga stuck in a compensation is not cancelled: its compensation is retried or skipped.
+  const auto stuck = f.run({"cancel", f.stuck.to_string(), "--reason", "give up"});
+  EXPECT_EQ(stuck.status, 1);
+  EXPECT_TRUE(has(stuck.err, "is stuck in a compensation; only a running saga, or one stuck going forward"))
+      << stuck.err;
 }
 
 TEST(sagactl, errors_name_what_is_wrong_and_read_only_commands_write_nothing) {

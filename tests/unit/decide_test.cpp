@@ -520,3 +520,101 @@ TEST(decide, retry_of_a_step_stuck_on_an_unmergeable_reply_is_refused_naming_ski
 }
 
 }  // namespace
+
+namespace {
+
+// a -> (c || b): b's payload builder throws, so the saga sticks going forward while c is in flight.
+definition thrower_in_parallel() {
+  return define<saga_test::data>("thrower_par", 1)
+      .step("a")
+      .invoke("svc_a", "do_a", saga_test::payload_for("a"))
+      .compensate("svc_a", "undo_a", saga_test::payload_for("undo_a"))
+      .step("c")
+      .after("a")
+      .invoke("svc_c", "do_c", saga_test::payload_for("c"))
+      .compensate("svc_c", "undo_c", saga_test::payload_for("undo_c"))
+      .step("b")
+      .after("a")
+      .invoke("svc_b", "do_b", [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("boom"); })
+      .compensate("svc_b", "undo_b", saga_test::payload_for("undo_b"))
+      .build();
+}
+
+// A saga stuck going forward (a payload builder that throws every time) could be retried into the same wall or
+// skipped forward without its step; cancel, which a customer's call asks for, was refused. It is recorded as the
+// operator's action, and the saga compensates what it did, the step still in flight included.
+TEST(decide, cancel_of_a_saga_stuck_going_forward_compensates_it) {
+  scenario s(thrower_in_parallel());
+  s.at(t0);
+  s.apply(triggers::start{input, ""});
+  s.apply(ok(s.command_id(2)));  // a succeeded; b sticks, c is requested
+  ASSERT_EQ(s.state().status, saga_status::stuck);
+  ASSERT_EQ(s.state().stuck_step, "b");
+  ASSERT_NE(s.state().find("c"), nullptr);
+  ASSERT_EQ(s.state().find("c")->phase, step_phase::running);
+  EXPECT_NE(s.when(triggers::cancel{"", "ops"}).rejected.find("needs a reason"), std::string::npos);
+  const decision d = s.apply(triggers::cancel{"customer called", "ops"});
+  ASSERT_EQ(d.events.size(), 3u) << d.rejected;
+  const auto& action = std::get<operator_action_recorded>(d.events[0].body);
+  EXPECT_EQ(action.action, "cancel");
+  EXPECT_EQ(action.step, "b");
+  EXPECT_EQ(action.reason, "customer called");
+  EXPECT_EQ(action.operator_name, "ops");
+  EXPECT_TRUE(std::holds_alternative<cancel_requested>(d.events[1].body));
+  EXPECT_EQ(std::get<compensation_started>(d.events[2].body).reason, "cancelled by ops: customer called");
+  EXPECT_EQ(s.state().status, saga_status::compensating);
+  EXPECT_EQ(s.state().stuck_step, "");
+  // c's reply was ignored while stuck: leaving stuck resends it, and compensation waits for it.
+  const auto fx = effects_of(d.after, d.events);
+  ASSERT_EQ(fx.size(), 2u);
+  EXPECT_EQ(std::get<effects::send_command>(fx[0]).step, "c");
+  EXPECT_TRUE(std::holds_alternative<effects::arm_timer>(fx[1]));
+  const decision c_done = s.apply(ok(s.state().find("c")->forward.command_id));
+  ASSERT_EQ(std::get<compensation_requested>(c_done.events.at(1).body).step, "c");
+  s.apply(ok(s.state().find("c")->compensation.command_id));
+  const decision a_undo = s.apply(ok(s.state().find("a")->compensation.command_id));
+  EXPECT_EQ(s.state().status, saga_status::compensated);
+  EXPECT_EQ(s.state().reason, "cancelled by ops: customer called");
+  for (const auto& e : a_undo.events) EXPECT_FALSE(std::holds_alternative<compensation_requested>(e.body));
+  // The audit replays the cancel from the recorded action and finds the same events.
+  EXPECT_EQ(audit::check_definition(thrower_in_parallel(), s.state().id, s.history()), std::nullopt);
+}
+
+TEST(decide, cancel_is_refused_for_a_saga_stuck_in_a_compensation_or_past_its_pivot) {
+  scenario comp(saga_test::linear());
+  comp.apply(triggers::start{input, ""});
+  comp.apply(ok(comp.command_id(2)));
+  comp.apply(failed(comp.command_id(4), "declined"));  // undo a requested at seq 7
+  comp.apply(failed(comp.command_id(7), "no"));        // stuck in a's compensation
+  ASSERT_EQ(comp.state().status, saga_status::stuck);
+  const decision c = comp.when(triggers::cancel{"customer called", "ops"});
+  EXPECT_TRUE(c.events.empty());
+  EXPECT_NE(c.rejected.find("is stuck in a compensation; only a running saga, or one stuck going forward"),
+            std::string::npos)
+      << c.rejected;
+  // Stuck on the retriable step after the pivot: forward only.
+  scenario fwd(saga_test::linear());
+  fwd.apply(triggers::start{input, ""});
+  fwd.apply(ok(fwd.command_id(2)));
+  fwd.apply(ok(fwd.command_id(4)));
+  fwd.apply(ok(fwd.command_id(6)));
+  fwd.apply(failed(fwd.command_id(8), "no"));
+  ASSERT_EQ(fwd.state().status, saga_status::stuck);
+  EXPECT_NE(fwd.when(triggers::cancel{"customer called", "ops"}).rejected.find("pivot step 'c' was already requested"),
+            std::string::npos);
+}
+
+// evolve takes an operator's cancel only where decide writes one.
+TEST(decide, evolve_refuses_an_operators_cancel_of_a_saga_stuck_in_a_compensation) {
+  scenario comp(saga_test::linear());
+  comp.apply(triggers::start{input, ""});
+  comp.apply(ok(comp.command_id(2)));
+  comp.apply(failed(comp.command_id(4), "declined"));
+  comp.apply(failed(comp.command_id(7), "no"));
+  ASSERT_TRUE(comp.state().stuck_in_compensation);
+  saga_state st = comp.state();
+  const event forged{st.seq + 1, t0, operator_action_recorded{"cancel", "a", true, "why", "ops"}};
+  EXPECT_THROW(apply(st, forged), illegal_transition);
+}
+
+}  // namespace

@@ -109,8 +109,9 @@ const std::map<std::string, std::string>& command_usage() {
   Treats the stuck action of STEP as done (e.g. fixed by hand) so the saga moves on; recorded with who and why.
 )"},
       {"cancel", R"(usage: sagactl [--db URL] cancel SAGA_ID --reason R [--operator NAME]
-  Asks a running saga to stop and compensate; refused (exit 1, with the reason) once its pivot step was
-  requested, or when it has finished.
+  Asks a running saga to stop and compensate, or one stuck going forward (recorded as an operator's action, as
+  retry and skip are); refused (exit 1, with the reason) once its pivot step was requested, while it is stuck in a
+  compensation (retry or skip that), or when it has finished.
 )"},
   };
   return usages;

@@ -35,7 +35,8 @@ struct timer {
   timer_kind kind = timer_kind::deadline;
   friend bool operator==(const timer&, const timer&) = default;
 };
-// Someone asks to stop the saga and undo what it did; refused after the pivot.
+// Someone asks to stop the saga and undo what it did: a running saga, or one stuck going forward (recorded as an
+// operator's action, which unsticks it); refused once the pivot was requested, while compensating and at the end.
 struct cancel {
   std::string reason;
   std::string by;

@@ -123,7 +123,8 @@ struct saga_stuck {
   bool compensation = false;
   std::string reason;
 };
-// An operator acted on the saga: `action` is "retry" or "skip".
+// An operator acted on a stuck saga: `action` is "retry" or "skip" (of `step`'s stuck action), or "cancel" (a saga
+// stuck going forward, before its pivot, stops and compensates; cancel_requested and compensation_started follow).
 struct operator_action_recorded {
   std::string action;
   std::string step;
