@@ -216,10 +216,12 @@ class decider {
     // A saga stuck going forward (a payload builder that throws, a retriable step past its policy) could only be
     // skipped forward or retried into the same wall; cancelling it undoes what it did instead.
     const bool stuck_forward = st_.status == saga_status::stuck && !st_.stuck_in_compensation;
+    if (st_.status == saga_status::stuck && !stuck_forward)
+      return refuse("saga " + st_.id.to_string() + " is stuck in the compensation of step '" + st_.stuck_step +
+                    "': retry or skip that compensation; only a running saga, or one stuck going forward, can be "
+                    "cancelled");
     if (st_.status != saga_status::running && !stuck_forward)
-      return refuse("saga " + st_.id.to_string() + " is " +
-                    (st_.status == saga_status::stuck ? std::string("stuck in a compensation")
-                                                      : std::string(to_string(st_.status))) +
+      return refuse("saga " + st_.id.to_string() + " is " + to_string(st_.status) +
                     "; only a running saga, or one stuck going forward, can be cancelled");
     if (const auto p = def_.pivot()) {
       const auto& pivot = def_.steps()[*p];

@@ -361,7 +361,7 @@ TEST(sagactl, cancel_before_the_pivot_compensates_after_it_is_refused_with_the_r
   // A saga stuck in a compensation is not cancelled: its compensation is retried or skipped.
   const auto stuck = f.run({"cancel", f.stuck.to_string(), "--reason", "give up"});
   EXPECT_EQ(stuck.status, 1);
-  EXPECT_TRUE(has(stuck.err, "is stuck in a compensation; only a running saga, or one stuck going forward"))
+  EXPECT_TRUE(has(stuck.err, "stuck in the compensation of step 'charge_payment': retry or skip that compensation"))
       << stuck.err;
 }
 

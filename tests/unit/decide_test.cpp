@@ -589,7 +589,7 @@ TEST(decide, cancel_is_refused_for_a_saga_stuck_in_a_compensation_or_past_its_pi
   ASSERT_EQ(comp.state().status, saga_status::stuck);
   const decision c = comp.when(triggers::cancel{"customer called", "ops"});
   EXPECT_TRUE(c.events.empty());
-  EXPECT_NE(c.rejected.find("is stuck in a compensation; only a running saga, or one stuck going forward"),
+  EXPECT_NE(c.rejected.find("stuck in the compensation of step 'a': retry or skip that compensation"),
             std::string::npos)
       << c.rejected;
   // Stuck on the retriable step after the pivot: forward only.
