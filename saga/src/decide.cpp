@@ -213,8 +213,9 @@ class decider {
   }
 
   void on(const triggers::cancel& c) {
-    // A saga stuck going forward (a payload builder that throws, a retriable step past its policy) could only be
-    // skipped forward or retried into the same wall; cancelling it undoes what it did instead.
+    // A saga stuck going forward before its pivot (a payload builder that throws every time) could only be skipped
+    // forward or retried into the same wall; cancelling it undoes what it did instead. Steps declared without a
+    // compensation are left as they are, as when a running saga is cancelled.
     const bool stuck_forward = st_.status == saga_status::stuck && !st_.stuck_in_compensation;
     if (st_.status == saga_status::stuck && !stuck_forward)
       return refuse("saga " + st_.id.to_string() + " is stuck in the compensation of step '" + st_.stuck_step +
@@ -230,7 +231,6 @@ class decider {
                       "' was already requested, so the saga can only go forward");
     }
     if (stuck_forward) {
-      if (c.reason.empty()) return refuse("cancelling a stuck saga needs a reason");
       emit(operator_action_recorded{"cancel", st_.stuck_step, false, c.reason, c.by});
     }
     emit(cancel_requested{c.reason, c.by});

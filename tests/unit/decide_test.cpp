@@ -552,7 +552,6 @@ TEST(decide, cancel_of_a_saga_stuck_going_forward_compensates_it) {
   ASSERT_EQ(s.state().stuck_step, "b");
   ASSERT_NE(s.state().find("c"), nullptr);
   ASSERT_EQ(s.state().find("c")->phase, step_phase::running);
-  EXPECT_NE(s.when(triggers::cancel{"", "ops"}).rejected.find("needs a reason"), std::string::npos);
   const decision d = s.apply(triggers::cancel{"customer called", "ops"});
   ASSERT_EQ(d.events.size(), 3u) << d.rejected;
   const auto& action = std::get<operator_action_recorded>(d.events[0].body);

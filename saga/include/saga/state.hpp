@@ -16,7 +16,7 @@ enum class saga_status {
   compensating,  // undoing completed steps
   completed,     // every step succeeded (terminal)
   compensated,   // every completed compensatable step was undone (terminal)
-  stuck,         // waiting for an operator (retry or skip); visible, never dropped
+  stuck,         // waiting for an operator (retry, skip, or cancel going forward); visible, never dropped
 };
 [[nodiscard]] const char* to_string(saga_status status) noexcept;
 // True for completed and compensated.

@@ -25,6 +25,7 @@ std::string lock_holder(pqxx::connection& conn) {
       " coalesce(left(a.query, 200), '')"
       " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
       " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+      " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
       " AND l.classid::bigint = ($1::bigint >> 32) AND l.objid::bigint = ($1::bigint & 4294967295)",
       migrate_lock_key);
   if (rows.empty()) return "a session that has let it go since";
@@ -50,10 +51,18 @@ class advisory_lock {
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline)
         throw store_error("migrate: another session has held the migration lock for longer than " +
-                              std::to_string(wait.count()) + " ms: " + lock_holder(conn_) +
+                              std::to_string(wait.count()) + " ms: " + holder_or_why_not() +
                               " (a migration waiting for a table lock, or a process hung while migrating?)",
                           true);
       std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+    }
+  }
+  // lock_holder, or why it could not be told: the lock's error is the one to report.
+  std::string holder_or_why_not() noexcept {
+    try {
+      return lock_holder(conn_);
+    } catch (const std::exception& e) {
+      return "its holder could not be read (" + std::string(e.what()) + ")";
     }
   }
   ~advisory_lock() {
