@@ -4,6 +4,7 @@
 // state) and at the end of every schedule.
 #include "test_definitions.hpp"
 
+#include <saga/audit.hpp>
 #include <saga/effects.hpp>
 #include <saga/storage/inbox.hpp>
 
@@ -46,6 +47,7 @@ class world {
   [[nodiscard]] saga_status final_status() const noexcept { return state_.status; }
   [[nodiscard]] int operator_actions() const noexcept { return operator_actions_; }
   [[nodiscard]] int crashes() const noexcept { return crashes_; }
+  [[nodiscard]] int cancelled_stuck() const noexcept { return cancelled_stuck_; }
   [[nodiscard]] long replay_checks() const noexcept { return replay_checks_; }
 
   // The log, one event a line, for failure reports.
@@ -152,6 +154,12 @@ class world {
 
   void operator_act() {
     ++operator_actions_;
+    // Stuck going forward: the operator may cancel instead (refused past the pivot, then retry or skip follow).
+    if (state_.status == saga_status::stuck && !state_.stuck_in_compensation && chance(35)) {
+      handle(triggers::cancel{"operator cancelled", "prop"});
+      cancelled_stuck_ += state_.status != saga_status::stuck;
+      return;
+    }
     if (operator_actions_ > 3 || chance(30))
       handle(triggers::operator_action{triggers::operator_verb::skip, {}, "operator skipped", "prop"});
     else
@@ -240,6 +248,9 @@ class world {
 
   void final_checks() {
     if (!(replay(log_.size()) == state_)) fail("final replay differs");
+    // The audit replays every recorded trigger against the definition and finds the same events.
+    if (const auto m = audit::check_definition(def_, state_.id, log_))
+      fail("audit: seq " + std::to_string(m->seq) + " was " + m->recorded + ", the definition decides " + m->expected);
     for (const auto& [id, n] : applied_)
       if (n != 1) fail("command " + id + " applied " + std::to_string(n) + " times");
     // Late triggers after the end change nothing.
@@ -296,15 +307,50 @@ class world {
   bool pivot_succeeded_ = false;
   int operator_actions_ = 0;
   int crashes_ = 0;
+  int cancelled_stuck_ = 0;
   long replay_checks_ = 0;
 };
 
+// a -> (c || b) -> p (pivot) -> d (retriable): b's payload builder always throws, so every saga sticks going
+// forward at b, and operators cancel it (compensating a and c), retry it (stuck again) or skip it (on to the pivot).
+definition blocked_before_the_pivot(std::uint32_t attempts) {
+  using namespace saga_test;
+  return define<data>("blocked", 1)
+      .step("a")
+      .invoke("svc", "do_a", payload_for("a"))
+      .retry(policy(attempts))
+      .compensate("svc", "undo_a", payload_for("undo_a"))
+      .compensation_retry(policy(2))
+      .step("c")
+      .after("a")
+      .invoke("svc", "do_c", payload_for("c"))
+      .retry(policy(attempts))
+      .compensate("svc", "undo_c", payload_for("undo_c"))
+      .compensation_retry(policy(2))
+      .step("b")
+      .after("a")
+      .invoke("svc", "do_b", [](const data&) -> cmd { throw std::runtime_error("no address"); })
+      .compensate("svc", "undo_b", payload_for("undo_b"))
+      .compensation_retry(policy(2))
+      .step("p")
+      .after({"b", "c"})
+      .pivot()
+      .invoke("svc", "do_p", payload_for("p"))
+      .retry(policy(attempts))
+      .step("d")
+      .retriable()
+      .invoke("svc", "do_d", payload_for("d"))
+      .retry(policy(attempts))
+      .build();
+}
+
 TEST(property, ten_thousand_random_schedules_keep_every_invariant) {
-  const std::vector<definition> definitions = {saga_test::linear(1), saga_test::linear(3), saga_test::diamond(1),
-                                               saga_test::diamond(3)};
+  const std::vector<definition> definitions = {saga_test::linear(1),        saga_test::linear(3),
+                                               saga_test::diamond(1),       saga_test::diamond(3),
+                                               blocked_before_the_pivot(1), blocked_before_the_pivot(3)};
   constexpr std::uint64_t schedules = 10'000;
   std::map<saga_status, int> outcomes;
-  int stuck_then_resolved = 0, crashed = 0;
+  int stuck_then_resolved = 0, crashed = 0, cancelled_stuck = 0;
   long replay_checks = 0;
   for (std::uint64_t seed = 1; seed <= schedules; ++seed) {
     world w(definitions[seed % definitions.size()], seed);
@@ -312,6 +358,7 @@ TEST(property, ten_thousand_random_schedules_keep_every_invariant) {
     ++outcomes[w.final_status()];
     stuck_then_resolved += w.operator_actions() > 0;
     crashed += w.crashes() > 0;
+    cancelled_stuck += w.cancelled_stuck() > 0;
     replay_checks += w.replay_checks();
     ASSERT_EQ(w.failure, "") << "schedule seed " << seed << " on definition "
                              << definitions[seed % definitions.size()].type() << "\n"
@@ -322,11 +369,13 @@ TEST(property, ten_thousand_random_schedules_keep_every_invariant) {
   EXPECT_GT(outcomes[saga_status::compensated], static_cast<int>(schedules / 20));
   EXPECT_GT(stuck_then_resolved, static_cast<int>(schedules / 100));
   EXPECT_GT(crashed, static_cast<int>(schedules / 5));
+  EXPECT_GT(cancelled_stuck, static_cast<int>(schedules / 200));  // random cancels end most schedules before
   // The log was replayed after every handled trigger: at least a start and a few replies per schedule.
   EXPECT_GT(replay_checks, static_cast<long>(schedules) * 5);
   std::cout << "schedules: " << schedules << ", completed " << outcomes[saga_status::completed] << ", compensated "
             << outcomes[saga_status::compensated] << ", stuck then resolved by an operator " << stuck_then_resolved
-            << ", with crash+replay " << crashed << ", replays checked after a trigger " << replay_checks << "\n";
+            << ", cancelled while stuck " << cancelled_stuck << ", with crash+replay " << crashed
+            << ", replays checked after a trigger " << replay_checks << "\n";
 }
 
 }  // namespace
