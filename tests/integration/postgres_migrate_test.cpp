@@ -140,6 +140,35 @@ TEST_F(postgres_migrate, a_lock_held_past_lock_wait_is_a_retryable_error_naming_
   }
 }
 
+// A migration that runs long holds the lock: another migrate that gives up names it, and what it runs.
+TEST_F(postgres_migrate, a_migrate_that_gives_up_names_the_migration_holding_the_lock) {
+  auto slow = bundled();
+  slow.push_back({99, "0099_slow.sql", "SELECT pg_sleep(3)"});
+  std::string first_error;
+  std::thread first([&] {
+    try {
+      (void)storage::migrate(url_, slow);
+    } catch (const std::exception& e) {
+      first_error = e.what();
+    }
+  });
+  // Wait until the slow migration runs (it holds the lock then).
+  for (int i = 0; i < 200 && count("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)'") == 0;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  try {
+    (void)storage::migrate(url_, slow, {std::chrono::milliseconds(200)});
+    ADD_FAILURE() << "the second migrate went on while the first held the lock";
+  } catch (const storage::store_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("('saga migrate'), active"), std::string::npos) << what;
+    EXPECT_NE(what.find("last statement: SELECT pg_sleep(3)"), std::string::npos) << what;
+  }
+  first.join();
+  EXPECT_EQ(first_error, "");
+  EXPECT_TRUE(storage::migrate(url_, slow).applied.empty());
+}
+
 TEST_F(postgres_migrate, a_tampered_migration_is_refused_with_its_name) {
   auto list = bundled();
   (void)storage::migrate(url_, list);

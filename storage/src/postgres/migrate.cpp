@@ -103,6 +103,12 @@ migrate_result migrate(const std::string& url, std::span<const migration> migrat
   auto conn = detail::connect(url, "migrate");
   std::string current = "migrate";
   try {
+    {  // named in pg_stat_activity (and in the lock-wait error of another migrate), unless the URL names it
+      pqxx::nontransaction tx(*conn);
+      tx.exec(
+          "SELECT set_config('application_name', 'saga migrate', false)"
+          " WHERE current_setting('application_name') = ''");
+    }
     advisory_lock lock(*conn, options.lock_wait);
     {
       pqxx::work tx(*conn);
