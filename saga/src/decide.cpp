@@ -230,9 +230,7 @@ class decider {
         return refuse("cannot cancel saga " + st_.id.to_string() + ": pivot step '" + pivot.name +
                       "' was already requested, so the saga can only go forward");
     }
-    if (stuck_forward) {
-      emit(operator_action_recorded{"cancel", st_.stuck_step, false, c.reason, c.by});
-    }
+    if (stuck_forward) emit(operator_action_recorded{"cancel", st_.stuck_step, false, c.reason, c.by});
     emit(cancel_requested{c.reason, c.by});
     emit(compensation_started{"cancelled by " + (c.by.empty() ? std::string("unknown") : c.by) + ": " + c.reason, ""});
     advance();

@@ -110,11 +110,11 @@ TEST_F(postgres_migrate, two_processes_migrating_at_once_both_succeed) {
 // A session holding the migration lock (a migration stuck behind a table lock, a hung process) made every later
 // migrate, and so every service start, wait for good without a word.
 TEST_F(postgres_migrate, a_lock_held_past_lock_wait_is_a_retryable_error_naming_its_holder) {
-  const std::string lock = "SELECT pg_advisory_lock(8314040054174280039)";  // the key migrate.cpp uses
+  const std::string key = "8314040054174280039";  // the key migrate.cpp uses
   {
     storage::postgres_session holder(url_);
     const std::string pid = *holder.exec("SELECT pg_backend_pid()").at(0).at(0);
-    (void)holder.exec(lock);
+    (void)holder.exec("SELECT pg_advisory_lock(" + key + ")");
     try {
       (void)storage::migrate(url_, bundled(), {std::chrono::milliseconds(300)});
       ADD_FAILURE() << "migrate went on while another session held the lock";
@@ -131,7 +131,7 @@ TEST_F(postgres_migrate, a_lock_held_past_lock_wait_is_a_retryable_error_naming_
     // Let go while another migrate waits within its lock_wait: that one goes on.
     std::thread release([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      (void)holder.exec("SELECT pg_advisory_unlock(8314040054174280039)");
+      (void)holder.exec("SELECT pg_advisory_unlock(" + key + ")");
     });
     std::vector<std::string> applied;
     EXPECT_NO_THROW(applied = storage::migrate(url_, bundled(), {std::chrono::seconds(30)}).applied);

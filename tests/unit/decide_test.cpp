@@ -523,31 +523,14 @@ TEST(decide, retry_of_a_step_stuck_on_an_unmergeable_reply_is_refused_naming_ski
 
 namespace {
 
-// a -> (c || b): b's payload builder throws, so the saga sticks going forward while c is in flight.
-definition thrower_in_parallel() {
-  return define<saga_test::data>("thrower_par", 1)
-      .step("a")
-      .invoke("svc_a", "do_a", saga_test::payload_for("a"))
-      .compensate("svc_a", "undo_a", saga_test::payload_for("undo_a"))
-      .step("c")
-      .after("a")
-      .invoke("svc_c", "do_c", saga_test::payload_for("c"))
-      .compensate("svc_c", "undo_c", saga_test::payload_for("undo_c"))
-      .step("b")
-      .after("a")
-      .invoke("svc_b", "do_b", [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("boom"); })
-      .compensate("svc_b", "undo_b", saga_test::payload_for("undo_b"))
-      .build();
-}
-
 // A saga stuck going forward (a payload builder that throws every time) could be retried into the same wall or
 // skipped forward without its step; cancel, which a customer's call asks for, was refused. It is recorded as the
 // operator's action, and the saga compensates what it did, the step still in flight included.
 TEST(decide, cancel_of_a_saga_stuck_going_forward_compensates_it) {
-  scenario s(thrower_in_parallel());
+  scenario s(saga_test::blocked());
   s.at(t0);
   s.apply(triggers::start{input, ""});
-  s.apply(ok(s.command_id(2)));  // a succeeded; b sticks, c is requested
+  s.apply(ok(s.command_id(2)));  // a succeeded; c is requested, b sticks (before the pivot p)
   ASSERT_EQ(s.state().status, saga_status::stuck);
   ASSERT_EQ(s.state().stuck_step, "b");
   ASSERT_NE(s.state().find("c"), nullptr);
@@ -576,7 +559,7 @@ TEST(decide, cancel_of_a_saga_stuck_going_forward_compensates_it) {
   EXPECT_EQ(s.state().reason, "cancelled by ops: customer called");
   for (const auto& e : a_undo.events) EXPECT_FALSE(std::holds_alternative<compensation_requested>(e.body));
   // The audit replays the cancel from the recorded action and finds the same events.
-  EXPECT_EQ(audit::check_definition(thrower_in_parallel(), s.state().id, s.history()), std::nullopt);
+  EXPECT_EQ(audit::check_definition(saga_test::blocked(), s.state().id, s.history()), std::nullopt);
 }
 
 TEST(decide, cancel_is_refused_for_a_saga_stuck_in_a_compensation_or_past_its_pivot) {

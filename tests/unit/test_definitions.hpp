@@ -6,6 +6,7 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,38 @@ inline saga::definition diamond(std::uint32_t attempts = 2) {
       .retry(policy(attempts))
       .compensate("svc", "undo_d", payload_for("undo_d"))
       .compensation_retry(policy(2))
+      .build();
+}
+
+// a -> (c || b) -> p (pivot) -> d (retriable): b's payload builder always throws, so every saga sticks going
+// forward at b, and operators cancel it (compensating a and c), retry it (stuck again) or skip it (on to the pivot).
+inline saga::definition blocked(std::uint32_t attempts = 2) {
+  return saga::define<data>("blocked", 1)
+      .step("a")
+      .invoke("svc", "do_a", payload_for("a"))
+      .retry(policy(attempts))
+      .compensate("svc", "undo_a", payload_for("undo_a"))
+      .compensation_retry(policy(2))
+      .step("c")
+      .after("a")
+      .invoke("svc", "do_c", payload_for("c"))
+      .retry(policy(attempts))
+      .compensate("svc", "undo_c", payload_for("undo_c"))
+      .compensation_retry(policy(2))
+      .step("b")
+      .after("a")
+      .invoke("svc", "do_b", [](const data&) -> cmd { throw std::runtime_error("no address"); })
+      .compensate("svc", "undo_b", payload_for("undo_b"))
+      .compensation_retry(policy(2))
+      .step("p")
+      .after({"b", "c"})
+      .pivot()
+      .invoke("svc", "do_p", payload_for("p"))
+      .retry(policy(attempts))
+      .step("d")
+      .retriable()
+      .invoke("svc", "do_d", payload_for("d"))
+      .retry(policy(attempts))
       .build();
 }
 

@@ -67,8 +67,8 @@ const std::map<std::string, std::string>& command_usage() {
        sagactl [--db URL] list --counts [--type T] [--json]
   Sagas by type, status (running|compensating|completed|compensated|stuck) and start time (--from and --to
   both inclusive), oldest first; the first 1000 unless --limit says otherwise (when more exist, stderr says so).
-  --counts: how many sagas are in each status (from the instance rows, no scan
-  of the events). --json: one JSON object per line (--counts: one object status -> count).
+  --counts: how many sagas are in each status (from the instance rows, no scan of the events). --json: one JSON
+  object per line (--counts: one object status -> count).
 )"},
       {"show", R"(usage: sagactl [--db URL] show SAGA_ID [--json]
   The saga's timeline (every event with its time, time since the previous event, step, attempt and command

@@ -58,7 +58,7 @@ class advisory_lock {
     }
   }
   // lock_holder, or why it could not be told: the lock's error is the one to report.
-  std::string holder_or_why_not() noexcept {
+  std::string holder_or_why_not() {
     try {
       return lock_holder(conn_);
     } catch (const std::exception& e) {
