@@ -24,8 +24,10 @@ int main(int argc, char** argv) {
   env.now = [] { return std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now()); };
 #ifdef SAGA_HAVE_POSTGRES
   env.open_store = [](const std::string& url) { return std::make_unique<saga::storage::postgres_event_store>(url); };
-  env.migrate = [](const std::string& url) {
-    const auto r = saga::storage::migrate(url);
+  env.migrate = [](const std::string& url, std::optional<std::chrono::milliseconds> lock_wait) {
+    saga::storage::migrate_options options;
+    if (lock_wait) options.lock_wait = *lock_wait;
+    const auto r = saga::storage::migrate(url, saga::storage::bundled_migrations(), options);
     std::string out = r.applied.empty() ? std::string("the schema is up to date") : std::string("applied:");
     for (const auto& name : r.applied) out += " " + name;
     if (!r.newer.empty()) {

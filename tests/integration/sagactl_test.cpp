@@ -977,6 +977,30 @@ TEST_F(sagactl_fresh, migrate_applies_the_migrations_and_is_a_no_op_the_second_t
   EXPECT_EQ(second.out, "the schema is up to date\n");
 }
 
+// A migration lock held by another session (a hung service start) made `sagactl migrate` wait five minutes with
+// no way to say less.
+TEST_F(sagactl_fresh, migrate_waits_at_most_lock_wait_for_another_sessions_lock_and_names_it) {
+  storage::postgres_session holder(url_);
+  const std::string pid = *holder.exec("SELECT pg_backend_pid()").at(0).at(0);
+  (void)holder.exec("SELECT pg_advisory_lock(8314040054174280039)");  // the key migrate.cpp uses
+  const auto busy = sagactl({"--db", url_, "migrate", "--lock-wait", "1"});
+  EXPECT_EQ(busy.status, 1) << busy.out << busy.err;
+  EXPECT_TRUE(has(busy.err, "held the migration lock for longer than 1000 ms")) << busy.err;
+  EXPECT_TRUE(has(busy.err, "pid " + pid)) << busy.err;
+  EXPECT_EQ(busy.out, "");
+  EXPECT_EQ(count("pg_tables WHERE tablename = 'saga_migrations' AND schemaname = current_schema()"),
+            "0");  // nothing applied
+  for (const std::string bad : {"", "-1", "1.5", "soon", "86401"}) {
+    const auto r = sagactl({"--db", url_, "migrate", "--lock-wait", bad});
+    EXPECT_EQ(r.status, 2) << bad << ": " << r.err;
+    EXPECT_TRUE(has(r.err, "--lock-wait")) << r.err;
+  }
+  (void)holder.exec("SELECT pg_advisory_unlock(8314040054174280039)");
+  const auto free = sagactl({"--db", url_, "migrate", "--lock-wait", "0"});
+  EXPECT_EQ(free.status, 0) << free.err;
+  EXPECT_TRUE(has(free.out, "applied: 0001_event_log.sql")) << free.out;
+}
+
 TEST(sagactl_program, each_subcommand_has_its_own_help) {
   for (const std::string command :
        {"migrate", "list", "show", "replay", "verify", "export", "retry", "skip", "cancel"}) {

@@ -33,7 +33,7 @@ namespace {
 constexpr const char* usage = R"(usage: sagactl [--db URL] COMMAND [options]
 
 commands:
-  migrate                               apply the database migrations
+  migrate [--lock-wait SECONDS]         apply the database migrations
   list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--counts] [--json]
                                         sagas by type, status (running|compensating|completed|compensated|stuck)
                                         and start time; --counts: how many in each status
@@ -60,8 +60,10 @@ Exit status: 0 ok, 1 failure or finding, 2 usage error.
 // Each subcommand's own usage (sagactl COMMAND --help, sagactl help COMMAND).
 const std::map<std::string, std::string>& command_usage() {
   static const std::map<std::string, std::string> usages = {
-      {"migrate", R"(usage: sagactl [--db URL] migrate
+      {"migrate", R"(usage: sagactl [--db URL] migrate [--lock-wait SECONDS]
   Applies the numbered migrations that are not applied yet, under an advisory lock; a no-op when up to date.
+  Waits at most --lock-wait seconds (default 300) for another session's migration lock, then exits 1 naming
+  that session (pid, application, state, last statement); the migrations it has not applied are left for later.
 )"},
       {"list", R"(usage: sagactl [--db URL] list [--type T] [--status S] [--from TIME] [--to TIME] [--limit N] [--json]
        sagactl [--db URL] list --counts [--type T] [--json]
@@ -138,8 +140,9 @@ struct command_line {
 };
 
 const std::set<std::string> flags = {"--json", "--counts", "--all", "--verify-definition", "--help"};
-const std::set<std::string> valued = {"--db",   "--type", "--status", "--from",   "--to",       "--limit", "--at",
-                                      "--saga", "--file", "--since",  "--reason", "--operator", "--step"};
+const std::set<std::string> valued = {"--db",     "--type",     "--status", "--from",     "--to",
+                                      "--limit",  "--at",       "--saga",   "--file",     "--since",
+                                      "--reason", "--operator", "--step",   "--lock-wait"};
 
 command_line parse(const std::vector<std::string>& args) {
   command_line c;
@@ -268,7 +271,7 @@ class session {
     // An option the command does not use is refused rather than ignored: `export --saga X --since N` exported
     // the whole saga, `list --counts --status stuck` counted every status.
     static const std::map<std::string, std::set<std::string>> accepted = {
-        {"migrate", {}},
+        {"migrate", {"--lock-wait"}},
         {"list", {"--type", "--status", "--from", "--to", "--limit", "--json", "--counts"}},
         {"show", {"--json"}},
         {"partitions", {"--type", "--json"}},
@@ -355,7 +358,14 @@ class session {
 
   int migrate() {
     if (!env_.migrate) throw failure("this sagactl was built without migrations");
-    out_ << env_.migrate(url()) << "\n";
+    std::optional<std::chrono::milliseconds> lock_wait;
+    if (c_.has("--lock-wait")) {
+      const auto seconds = parse_number(c_.get("--lock-wait"), "--lock-wait");
+      if (seconds > 24 * 3600)
+        throw usage_error("--lock-wait " + c_.get("--lock-wait") + " is more than a day (24 * 3600 seconds)");
+      lock_wait = std::chrono::seconds(seconds);
+    }
+    out_ << env_.migrate(url(), lock_wait) << "\n";
     return 0;
   }
 

@@ -5,8 +5,10 @@
 #include "saga/storage/event_store.hpp"
 #include "saga/transport/transport.hpp"
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -17,8 +19,9 @@ namespace saga::cli {
 struct environment {
   // Opens the event store at a connection string; throws storage::store_error (store_unavailable when unreachable).
   std::function<std::unique_ptr<storage::event_store>(const std::string& url)> open_store;
-  // Applies migrations (sagactl migrate); empty when this build has none.
-  std::function<std::string(const std::string& url)> migrate;
+  // Applies migrations (sagactl migrate) and says what it did; empty when this build has none. lock_wait bounds the
+  // wait for another session's migration lock (--lock-wait); nullopt: the migrator's default.
+  std::function<std::string(const std::string& url, std::optional<std::chrono::milliseconds> lock_wait)> migrate;
   // Opens the transport the orchestrators use, for the commands an operator action sends; may be empty.
   std::function<std::unique_ptr<transport::transport>()> open_transport;
   // Said when open_transport is empty and an action's commands are left to the orchestrators (e.g. which
