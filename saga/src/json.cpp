@@ -276,4 +276,32 @@ std::string demangle(const char* name) {
 }
 
 }  // namespace detail
+
+std::string unstorable_text(std::string_view text, bool json) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c == 0) return "a NUL byte at byte " + std::to_string(i) + " (PostgreSQL text cannot hold NUL)";
+    if (json && c == '\\' && i + 1 < n) {
+      if (p[i + 1] == 'u' && text.substr(i + 2, 4) == "0000")
+        return "the JSON escape \\u0000 (NUL) at byte " + std::to_string(i) + " (PostgreSQL jsonb cannot hold NUL)";
+      i += 2;  // an escape: the escaped character is not a backslash that starts another one
+      continue;
+    }
+    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = len != 0 && i + len <= n;
+    for (std::size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
+    if (ok && len > 1) {  // overlong forms, surrogates and code points past U+10FFFF are not UTF-8 either
+      std::uint32_t cp = c & (0xff >> (len + 1));
+      for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (p[i + k] & 0x3f);
+      static constexpr std::uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+      ok = cp >= smallest[len] && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff);
+    }
+    if (!ok) return "invalid UTF-8 at byte " + std::to_string(i) + " (PostgreSQL stores UTF-8 text only)";
+    i += len;
+  }
+  return {};
+}
+
 }  // namespace saga

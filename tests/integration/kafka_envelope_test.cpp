@@ -197,6 +197,35 @@ TEST(kafka_envelope, bad_header_values_are_named) {
             "bad header ce_sagacompensates: control character 0x00 at offset 1");
   EXPECT_EQ(st::decode_reply(with(st::encode(sample_reply(), "/p").headers, hn::id, "r\x7f"), "{}").error,
             "bad header ce_id: control character 0x7f at offset 1");
+  // Text the event log cannot hold (invalid UTF-8, NUL) is refused here, naming the header or the value: a reply
+  // carrying it was taken, its events refused by the store, and the reply lost without a word.
+  EXPECT_EQ(bad(hn::id, "c-\xff"), "bad header ce_id: invalid UTF-8 at byte 2 (PostgreSQL stores UTF-8 text only)");
+  EXPECT_EQ(bad(hn::step, "ship\xc0\xaf"),
+            "bad header ce_sagastep: invalid UTF-8 at byte 4 (PostgreSQL stores UTF-8 text only)");
+  EXPECT_EQ(bad(hn::reply_to, std::string("r\0", 2)),
+            "bad header ce_sagareplyto: a NUL byte at byte 1 (PostgreSQL text cannot hold NUL)");
+  EXPECT_EQ(st::decode_command(e.headers, "{\"a\":\"\xed\xa0\x80\"}").error,
+            "value cannot be stored: invalid UTF-8 at byte 6 (PostgreSQL stores UTF-8 text only)");
+  {
+    auto reply = st::encode(sample_reply(), "/p");
+    EXPECT_EQ(st::decode_reply(with(reply.headers, hn::reason, "card \xff declined"), reply.value).error,
+              "bad header ce_sagareason: invalid UTF-8 at byte 5 (PostgreSQL stores UTF-8 text only)");
+    EXPECT_EQ(st::decode_reply(with(reply.headers, hn::reason, std::string("a\0b", 3)), reply.value).error,
+              "bad header ce_sagareason: a NUL byte at byte 1 (PostgreSQL text cannot hold NUL)");
+    EXPECT_EQ(st::decode_reply(reply.headers, R"({"note":"\u0000"})").error,
+              "value cannot be stored: the JSON escape \\u0000 (NUL) at byte 9 (PostgreSQL jsonb cannot hold NUL)");
+    EXPECT_EQ(st::decode_reply(reply.headers, "{\"note\":\"\xff\"}").error,
+              "value cannot be stored: invalid UTF-8 at byte 9 (PostgreSQL stores UTF-8 text only)");
+    // Valid UTF-8 and escapes other than \u0000 pass, in the value and in the reason.
+    const auto fine = st::decode_reply(with(reply.headers, hn::reason,
+                                            "carte refus\xc3\xa9"
+                                            "e \xf0\x9f\x92\xb3"),
+                                       R"({"note":"\u00e9\\u0000 \u0001"})");
+    ASSERT_TRUE(fine) << fine.error;
+    EXPECT_EQ(fine.message->reason,
+              "carte refus\xc3\xa9"
+              "e \xf0\x9f\x92\xb3");
+  }
   auto garbage = st::decode_command(e.headers, "\xff\x01garbage");
   ASSERT_FALSE(garbage);
   EXPECT_NE(garbage.error.find("value is not JSON"), std::string::npos) << garbage.error;

@@ -74,6 +74,14 @@ void check_id(reader& r, std::string_view name, const std::string& id) {
   }
 }
 
+// Text a saga's events may come to hold (a reply's reason, ids, names) is UTF-8 without NUL, as the event log
+// stores it: a reply with "\xff" in its reason was taken, then its events were refused by the store, and the reply
+// was lost without a word. Called after the other checks, so their more specific messages come first.
+void check_text(reader& r, std::string_view name, std::string_view value) {
+  if (!r.ok()) return;
+  if (auto why = unstorable_text(value, false); !why.empty()) r.fail("bad header " + std::string(name) + ": " + why);
+}
+
 struct common_fields {
   std::string id, type;
   saga_id saga;
@@ -153,6 +161,17 @@ void check_json(reader& r, std::string_view value, bool allow_empty) {
     if (rest.find_first_not_of(" \t\r\n") != std::string_view::npos)
       r.fail("value is not JSON: text after the document at offset " + std::to_string(stream.Tell()));
   }
+  // rapidjson passes invalid UTF-8 inside strings through; the event log holds neither it nor \u0000.
+  if (r.ok())
+    if (auto why = unstorable_text(value, true); !why.empty()) r.fail("value cannot be stored: " + why);
+}
+
+void check_common_text(reader& r, const common_fields& c) {
+  check_text(r, hn::id, c.id);
+  check_text(r, hn::type, c.type);
+  check_text(r, hn::saga_type, c.saga_type);
+  check_text(r, hn::step, c.step);
+  check_text(r, hn::traceparent, c.traceparent);
 }
 
 }  // namespace
@@ -235,6 +254,10 @@ decoded<command_message> decode_command(const header_list& headers, std::string_
     r.fail("header " + std::string(hn::compensates) + " on a command that is not a compensation");
   check_id(r, hn::compensates, m.compensates);
   check_json(r, value, false);
+  check_common_text(r, c);
+  check_text(r, hn::service, m.service);
+  check_text(r, hn::reply_to, m.reply_to);
+  check_text(r, hn::compensates, m.compensates);
   if (!r.ok()) return {std::nullopt, std::move(r.error_)};
   m.command_id = std::move(c.id);
   m.command_type = std::move(c.type);
@@ -262,13 +285,15 @@ decoded<reply_message> decode_reply(const header_list& headers, std::string_view
     }
   }
   check_json(r, value, true);
+  check_common_text(r, c);
+  m.reason = r.optional(hn::reason);
+  check_text(r, hn::reason, m.reason);
   if (!r.ok()) return {std::nullopt, std::move(r.error_)};
   m.command_id = std::move(c.id);
   m.saga = c.saga;
   m.saga_type = std::move(c.saga_type);
   m.step = std::move(c.step);
   m.attempt = c.attempt;
-  m.reason = r.optional(hn::reason);
   m.traceparent = std::move(c.traceparent);
   m.time = c.time;
   m.payload = std::string(value);

@@ -43,6 +43,11 @@ inline constexpr int max_json_depth = 512;
 // `text` as a quoted, escaped JSON string.
 [[nodiscard]] std::string json_quote(std::string_view text);
 
+// Why `text` cannot be event text (what the event log stores: UTF-8 without NUL, as PostgreSQL's text and jsonb
+// require), naming the byte; empty when it can. With `json`, the escape \u0000 is refused too (jsonb cannot hold it).
+// Stores refuse such appends, and the transport refuses such messages before their text can reach one.
+[[nodiscard]] std::string unstorable_text(std::string_view text, bool json);
+
 namespace detail {
 [[nodiscard]] std::string wrap_for_decoding(std::string_view text);
 [[nodiscard]] std::string demangle(const char* name);

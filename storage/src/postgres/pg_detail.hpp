@@ -76,11 +76,6 @@ class json_array {
   std::string text_;
 };
 
-// Why PostgreSQL cannot store `text` as text or jsonb (invalid UTF-8, a NUL byte, or — when `json` — the escape
-// \u0000, which jsonb refuses), naming the byte offset; empty when it can. Checked before an append is queued, so a
-// bad event is refused with a clear error instead of a failed batch statement.
-[[nodiscard]] std::string unstorable_text(std::string_view text, bool json);
-
 // `status` as stored in saga_instances.status; throws store_error for not_started.
 [[nodiscard]] const char* status_text(saga_status status);
 // Parses saga_instances.status; throws store_error naming the text when unknown.

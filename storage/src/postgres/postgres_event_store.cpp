@@ -815,11 +815,11 @@ void postgres_event_store::async_append(append_request request, append_callback 
       throw store_error("postgres_event_store: append to saga " + request.saga.to_string() + " refused: " + what +
                         " contains " + why);
     };
-    if (auto why = detail::unstorable_text(request.saga_type, false); !why.empty()) refuse("the saga type", why);
+    if (auto why = unstorable_text(request.saga_type, false); !why.empty()) refuse("the saga type", why);
     for (const auto& e : sealed) {
       const std::string which = "event " + std::to_string(e.seq) + " (" + e.type + ")";
-      if (auto why = detail::unstorable_text(e.payload, true); !why.empty()) refuse("the payload of " + which, why);
-      if (auto why = detail::unstorable_text(e.metadata, true); !why.empty()) refuse("the metadata of " + which, why);
+      if (auto why = unstorable_text(e.payload, true); !why.empty()) refuse("the payload of " + which, why);
+      if (auto why = unstorable_text(e.metadata, true); !why.empty()) refuse("the metadata of " + which, why);
     }
   } catch (...) {
     impl_->deliver({completion{std::move(done), std::current_exception(), {}}});
@@ -976,7 +976,7 @@ std::vector<std::pair<saga_status, std::uint64_t>> postgres_event_store::count_b
 
 std::int32_t postgres_event_store::reply_partition_count(const std::string& type, std::int32_t current) {
   check_partition_count(type, current);
-  if (auto why = detail::unstorable_text(type, false); !why.empty())
+  if (auto why = unstorable_text(type, false); !why.empty())
     throw store_error("postgres_event_store reply_partition_count: the saga type contains " + why);
   // One upsert that always returns the row it locked: ON CONFLICT reads the latest committed version (another
   // process may have changed it after this statement's snapshot), and keeps its count while any saga of the type is
