@@ -205,6 +205,7 @@ struct counting_store final : storage::event_store {
   std::function<void()> during_load_many;
   std::atomic<bool> bulk_unavailable{false};     // load_many throws store_unavailable
   std::atomic<bool> appends_unavailable{false};  // async_append fails with store_unavailable
+  std::atomic<bool> appends_refused{false};      // async_append fails with a store_error that is not retryable
   // With hold_first_bulk set, the first load_many waits until `gate` is set (bulk_waiting says it is waiting).
   std::atomic<bool> hold_first_bulk{false}, bulk_waiting{false};
   std::promise<void> gate;
@@ -230,6 +231,8 @@ struct counting_store final : storage::event_store {
     commit_then_fail = std::max(commit_then_fail.load(), 0);
     if (appends_unavailable)
       return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
+    if (appends_refused)
+      return done(std::make_exception_ptr(storage::store_error("test: SQL state 53100: could not extend file")), {});
     if (hold_all ||
         (hold_final && (r.status_after == saga_status::completed || r.status_after == saga_status::compensated))) {
       std::lock_guard lock(held_mutex);
@@ -1172,6 +1175,75 @@ TEST(orchestrator, a_start_that_draws_a_taken_id_is_refused_naming_it_and_the_ex
   ASSERT_TRUE(r.pump_until([&] { return ready(next.outcome); }));
   EXPECT_EQ(next.outcome.get().status, saga_status::completed);
   second.shutdown();
+}
+
+// The store refuses an append with an error it does not call retryable (a full disk, a statement timeout). A deadline
+// whose append was refused used to be dropped without a word: no timer was armed any more, and the saga never moved
+// again. It is logged, counted and decided again later; so is a reply, whose offset stays uncommitted until then.
+TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided_again_not_dropped) {
+  rig r;
+  r.silent.insert("charge_payment");
+  counting_store store(r.store);
+  auto options = r.options();
+  options.refused_append_backoff = duration{20};
+  std::mutex log_mutex;
+  std::vector<std::string> lines;
+  options.log = [&](const std::string& line) {
+    std::lock_guard lock(log_mutex);
+    lines.push_back(line);
+  };
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3; }));  // create, reserve, charge
+  store.appends_refused = true;
+  r.clock->advance(duration{31'000});  // the charge's deadline: its append is refused
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().appends_refused.load() >= 2u; }));  // and refused again later
+  const auto logged = [&](const std::string& what) {
+    const std::string expected = "append of saga " + h.id.to_string() + " refused (its " + what +
+                                 " is decided again in 20 ms): test: SQL state 53100";
+    std::lock_guard lock(log_mutex);
+    return std::any_of(lines.begin(), lines.end(),
+                       [&](const std::string& l) { return l.find(expected) != std::string::npos; });
+  };
+  EXPECT_TRUE(logged("deadline"));
+  // The disk has room again: the deadline is decided, and after its backoff attempt 2 of the charge goes out (with the
+  // same command id).
+  store.appends_refused = false;
+  const auto second_attempt = [&]() -> std::optional<transport::command_message> {
+    for (const auto& c : r.bus.sent_commands())
+      if (c.step == "charge_payment" && c.attempt == 2) return c;
+    return std::nullopt;
+  };
+  ASSERT_TRUE(r.pump_until([&] {
+    r.clock->advance(duration{1});  // through the retry's backoff (about 100 ms), not to the resend's deadline
+    return second_attempt().has_value();
+  }));
+  const auto charge = *second_attempt();
+  EXPECT_EQ(charge.command_id, r.bus.sent_commands()[2].command_id);
+  // The charge is answered (by hand: the payment service stays silent); the reply's append is refused, then decided
+  // again.
+  store.appends_refused = true;
+  r.bus.send_reply(charge.reply_to,
+                   transport::reply_message{charge.command_id,
+                                            charge.saga,
+                                            charge.saga_type,
+                                            charge.step,
+                                            charge.attempt,
+                                            outcome::success,
+                                            R"({"payment_id":"p"})",
+                                            "",
+                                            {},
+                                            {}},
+                   nullptr);
+  ASSERT_TRUE(r.pump_until([&] { return logged("reply"); }));
+  store.appends_refused = false;
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  EXPECT_FALSE(storage::verify_chain(r.store.load(h.id)));
+  EXPECT_NE(o.stats().prometheus().find("saga_appends_refused_total "), std::string::npos);
+  o.shutdown();
 }
 
 // A retry waiting for its backoff when the orchestrator shuts down is let go with it: nothing queued keeps the

@@ -59,6 +59,9 @@ std::string metrics::prometheus() const {
   counter(out, "saga_append_conflicts_total", "Appends that lost to another writer and were re-decided.",
           append_conflicts);
   counter(out, "saga_append_retries_total", "Appends retried because the store was unavailable.", append_retries);
+  counter(out, "saga_appends_refused_total",
+          "Appends the store refused with an error it does not call retryable (each is logged with its saga).",
+          appends_refused);
   counter(out, "saga_replies_ignored_total", "Replies ignored as duplicate, stale or unknown.", replies_ignored);
   counter(out, "saga_triggers_rejected_total", "Triggers refused (e.g. cancel after the pivot).", triggers_rejected);
   counter(out, "saga_send_failures_total", "Commands the transport failed to send (resent on timeout).", send_failures);

@@ -609,7 +609,27 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     pump(e);
   }
 
+  // The store refused the append of `j`'s decision with an error it does not call retryable: nothing of it is
+  // durable. A caller awaiting it (start, cancel, an operator's action) gets the error. A reply or timer is logged and
+  // decided again later: before, it was let go without a word, the reply's offset committed, and a refused deadline
+  // left the saga with no timer armed, never to move again (its handle never completing).
+  void refused(const std::shared_ptr<entry>& e, job j, std::exception_ptr err, const std::string& what) {
+    ++stats.appends_refused;
+    if (j.awaited || !j.generation) {
+      log("append of saga " + e->id.to_string() + " refused: " + what);
+      if (j.done) j.done(decision{}, err);
+      return;
+    }
+    log("append of saga " + e->id.to_string() + " refused (its " +
+        (std::holds_alternative<triggers::reply>(j.what) ? "reply" : "deadline") + " is decided again in " +
+        std::to_string(options.refused_append_backoff.count()) + " ms): " + what);
+    retry_later(e, std::move(j), options.refused_append_backoff);
+  }
+
   void retry_later(const std::shared_ptr<entry>& e, job j) {
+    retry_later(e, std::move(j), options.store_retry_backoff);
+  }
+  void retry_later(const std::shared_ptr<entry>& e, job j, duration backoff) {
     // Shut down: let the job go now (see pump) rather than arm a timer nothing would run.
     if (draining) return resume(e, std::move(j));
     ++stats.append_retries;
@@ -617,7 +637,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     e->state.reset();
     ++e->state_changes;
     e->reloaded_after_error = true;
-    auto timer = std::make_shared<asio::steady_timer>(io, options.store_retry_backoff);
+    auto timer = std::make_shared<asio::steady_timer>(io, backoff);
     {
       std::lock_guard lock(retry_mutex);
       retry_timers.insert(timer);
@@ -807,11 +827,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           log(std::string("append will be retried: ") + x.what());
           if (std::holds_alternative<triggers::start>(j.what)) j.start_in_doubt = true;
           retry_later(e, std::move(j));
-        } else if (j.done) {
-          j.done(decision{}, err);
+        } else {
+          refused(e, std::move(j), err, x.what());
         }
+      } catch (const std::exception& x) {
+        refused(e, std::move(j), err, x.what());
       } catch (...) {
-        if (j.done) j.done(decision{}, err);
+        refused(e, std::move(j), err, "an exception that is not a std::exception");
       }
       return pump(e);
     }

@@ -37,6 +37,9 @@ struct metrics {
   std::atomic<std::uint64_t> steps_dispatched{0}, compensations_dispatched{0}, retries_scheduled{0};
   std::atomic<std::uint64_t> appends{0}, events_appended{0}, append_conflicts{0}, append_retries{0};
   std::atomic<std::uint64_t> replies_ignored{0}, triggers_rejected{0}, send_failures{0}, sagas_recovered{0};
+  // Appends the store refused (an error it does not call retryable). A caller awaiting one (start, cancel, an
+  // operator's action) gets the error; a reply or timer is decided again after refused_append_backoff.
+  std::atomic<std::uint64_t> appends_refused{0};
   std::atomic<std::uint64_t> sagas_dropped{0};  // cached sagas let go: their reply partition went to another process
   std::atomic<std::uint64_t> sagas_swept{0};    // unfinished sagas not held here, recovered by the orphan sweep
   std::atomic<std::uint64_t> recovery_preloaded{0};      // recovered sagas folded from a log read in bulk (no own load)

@@ -54,10 +54,13 @@ class partition_count_changed : public std::runtime_error {
 };
 
 struct orchestrator_options {
-  std::size_t threads = 2;                // worker threads (sagas run concurrently, each one serialized)
-  std::size_t max_in_flight = 10'000;     // sagas started here and not finished yet; start() waits beyond
-  duration start_timeout{30'000};         // how long start() waits for room (then throws overloaded)
-  duration store_retry_backoff{200};      // wait before retrying an append after store_unavailable
+  std::size_t threads = 2;             // worker threads (sagas run concurrently, each one serialized)
+  std::size_t max_in_flight = 10'000;  // sagas started here and not finished yet; start() waits beyond
+  duration start_timeout{30'000};      // how long start() waits for room (then throws overloaded)
+  duration store_retry_backoff{200};   // wait before retrying an append after store_unavailable
+  // Wait before deciding a reply or timer again after the store refused its append with an error it does not call
+  // retryable (a full disk, a statement timeout, a read-only server): logged each time, never dropped.
+  duration refused_append_backoff{5'000};
   std::size_t max_input_bytes = 1 << 20;  // start() refuses a larger saga input (std::invalid_argument naming both)
   // After recovery, a resent command's deadline is at least this far away (the downtime is not the participant's).
   duration recovery_grace{30'000};
