@@ -262,6 +262,7 @@ struct counting_store final : storage::event_store {
     }
   }
   std::atomic<bool> load_fails{false};  // load throws a store_error that retrying does not help
+  std::atomic<bool> unreadable_in_bulk{false};
   std::vector<storage::recorded_event> load(const saga_id& id) override {
     ++loads;
     if (load_fails) throw storage::store_error("test: permission denied for table saga_events");
@@ -277,6 +278,13 @@ struct counting_store final : storage::event_store {
     if (bulk_unavailable) throw storage::store_unavailable("test: bulk reads are down");
     auto logs = inner.load_many(ids);
     if (during_load_many) std::exchange(during_load_many, nullptr)();
+    if (unreadable_in_bulk)  // each log read in bulk ends with an event of a type this build does not know
+      for (auto& [id, log] : logs)
+        if (!log.empty()) {
+          log.push_back(log.back());
+          log.back().seq += 1;
+          log.back().type = "order_teleported";
+        }
     return logs;
   }
   std::vector<storage::recorded_event> read_all(std::uint64_t from, std::size_t limit) override {
@@ -894,6 +902,47 @@ TEST(orchestrator, a_handle_whose_saga_another_process_finishes_completes_and_fr
   ASSERT_TRUE(owner.r.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
   EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   EXPECT_NO_THROW((void)o.start("order", to_json(make_order(2)))) << "the slot of the saga that ended elsewhere";
+  owner.o.shutdown();
+  o.shutdown();
+}
+
+// The log of a saga awaited here and advanced by another process holds an event this build cannot read (a newer
+// release wrote it during a rolling upgrade). The io thread that read it threw, and the process ended; it says so
+// once and reads it again, and the handle completes once the log can be read.
+TEST(orchestrator, an_awaited_saga_whose_log_cannot_be_folded_here_is_logged_once_and_read_again) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition p0{"order.replies", 0, "order"};
+  counting_store store(r.store);
+  auto options = r.options();
+  options.elsewhere_poll = duration{10};
+  std::mutex log_mutex;
+  std::vector<std::string> lines;
+  options.log = [&](const std::string& line) {
+    std::lock_guard lock(log_mutex);
+    lines.push_back(line);
+  };
+  const auto said = [&] {
+    std::lock_guard lock(log_mutex);
+    return std::count_if(lines.begin(), lines.end(),
+                         [](const std::string& l) { return l.find("cannot be folded here") != std::string::npos; });
+  };
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({p0});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
+  store.unreadable_in_bulk = true;
+  r.bus.revoke({p0});  // another process advances it now; this one reads its log to learn its end
+  ASSERT_TRUE(r.pump_until([&] { return said() == 1 && store.bulk_loads.load() >= 5; }));
+  EXPECT_EQ(said(), 1) << "said once";
+  EXPECT_FALSE(ready(h.outcome));
+  store.unreadable_in_bulk = false;
+  other_process owner(store);  // the owner, upgraded too, ends it
+  ASSERT_TRUE(owner.r.pump_until([&] { return ready(h.outcome); })) << "the handle here never completed";
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   owner.o.shutdown();
   o.shutdown();
 }

@@ -94,6 +94,8 @@ struct entry {
   // Bumped when the saga is dropped (its partition went to another process): timers armed before are void.
   std::uint64_t generation = 0;
   bool watched = false;  // in impl::watched (guarded by impl::watch_mutex)
+  // poll_watched said that this saga's log cannot be folded here (it says so once).
+  std::atomic<bool> watch_unreadable_said{false};
 };
 
 struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
@@ -338,7 +340,18 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         again.push_back(std::move(e));
         continue;
       }
-      auto st = storage::fold_recorded(e->id, logs[i].second);
+      saga_state st;
+      try {
+        st = storage::fold_recorded(e->id, logs[i].second);
+      } catch (const std::exception& x) {
+        // Another process wrote an event this build cannot read (a newer release during a rolling upgrade) or the
+        // log is damaged: said once, and read again later. Thrown on this io thread, it ended the process.
+        if (!e->watch_unreadable_said.exchange(true))
+          log("saga " + e->id.to_string() + ", which another process advances, cannot be folded here (read again" +
+              " every elsewhere_poll until it ends): " + x.what());
+        again.push_back(std::move(e));
+        continue;
+      }
       if (!is_terminal(st.status) && st.status != saga_status::stuck) {
         again.push_back(std::move(e));
         continue;
