@@ -947,6 +947,37 @@ TEST(orchestrator, an_awaited_saga_whose_log_cannot_be_folded_here_is_logged_onc
   o.shutdown();
 }
 
+// A stuck saga is counted once, when it sticks. Recovery (at start, at each rebalance) reads it back stuck: it counted
+// it again, so a process that parked nothing reported stuck sagas.
+TEST(orchestrator, a_stuck_saga_is_counted_when_it_sticks_not_again_when_recovered) {
+  rig r;
+  const auto def = define<saga_test::data>("sticky", 1)
+                       .step("x")
+                       .invoke("svc", "do_x",
+                               [](const saga_test::data&) -> saga_test::cmd { throw std::runtime_error("no address"); })
+                       .no_compensation()
+                       .build();
+  saga_id id;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(def);
+    first.run();
+    auto h = first.start("sticky", R"({"name":"n","trail":[]})");
+    id = h.id;
+    ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+    EXPECT_EQ(h.outcome.get().status, saga_status::stuck);
+    EXPECT_EQ(first.stats().sagas_stuck.load(), 1u);
+    first.shutdown();
+  }
+  orchestrator second(r.store, r.bus, r.options());
+  second.add(def);
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 1u; }));
+  EXPECT_EQ(second.outcome(id).get().status, saga_status::stuck);
+  EXPECT_EQ(second.stats().sagas_stuck.load(), 0u) << "counted again when recovered";
+  second.shutdown();
+}
+
 // A process that owns none of the reply partitions (it only starts sagas) keeps the state of a saga it starts; the
 // partition's owner ends the saga, and the handle here completes from the store all the same (the cached state,
 // stale, is dropped with its timers).

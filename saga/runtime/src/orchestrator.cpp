@@ -588,7 +588,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // The append that failed may have committed after all (or another writer moved the saga on): resend
       // what is pending and re-arm its timers; every resend carries the same command id.
       e->reloaded_after_error = false;
-      perform(e, with_grace(recovery_effects(*e->state)));
+      perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
     return true;
   }
@@ -699,7 +699,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
               std::to_string(e->state->seq) +
               "), which this process owns but did not hold: its last change was made elsewhere");
         }
-        perform(e, with_grace(std::move(fx)));
+        perform(e, with_grace(std::move(fx)), /*recovered=*/true);
         if (j.done) j.done(decision{}, nullptr);
         return;
       }
@@ -863,7 +863,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (!e->state && owns(after.type, e->id)) {
         adopt(*e, j, after);
         ++e->state_changes;
-        perform(e, with_grace(recovery_effects(*e->state)));
+        perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
         settle_if_ended(e);
       } else {
         settle_if_ended(e, after);
@@ -893,7 +893,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       e.state = std::move(after);
   }
 
-  void perform(const std::shared_ptr<entry>& e, const std::vector<effect>& fx) {
+  // `recovered`: the effects of a state read back (recovery_effects), whose end, if any, was counted when it happened.
+  void perform(const std::shared_ptr<entry>& e, const std::vector<effect>& fx, bool recovered = false) {
     for (const auto& f : fx) {
       if (const auto* send = std::get_if<effects::send_command>(&f)) {
         ++(send->compensation ? stats.compensations_dispatched : stats.steps_dispatched);
@@ -915,7 +916,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           if (auto s = self.lock(); s && !s->stopped) s->submit_timer(armed_by, generation, t, due);
         });
       } else if (const auto* done = std::get_if<effects::saga_finished>(&f)) {
-        finished(e, *done);
+        finished(e, *done, recovered);
       }
     }
     for (const auto& f : fx)
@@ -923,13 +924,15 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         ++stats.retries_scheduled;
   }
 
-  void finished(const std::shared_ptr<entry>& e, const effects::saga_finished& f) {
-    switch (f.status) {
-      case saga_status::completed: ++stats.sagas_completed; break;
-      case saga_status::compensated: ++stats.sagas_compensated; break;
-      case saga_status::stuck: ++stats.sagas_stuck; break;
-      default: break;
-    }
+  // A saga reached its end (or stuck); `recovered`: found so in its log (a stuck saga recovered, counted when it
+  // stuck: before, every recovery and rebalance counted each stuck saga again).
+  void finished(const std::shared_ptr<entry>& e, const effects::saga_finished& f, bool recovered = false) {
+    if (!recovered) switch (f.status) {
+        case saga_status::completed: ++stats.sagas_completed; break;
+        case saga_status::compensated: ++stats.sagas_compensated; break;
+        case saga_status::stuck: ++stats.sagas_stuck; break;
+        default: break;
+      }
     fulfil(e, saga_outcome{f.status, f.output, f.reason});
   }
 
