@@ -833,6 +833,64 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   dlq_reader.stop();
 }
 
+// A dead letter is the record plus headers saying why: one that no longer fit max_message_bytes could never be sent,
+// and its offset stayed uncommitted for good (every restart delivered the partition again from there). Its value is
+// now left out, its size in a header; a long reason is cut.
+TEST_F(kafka_test, a_dead_letter_too_big_for_max_message_bytes_is_parked_without_its_value) {
+  create_topics(1);
+  auto small = config("inventory");
+  small.max_message_bytes = 4000;
+  counted_participant p(small, make_inbox());
+  orchestrator_side orch(config("orchestrator"));
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<st::raw_record> dead;
+  st::kafka_transport dlq_reader(config("dlq"));
+  dlq_reader.on_raw(commands_topic() + ".dlq", [&](st::raw_record r, st::handled_callback handled) {
+    {
+      std::lock_guard lock(mutex);
+      dead.push_back(std::move(r));
+    }
+    cv.notify_all();
+    handled();
+  });
+  // Not JSON, 3,990 bytes: parked by the transport.
+  auto garbage = command(1);
+  auto e = st::encode(garbage, "/test");
+  const std::string big_garbage = "\xff" + std::string(3989, 'g');
+  orch.transport.send_raw(commands_topic(), e.key, e.headers, big_garbage, orch.deliveries.callback());
+  // An unknown command type with a 3,900-byte payload: parked by the participant.
+  auto unknown = command(1, "teleport");
+  unknown.command_id += "-unknown";
+  unknown.payload = R"({"pad":")" + std::string(3880, 'p') + R"("})";
+  orch.transport.send_command(unknown, orch.deliveries.callback());
+  auto good = command(1);
+  good.command_id += "-good";
+  orch.transport.send_command(good, orch.deliveries.callback());
+  ASSERT_TRUE(orch.replies.wait_unique(1, 120s));
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 120s, [&] { return dead.size() >= 2; }))
+        << "dead letters: " << dead.size() << " (the others could not be parked)";
+  }
+  std::map<std::string, const st::raw_record*> by_id;
+  for (const auto& r : dead) by_id[std::string(st::find_header(r.headers, st::header_names::id).value_or(""))] = &r;
+  ASSERT_TRUE(by_id.count(garbage.command_id) && by_id.count(unknown.command_id));
+  const auto& g = *by_id[garbage.command_id];
+  EXPECT_EQ(g.value, "");
+  EXPECT_EQ(st::find_header(g.headers, st::header_names::dlq_value_bytes), "3990");
+  EXPECT_EQ(st::find_header(g.headers, st::header_names::dlq_topic), commands_topic());
+  EXPECT_TRUE(st::find_header(g.headers, st::header_names::dlq_offset));
+  EXPECT_EQ(std::string(*st::find_header(g.headers, st::header_names::dlq_reason)).rfind("cannot decode command", 0),
+            0u);
+  const auto& u = *by_id[unknown.command_id];
+  EXPECT_EQ(u.value, "");
+  EXPECT_EQ(st::find_header(u.headers, st::header_names::dlq_value_bytes), std::to_string(unknown.payload.size()));
+  EXPECT_EQ(st::find_header(u.headers, st::header_names::dlq_reason),
+            "unknown command type 'teleport' for service inventory (known: explode, reserve)");
+  dlq_reader.stop();
+}
+
 TEST_F(kafka_test, a_full_producer_queue_pushes_back_with_a_retryable_error) {
   auto c = config("");
   c.max_queued_messages = 5;

@@ -790,6 +790,27 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     }
   }
 
+  // A dead letter is the record plus why it was parked, and must fit max_message_bytes: one that did not could never
+  // be sent, its offset stayed uncommitted for good, and every restart delivered the partition again from there. A
+  // reason longer than max_dead_letter_reason is cut; a value that does not fit beside the headers is left out, its
+  // size in saga_dlq_value_bytes.
+  void fit_dead_letter(const std::string& key, header_list& headers, std::string& value) const {
+    for (auto& [name, v] : headers)
+      if (name == header_names::dlq_reason && v.size() > max_dead_letter_reason) {
+        std::size_t cut = max_dead_letter_reason;
+        while (cut > 0 && (static_cast<unsigned char>(v[cut]) & 0xc0) == 0x80) --cut;  // not inside a character
+        v = v.substr(0, cut) + "... (cut from " + std::to_string(v.size()) + " bytes)";
+      }
+    std::size_t bytes = key.size() + value.size();
+    for (const auto& [name, v] : headers) bytes += name.size() + v.size();
+    if (bytes <= cfg.max_message_bytes) return;
+    headers.emplace_back(header_names::dlq_value_bytes, std::to_string(value.size()));
+    say(log_level::warning, "the dead letter's value (" + std::to_string(value.size()) +
+                                " bytes) is left out: with its headers it exceeds max_message_bytes");
+    value.clear();
+  }
+  static constexpr std::size_t max_dead_letter_reason = 4096;
+
   // Parks an undeliverable record in the dead-letter topic; it counts as handled once the DLQ has it.
   void poison(const rd_kafka_message_t* m, const std::string& topic, header_list headers, std::string_view value,
               const std::string& reason, const handled_callback& handled) {
@@ -802,7 +823,9 @@ struct kafka_transport::impl : std::enable_shared_from_this<impl> {
     headers.emplace_back(header_names::dlq_partition, std::to_string(m->partition));
     headers.emplace_back(header_names::dlq_offset, std::to_string(m->offset));
     std::string key = m->key ? std::string(static_cast<const char*>(m->key), m->key_len) : std::string();
-    produce(dlq, key, headers, std::string(value), [this, handled, dlq](std::exception_ptr error) {
+    std::string parked(value);
+    fit_dead_letter(key, headers, parked);
+    produce(dlq, key, headers, parked, [this, handled, dlq](std::exception_ptr error) {
       if (!error) return handled();
       try {
         std::rethrow_exception(error);
@@ -1005,6 +1028,7 @@ void kafka_transport::dead_letter(const command_message& command, const std::str
   e.headers.emplace_back(header_names::dlq_reason, reason);
   e.headers.emplace_back(header_names::dlq_topic, topic);
   ++impl_->dead_lettered;
+  impl_->fit_dead_letter(e.key, e.headers, e.value);
   impl_->produce(dead_letter_topic(topic), e.key, e.headers, e.value, std::move(done));
 }
 

@@ -47,6 +47,9 @@ inline constexpr std::string_view dlq_reason = "saga_dlq_reason";        // dead
 inline constexpr std::string_view dlq_topic = "saga_dlq_topic";          // dead letters: original topic
 inline constexpr std::string_view dlq_partition = "saga_dlq_partition";  // dead letters: original partition
 inline constexpr std::string_view dlq_offset = "saga_dlq_offset";        // dead letters: original offset
+// Dead letters whose value was left out to fit max_message_bytes: the value's size (the record stays where
+// saga_dlq_topic, saga_dlq_partition and saga_dlq_offset say, until the topic's retention).
+inline constexpr std::string_view dlq_value_bytes = "saga_dlq_value_bytes";
 }  // namespace header_names
 
 // The ce_type of every reply.
