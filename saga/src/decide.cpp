@@ -1,5 +1,7 @@
 #include "saga/decide.hpp"
 
+#include "saga/json.hpp"
+
 #include <exception>
 
 namespace saga {
@@ -67,6 +69,13 @@ class decider {
 
   std::uint64_t next_seed() { return mix(ctx_.entropy ^ mix(st_.seq + 1)); }
 
+  // "<name> cannot be stored: <why>" for the first text the event log cannot hold (invalid UTF-8, NUL); empty if none.
+  static std::string unstorable(std::initializer_list<std::pair<const char*, std::string_view>> texts) {
+    for (const auto& [name, text] : texts)
+      if (auto why = unstorable_text(text, false); !why.empty()) return std::string(name) + " cannot be stored: " + why;
+    return {};
+  }
+
   // An input or reply as recorded: canonical JSON, {} for none. JSON null is none too: the event codec stores an
   // absent value as null, so a recorded null read back as none, and replay and fold disagreed with this decision.
   static std::string canonical_value(const std::string& text) {
@@ -84,6 +93,10 @@ class decider {
     } catch (const json_error& e) {
       return refuse(std::string("saga input is not valid JSON: ") + e.what());
     }
+    // Text the event log cannot hold (invalid UTF-8, NUL) is refused here, naming it, rather than by the store.
+    if (auto why = unstorable_text(input, true); !why.empty()) return refuse("saga input cannot be stored: " + why);
+    if (auto why = unstorable_text(t.idempotency_key, false); !why.empty())
+      return refuse("idempotency key cannot be stored: " + why);
     emit(saga_started{def_.type(), def_.version(), def_.fingerprint(), std::move(input), t.idempotency_key});
     advance();
   }
@@ -216,6 +229,8 @@ class decider {
     // A saga stuck going forward before its pivot (a payload builder that throws every time) could only be skipped
     // forward or retried into the same wall; cancelling it undoes what it did instead. Steps declared without a
     // compensation are left as they are, as when a running saga is cancelled.
+    if (auto why = unstorable({{"the cancel's reason", c.reason}, {"the cancel's operator", c.by}}); !why.empty())
+      return refuse(why);
     const bool stuck_forward = st_.status == saga_status::stuck && !st_.stuck_in_compensation;
     if (st_.status == saga_status::stuck && !stuck_forward)
       return refuse("saga " + st_.id.to_string() + " is stuck in the compensation of step '" + st_.stuck_step +
@@ -245,6 +260,8 @@ class decider {
     if (!o.step.empty() && o.step != step)
       return refuse("saga " + st_.id.to_string() + " is stuck at step '" + step + "', not '" + o.step + "'");
     if (o.reason.empty() && o.verb == triggers::operator_verb::skip) return refuse("skip needs a reason");
+    if (auto why = unstorable({{"the action's reason", o.reason}, {"the action's operator", o.by}}); !why.empty())
+      return refuse(why);
     const step_definition* sd = def_.find(step);
     if (!sd) return refuse("stuck step '" + step + "' is not in definition " + def_.type());
     const bool retry = o.verb == triggers::operator_verb::retry;
@@ -282,6 +299,9 @@ class decider {
       } catch (const std::exception& e) {
         return emit(saga_stuck{sd.name, false, "payload builder of step '" + sd.name + "' threw: " + e.what()});
       }
+      if (auto why = unstorable_text(payload, true); !why.empty())
+        return emit(saga_stuck{
+            sd.name, false, "payload builder of step '" + sd.name + "' built a payload the log cannot store: " + why});
     }
     emit(step_requested{sd.name, attempt, std::move(command_id), sd.invoke.service, sd.invoke.command_type,
                         std::move(payload), ctx_.now + sd.invoke.retry.timeout});
@@ -301,6 +321,10 @@ class decider {
       } catch (const std::exception& e) {
         return emit(saga_stuck{name, true, "payload builder of the compensation of '" + name + "' threw: " + e.what()});
       }
+      if (auto why = unstorable_text(payload, true); !why.empty())
+        return emit(saga_stuck{
+            name, true,
+            "payload builder of the compensation of '" + name + "' built a payload the log cannot store: " + why});
     }
     emit(compensation_requested{name, attempt, std::move(command_id), sd.compensation->service,
                                 sd.compensation->command_type, std::move(payload),

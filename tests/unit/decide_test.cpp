@@ -386,6 +386,60 @@ TEST(decide, a_throwing_payload_builder_parks_the_saga_with_the_reason) {
   ASSERT_EQ(d.events.size(), 2u);
 }
 
+// Text the event log cannot hold (invalid UTF-8, NUL) is refused or parks the saga in decide, naming it. Before, the
+// store refused the append: a start failed with the store's error, and a step's payload built on a reply or deadline
+// was refused again at every try.
+TEST(decide, text_the_log_cannot_store_is_refused_or_parks_the_saga_naming_it) {
+  const auto def = define<saga_test::data>("texts", 1)
+                       .step("x")
+                       .invoke("s", "t",
+                               [](const saga_test::data& d) {
+                                 return saga_test::cmd{"x", d.name};
+                               })
+                       .compensate("s", "u",
+                                   [](const saga_test::data&) {
+                                     return saga_test::cmd{"u", "caf\xc3"};
+                                   })
+                       .step("y")
+                       .after("x")
+                       .invoke("s", "t",
+                               [](const saga_test::data&) {
+                                 return saga_test::cmd{"y", std::string("a\0b", 3)};
+                               })
+                       .no_compensation()
+                       .build();
+  {
+    scenario s(def);
+    const decision d = s.apply(triggers::start{"{\"name\":\"n\xff\",\"trail\":[]}", ""});
+    EXPECT_EQ(d.rejected, "saga input cannot be stored: invalid UTF-8 at byte 10 (PostgreSQL stores UTF-8 text only)");
+    EXPECT_TRUE(d.events.empty());
+    EXPECT_EQ(s.apply(triggers::start{input, std::string("k\0", 2)}).rejected,
+              "idempotency key cannot be stored: a NUL byte at byte 1 (PostgreSQL text cannot hold NUL)");
+  }
+  scenario s(def);
+  s.apply(triggers::start{input, ""});
+  ASSERT_EQ(s.state().status, saga_status::running);
+  EXPECT_EQ(s.apply(triggers::cancel{"card \xff", "ops"}).rejected,
+            "the cancel's reason cannot be stored: invalid UTF-8 at byte 5 (PostgreSQL stores UTF-8 text only)");
+  s.apply(ok(s.command_id(2)));  // x succeeded: y's payload holds a NUL, which cereal writes as \u0000
+  EXPECT_EQ(s.state().status, saga_status::stuck);
+  EXPECT_EQ(s.state().stuck_reason,
+            "payload builder of step 'y' built a payload the log cannot store: the JSON escape \\u0000 (NUL) at byte "
+            "10 (PostgreSQL jsonb cannot hold NUL)");
+  EXPECT_EQ(s.apply(triggers::operator_action{triggers::operator_verb::skip, "y", "done \xc0", "ops"}).rejected,
+            "the action's reason cannot be stored: invalid UTF-8 at byte 5 (PostgreSQL stores UTF-8 text only)");
+  // A compensation's payload likewise: x is cancelled while in flight, and compensated once it succeeds.
+  scenario c(def);
+  c.apply(triggers::start{input, ""});
+  ASSERT_TRUE(c.apply(triggers::cancel{"changed my mind", "ops"}).rejected.empty());
+  c.apply(ok(c.command_id(2)));
+  EXPECT_EQ(c.state().status, saga_status::stuck);
+  EXPECT_TRUE(c.state().stuck_in_compensation);
+  EXPECT_EQ(c.state().stuck_reason,
+            "payload builder of the compensation of 'x' built a payload the log cannot store: invalid UTF-8 at byte 12 "
+            "(PostgreSQL stores UTF-8 text only)");
+}
+
 TEST(decide, a_saga_keeps_its_definition_version) {
   scenario s(saga_test::linear());
   s.apply(triggers::start{input, ""});
