@@ -323,6 +323,49 @@ TEST_F(postgres_inbox_test, statements_are_prepared_once_per_connection_and_ddl_
   });
 }
 
+// SQL states that say "not now" rather than "never": a statement or lock timeout is retryable, a read-only server (a
+// failover left the connection on a standby) and a lack of resources are an outage. They were errors of the statement,
+// so a participant dead-lettered its commands through a full disk, and the orchestrator gave up on their appends.
+TEST_F(postgres_inbox_test, timeouts_are_retryable_and_a_read_only_server_is_an_outage) {
+  storage::postgres_session session(url_);
+  session.exec("CREATE TABLE held (a integer)");
+  session.exec("SET statement_timeout = 50");
+  try {
+    session.exec("SELECT pg_sleep(2)");
+    ADD_FAILURE() << "the statement outlived statement_timeout";
+  } catch (const storage::store_unavailable& e) {
+    ADD_FAILURE() << "a timeout is not an outage: " << e.what();
+  } catch (const storage::store_error& e) {
+    EXPECT_TRUE(e.retryable()) << e.what();
+    EXPECT_NE(std::string(e.what()).find("SQL state 57014"), std::string::npos) << e.what();
+  }
+  session.exec("SET statement_timeout = 0");
+  {
+    storage::postgres_session holder(url_);
+    holder.run([&](storage::transaction& tx) {
+      tx.exec("LOCK TABLE held IN ACCESS EXCLUSIVE MODE");
+      session.exec("SET lock_timeout = 50");
+      try {
+        session.exec("INSERT INTO held VALUES (1)");
+        ADD_FAILURE() << "the insert outlived lock_timeout";
+      } catch (const storage::store_error& e) {
+        EXPECT_TRUE(e.retryable()) << e.what();
+        EXPECT_NE(std::string(e.what()).find("SQL state 55P03"), std::string::npos) << e.what();
+      }
+    });
+  }
+  session.exec("SET default_transaction_read_only = on");
+  try {
+    session.exec("INSERT INTO held VALUES (2)");
+    ADD_FAILURE() << "a read-only session wrote";
+  } catch (const storage::store_unavailable& e) {
+    EXPECT_NE(std::string(e.what()).find("SQL state 25006"), std::string::npos) << e.what();
+  }
+  // That connection was let go: the next statement runs on a new one, which is not read-only.
+  session.exec("INSERT INTO held VALUES (3)");
+  EXPECT_EQ(session.exec("SELECT count(*) FROM held").at(0).at(0), "1");
+}
+
 TEST_F(postgres_inbox_test, a_prepared_statement_whose_table_changed_fails_once_retryably_then_runs_unprepared) {
   storage::postgres_session session(url_);
   session.exec("CREATE TABLE widening (a integer)");

@@ -25,8 +25,18 @@ std::string short_query(std::string_view query) {
   if (query.size() > max) q += "...";
   return q;
 }
+// The connection is gone or unusable (the server is read-only: a failover left it on a standby, and a new connection
+// may reach the primary): store_unavailable, and the connection is retired.
 bool is_connection_state(const std::string& state) {
-  return state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" || state == "57P03";
+  return state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" || state == "57P03" || state == "25006";
+}
+// The server lacks a resource for now (a full disk, out of memory, too many connections, an I/O error): an outage to
+// wait out like a lost connection, not an error of the statement.
+bool is_resource_state(const std::string& state) { return state.rfind("53", 0) == 0 || state == "58030"; }
+// The statement lost to another session or to a limit (a serialization failure, a deadlock, a lock_timeout, a
+// statement_timeout or a cancel): the same transaction may succeed when run again.
+bool is_retryable_state(const std::string& state) {
+  return state == "40001" || state == "40P01" || state == "55P03" || state == "57014";
 }
 }  // namespace
 
@@ -153,8 +163,8 @@ void rethrow_translated(std::string_view doing) {
     const std::string state = e.sqlstate();
     const std::string text = where + ": SQL state " + (state.empty() ? std::string("?") : state) + ": " +
                              first_line(e.what()) + " [in: " + short_query(e.query()) + "]";
-    if (is_connection_state(state)) throw store_unavailable(text);
-    throw store_error(text, state == "40001" || state == "40P01");
+    if (is_connection_state(state) || is_resource_state(state)) throw store_unavailable(text);
+    throw store_error(text, is_retryable_state(state));
   } catch (const pqxx::failure& e) {
     throw store_error(where + ": " + first_line(e.what()));
   } catch (const pqxx::usage_error& e) {
@@ -165,10 +175,13 @@ void rethrow_translated(std::string_view doing) {
 }
 
 bool connection_lost(const pqxx::connection* conn) noexcept {
-  // Only a plain SQL error (or an exception of ours) leaves the connection known-good; anything else from libpqxx
-  // (lost connection, in-doubt commit, a half-registered transaction after a failed BEGIN) retires it.
+  // Only a plain SQL error (or an exception of ours other than store_unavailable) leaves the connection known-good;
+  // anything else from libpqxx (lost connection, in-doubt commit, a half-registered transaction after a failed BEGIN)
+  // retires it.
   try {
     throw;
+  } catch (const store_unavailable&) {
+    return true;  // translated already (transaction::exec): a lost or read-only connection, or a lack of resources
   } catch (const pqxx::sql_error& e) {
     if (is_connection_state(e.sqlstate())) return true;
   } catch (const pqxx::statement_completion_unknown&) {
