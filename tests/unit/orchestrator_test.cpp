@@ -261,11 +261,14 @@ struct counting_store final : storage::event_store {
         inner.async_append(std::move(r), std::move(done));
     }
   }
-  std::atomic<bool> load_fails{false};  // load throws a store_error that retrying does not help
+  std::atomic<bool> load_fails{false};   // load throws a store_error that retrying does not help
+  std::atomic<int> load_unavailable{0};  // that many loads throw store_unavailable
   std::atomic<bool> unreadable_in_bulk{false};
   std::vector<storage::recorded_event> load(const saga_id& id) override {
     ++loads;
     if (load_fails) throw storage::store_error("test: permission denied for table saga_events");
+    if (load_unavailable.fetch_sub(1) > 0) throw storage::store_unavailable("test: loads are down");
+    load_unavailable = std::max(load_unavailable.load(), 0);
     return inner.load(id);
   }
   std::vector<storage::saga_log> load_many(std::span<const saga_id> ids) override {
@@ -1324,6 +1327,39 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   EXPECT_FALSE(storage::verify_chain(r.store.load(h.id)));
   EXPECT_NE(o.stats().prometheus().find("saga_appends_refused_total "), std::string::npos);
   o.shutdown();
+}
+
+// A recovery whose read of the saga's log waited out an outage resends what is in flight once. It resent it twice:
+// once when the read succeeded, and again as the recovery it was.
+TEST(orchestrator, a_recovery_that_waited_out_a_store_outage_resends_once) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  saga_id id;
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.run();
+    id = first.start("order", to_json(make_order(1))).id;
+    ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
+    first.shutdown();
+  }
+  counting_store store(r.store);
+  store.bulk_unavailable = true;  // recovery reads each saga on its own
+  store.load_unavailable = 1;     // and the first read waits out an outage
+  auto options = r.options();
+  options.store_retry_backoff = duration{10};
+  orchestrator second(store, r.bus, options);
+  second.add(order_processing::order_saga());
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 1u; }));
+  for (int i = 0; i < 200; ++i) {  // time for a second resend to show
+    r.bus.pump();
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(store.loads.load(), 2);
+  EXPECT_EQ(r.bus.sent_commands().size(), 2u) << "the recovered create_order was resent more than once";
+  EXPECT_EQ(second.stats().steps_dispatched.load(), 1u);
+  second.shutdown();
 }
 
 // A retry waiting for its backoff when the orchestrator shuts down is let go with it: nothing queued keeps the

@@ -586,9 +586,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     if (e->reloaded_after_error) {
       // The append that failed may have committed after all (or another writer moved the saga on): resend
-      // what is pending and re-arm its timers; every resend carries the same command id.
+      // what is pending and re-arm its timers; every resend carries the same command id. A recovery job does that
+      // itself (after its orphan check): doing it here too sent everything twice.
       e->reloaded_after_error = false;
-      perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+      if (!j.recover) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
     return true;
   }
