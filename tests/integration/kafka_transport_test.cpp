@@ -360,6 +360,29 @@ struct counted_participant {
   }
 };
 
+// Reads a dead-letter topic and keeps what it parked.
+struct dead_letter_reader {
+  st::kafka_transport transport;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<st::raw_record> dead;
+  dead_letter_reader(st::kafka_config config, const std::string& topic) : transport(std::move(config)) {
+    transport.on_raw(topic, [this](st::raw_record r, st::handled_callback handled) {
+      {
+        std::lock_guard lock(mutex);
+        dead.push_back(std::move(r));
+      }
+      cv.notify_all();
+      handled();
+    });
+  }
+  // Whether `n` dead letters came within `timeout`.
+  bool wait_for(std::size_t n, std::chrono::seconds timeout) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, timeout, [&] { return dead.size() >= n; });
+  }
+};
+
 // An orchestrator-side transport collecting replies of saga type "order".
 struct orchestrator_side {
   st::kafka_transport transport;
@@ -760,18 +783,8 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   counted_participant p(config("inventory"), make_inbox());
   orchestrator_side orch(config("orchestrator"));
 
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::vector<st::raw_record> dead;
-  st::kafka_transport dlq_reader(config("dlq"));
-  dlq_reader.on_raw(commands_topic() + ".dlq", [&](st::raw_record r, st::handled_callback handled) {
-    {
-      std::lock_guard lock(mutex);
-      dead.push_back(std::move(r));
-    }
-    cv.notify_all();
-    handled();
-  });
+  dead_letter_reader dlq_reader(config("dlq"), commands_topic() + ".dlq");
+  const auto& dead = dlq_reader.dead;
 
   // All on one saga id: one partition, in order, so "the next one" really comes after the poison.
   auto garbage = command(1);
@@ -798,10 +811,7 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
   orch.transport.send_command(good, orch.deliveries.callback());
 
   ASSERT_TRUE(orch.replies.wait_unique(1, 120s));
-  {
-    std::unique_lock lock(mutex);
-    ASSERT_TRUE(cv.wait_for(lock, 120s, [&] { return dead.size() >= 5; })) << "dead letters: " << dead.size();
-  }
+  ASSERT_TRUE(dlq_reader.wait_for(5, 120s)) << "dead letters: " << dead.size();
   {
     std::lock_guard lock(orch.replies.mutex);
     ASSERT_EQ(orch.replies.by_id.size(), 1u);
@@ -830,7 +840,7 @@ TEST_F(kafka_test, poison_messages_land_in_the_dead_letter_topic_and_the_next_go
     if (st::find_header(r.headers, st::header_names::id) == garbage.command_id) {
       EXPECT_EQ(r.value, "\xff\xfe not json \x01");
     }
-  dlq_reader.stop();
+  dlq_reader.transport.stop();
 }
 
 // A dead letter is the record plus headers saying why: one that no longer fit max_message_bytes could never be sent,
@@ -842,18 +852,8 @@ TEST_F(kafka_test, a_dead_letter_too_big_for_max_message_bytes_is_parked_without
   small.max_message_bytes = 4000;
   counted_participant p(small, make_inbox());
   orchestrator_side orch(config("orchestrator"));
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::vector<st::raw_record> dead;
-  st::kafka_transport dlq_reader(config("dlq"));
-  dlq_reader.on_raw(commands_topic() + ".dlq", [&](st::raw_record r, st::handled_callback handled) {
-    {
-      std::lock_guard lock(mutex);
-      dead.push_back(std::move(r));
-    }
-    cv.notify_all();
-    handled();
-  });
+  dead_letter_reader dlq_reader(config("dlq"), commands_topic() + ".dlq");
+  const auto& dead = dlq_reader.dead;
   // Not JSON, 3,990 bytes: parked by the transport.
   auto garbage = command(1);
   auto e = st::encode(garbage, "/test");
@@ -868,11 +868,7 @@ TEST_F(kafka_test, a_dead_letter_too_big_for_max_message_bytes_is_parked_without
   good.command_id += "-good";
   orch.transport.send_command(good, orch.deliveries.callback());
   ASSERT_TRUE(orch.replies.wait_unique(1, 120s));
-  {
-    std::unique_lock lock(mutex);
-    ASSERT_TRUE(cv.wait_for(lock, 120s, [&] { return dead.size() >= 2; }))
-        << "dead letters: " << dead.size() << " (the others could not be parked)";
-  }
+  ASSERT_TRUE(dlq_reader.wait_for(2, 120s)) << "dead letters: " << dead.size() << " (the others could not be parked)";
   std::map<std::string, const st::raw_record*> by_id;
   for (const auto& r : dead) by_id[std::string(st::find_header(r.headers, st::header_names::id).value_or(""))] = &r;
   ASSERT_TRUE(by_id.count(garbage.command_id) && by_id.count(unknown.command_id));
@@ -888,7 +884,7 @@ TEST_F(kafka_test, a_dead_letter_too_big_for_max_message_bytes_is_parked_without
   EXPECT_EQ(st::find_header(u.headers, st::header_names::dlq_value_bytes), std::to_string(unknown.payload.size()));
   EXPECT_EQ(st::find_header(u.headers, st::header_names::dlq_reason),
             "unknown command type 'teleport' for service inventory (known: explode, reserve)");
-  dlq_reader.stop();
+  dlq_reader.transport.stop();
 }
 
 TEST_F(kafka_test, a_full_producer_queue_pushes_back_with_a_retryable_error) {

@@ -118,6 +118,24 @@ order make_order(int i) {
 
 bool ready(const std::shared_future<runtime::saga_outcome>& f) { return f.wait_for(0s) == std::future_status::ready; }
 
+// An orchestrator's log lines, kept for a test to look at (options.log = log.sink()).
+struct captured_log {
+  std::mutex mutex;
+  std::vector<std::string> lines;
+  std::function<void(const std::string&)> sink() {
+    return [this](const std::string& line) {
+      std::lock_guard lock(mutex);
+      lines.push_back(line);
+    };
+  }
+  // How many lines hold `part`.
+  std::size_t count(const std::string& part) {
+    std::lock_guard lock(mutex);
+    return static_cast<std::size_t>(std::count_if(
+        lines.begin(), lines.end(), [&](const std::string& l) { return l.find(part) != std::string::npos; }));
+  }
+};
+
 TEST(orchestrator, runs_many_sagas_concurrently_to_the_right_end) {
   rig r;
   orchestrator o(r.store, r.bus, r.options());
@@ -920,17 +938,9 @@ TEST(orchestrator, an_awaited_saga_whose_log_cannot_be_folded_here_is_logged_onc
   counting_store store(r.store);
   auto options = r.options();
   options.elsewhere_poll = duration{10};
-  std::mutex log_mutex;
-  std::vector<std::string> lines;
-  options.log = [&](const std::string& line) {
-    std::lock_guard lock(log_mutex);
-    lines.push_back(line);
-  };
-  const auto said = [&] {
-    std::lock_guard lock(log_mutex);
-    return std::count_if(lines.begin(), lines.end(),
-                         [](const std::string& l) { return l.find("cannot be folded here") != std::string::npos; });
-  };
+  captured_log logged;
+  options.log = logged.sink();
+  const auto said = [&] { return logged.count("cannot be folded here"); };
   orchestrator o(store, r.bus, options);
   o.add(order_processing::order_saga());
   o.run();
@@ -939,8 +949,8 @@ TEST(orchestrator, an_awaited_saga_whose_log_cannot_be_folded_here_is_logged_onc
   ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 1; }));
   store.unreadable_in_bulk = true;
   r.bus.revoke({p0});  // another process advances it now; this one reads its log to learn its end
-  ASSERT_TRUE(r.pump_until([&] { return said() == 1 && store.bulk_loads.load() >= 5; }));
-  EXPECT_EQ(said(), 1) << "said once";
+  ASSERT_TRUE(r.pump_until([&] { return said() == 1u && store.bulk_loads.load() >= 5; }));
+  EXPECT_EQ(said(), 1u) << "said once";
   EXPECT_FALSE(ready(h.outcome));
   store.unreadable_in_bulk = false;
   other_process owner(store);  // the owner, upgraded too, ends it
@@ -1269,12 +1279,8 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   counting_store store(r.store);
   auto options = r.options();
   options.refused_append_backoff = duration{20};
-  std::mutex log_mutex;
-  std::vector<std::string> lines;
-  options.log = [&](const std::string& line) {
-    std::lock_guard lock(log_mutex);
-    lines.push_back(line);
-  };
+  captured_log log;
+  options.log = log.sink();
   orchestrator o(store, r.bus, options);
   o.add(order_processing::order_saga());
   o.run();
@@ -1284,11 +1290,8 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   r.clock->advance(duration{31'000});  // the charge's deadline: its append is refused
   ASSERT_TRUE(r.pump_until([&] { return o.stats().appends_refused.load() >= 2u; }));  // and refused again later
   const auto logged = [&](const std::string& what) {
-    const std::string expected = "append of saga " + h.id.to_string() + " refused (its " + what +
-                                 " is decided again in 20 ms): test: SQL state 53100";
-    std::lock_guard lock(log_mutex);
-    return std::any_of(lines.begin(), lines.end(),
-                       [&](const std::string& l) { return l.find(expected) != std::string::npos; });
+    return log.count("append of saga " + h.id.to_string() + " refused (its " + what +
+                     " is decided again in 20 ms): test: SQL state 53100") > 0;
   };
   EXPECT_TRUE(logged("deadline"));
   // The disk has room again: the deadline is decided, and after its backoff attempt 2 of the charge goes out (with the
@@ -1755,13 +1758,9 @@ namespace {
 TEST(orchestrator, a_reply_whose_log_cannot_be_read_is_logged_and_leaves_no_entry) {
   rig r;
   counting_store store(r.store);
-  std::mutex m;
-  std::vector<std::string> lines;
+  captured_log log;
   auto options = r.options();
-  options.log = [&](const std::string& line) {
-    std::lock_guard lock(m);
-    lines.push_back(line);
-  };
+  options.log = log.sink();
   orchestrator o(store, r.bus, options);
   o.add(order_processing::order_saga());
   o.run();
@@ -1776,11 +1775,8 @@ TEST(orchestrator, a_reply_whose_log_cannot_be_read_is_logged_and_leaves_no_entr
   reply.payload = "{}";
   r.bus.send_reply("order", reply, nullptr);
   const auto logged = [&] {
-    std::lock_guard lock(m);
-    return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
-      return l.find("saga " + reply.saga.to_string() + ": a reply could not be processed: test: permission denied") !=
-             std::string::npos;
-    });
+    return log.count("saga " + reply.saga.to_string() + ": a reply could not be processed: test: permission denied") >
+           0;
   };
   ASSERT_TRUE(r.pump_until(logged)) << "the failure was not logged";
   ASSERT_TRUE(r.pump_until([&] { return o.active() == 0; })) << "an entry was left behind";
