@@ -634,8 +634,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (j.done) j.done(decision{}, err);
       return;
     }
-    log("append of saga " + e->id.to_string() + " refused (its " +
-        (std::holds_alternative<triggers::reply>(j.what) ? "reply" : "deadline") + " is decided again in " +
+    const auto* timer = std::get_if<triggers::timer>(&j.what);
+    const char* what_kind = !timer ? "reply" : timer->kind == triggers::timer_kind::retry ? "retry" : "deadline";
+    log("append of saga " + e->id.to_string() + " refused (its " + what_kind + " is decided again in " +
         std::to_string(options.refused_append_backoff.count()) + " ms): " + what);
     retry_later(e, std::move(j), options.refused_append_backoff);
   }
@@ -928,12 +929,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // A saga reached its end (or stuck); `recovered`: found so in its log (a stuck saga recovered, counted when it
   // stuck: before, every recovery and rebalance counted each stuck saga again).
   void finished(const std::shared_ptr<entry>& e, const effects::saga_finished& f, bool recovered = false) {
-    if (!recovered) switch (f.status) {
+    if (!recovered) {
+      switch (f.status) {
         case saga_status::completed: ++stats.sagas_completed; break;
         case saga_status::compensated: ++stats.sagas_compensated; break;
         case saga_status::stuck: ++stats.sagas_stuck; break;
         default: break;
       }
+    }
     fulfil(e, saga_outcome{f.status, f.output, f.reason});
   }
 
