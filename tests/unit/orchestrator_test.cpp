@@ -1285,7 +1285,9 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   o.add(order_processing::order_saga());
   o.run();
   auto h = o.start("order", to_json(make_order(1)));
-  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3; }));  // create, reserve, charge
+  // create, reserve, charge sent, and their three deadlines armed (the timer is armed just after the send: advancing
+  // the clock in between left the charge's deadline to fire never, on a slow sanitizer build)
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3 && r.clock->pending() == 3; }));
   store.appends_refused = true;
   r.clock->advance(duration{31'000});  // the charge's deadline: its append is refused
   ASSERT_TRUE(r.pump_until([&] { return o.stats().appends_refused.load() >= 2u; }));  // and refused again later
