@@ -1331,6 +1331,8 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   EXPECT_FALSE(storage::verify_chain(r.store.load(h.id)));
   EXPECT_NE(o.stats().prometheus().find("saga_appends_refused_total "), std::string::npos);
+  // A refusal is not a retry of an unavailable store: it was counted as both.
+  EXPECT_EQ(o.stats().append_retries.load(), 0u);
   o.shutdown();
 }
 

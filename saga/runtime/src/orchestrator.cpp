@@ -641,13 +641,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     retry_later(e, std::move(j), options.refused_append_backoff);
   }
 
+  // A job that waits out an unavailable store: counted in append_retries (a refusal is counted as one, not as both).
   void retry_later(const std::shared_ptr<entry>& e, job j) {
+    if (!draining) ++stats.append_retries;
     retry_later(e, std::move(j), options.store_retry_backoff);
   }
   void retry_later(const std::shared_ptr<entry>& e, job j, duration backoff) {
     // Shut down: let the job go now (see pump) rather than arm a timer nothing would run.
     if (draining) return resume(e, std::move(j));
-    ++stats.append_retries;
     e->busy = true;
     e->state.reset();
     ++e->state_changes;
