@@ -991,7 +991,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           }};
     j.new_saga = new_saga;
     j.awaited = true;
-    submit(id, std::move(j));
+    {
+      // A shutdown that began after the check above may have drained the io_context already: a job posted then would
+      // never run, and its caller would wait until the orchestrator is destroyed. Posted under the drain's lock, the
+      // job is either run by the drain (and told shut_down) or refused here.
+      std::lock_guard lock(late_mutex);
+      if (drained) throw std::logic_error("orchestrator is not running (it was shut down)");
+      submit(id, std::move(j));
+    }
     return future.get();
   }
 

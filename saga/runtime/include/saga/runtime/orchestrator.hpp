@@ -141,7 +141,8 @@ class orchestrator {
   // the result (or shut_down when the store asks for a retry). Idempotent; never throws. Called on one of the
   // orchestrator's own threads (from its log callback), it stops taking triggers and returns; a thread of its own
   // finishes the rest once that callback has returned. A later call from any other thread (the destructor's, say)
-  // waits until that is done: destroy the orchestrator elsewhere, before its store and transport.
+  // waits until that is done: destroy the orchestrator elsewhere, before its store and transport. A start, cancel or
+  // act called once shutdown has begun throws std::logic_error (or shut_down, when it got in before the drain).
   void shutdown() noexcept;
   // Counters and histograms.
   [[nodiscard]] const runtime::metrics& stats() const noexcept;
