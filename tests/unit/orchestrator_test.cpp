@@ -238,6 +238,7 @@ struct counting_store final : storage::event_store {
   // With commit_then_fail > 0, that many appends are written and then answered with store_unavailable (a
   // connection lost during COMMIT: the outcome is unknown to the caller).
   std::atomic<int> commit_then_fail{0};
+  std::atomic<bool> commit_then_fail_final{false};  // so is the append that ends a saga, once
   std::atomic<bool> throw_on_append{false};  // async_append throws (against its contract) instead of calling back
 
   void async_append(storage::append_request r, storage::append_callback done) override {
@@ -247,6 +248,11 @@ struct counting_store final : storage::event_store {
         done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
       });
     commit_then_fail = std::max(commit_then_fail.load(), 0);
+    if ((r.status_after == saga_status::completed || r.status_after == saga_status::compensated) &&
+        commit_then_fail_final.exchange(false))
+      return inner.async_append(std::move(r), [done = std::move(done)](std::exception_ptr, storage::append_result) {
+        done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
+      });
     if (appends_unavailable)
       return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
     if (appends_refused)
@@ -336,6 +342,64 @@ TEST(orchestrator, a_start_whose_append_committed_in_doubt_returns_the_saga_and_
   EXPECT_EQ(h.outcome.get().status, saga_status::completed);
   EXPECT_EQ(r.store.list_all().size(), 1u) << "started once";
   EXPECT_EQ(o.stats().append_retries.load(), 1u);
+  o.shutdown();
+}
+
+// A reply or cancel whose append committed although the store answered that it could not tell is not decided again
+// on its retry: the log already ends in its decision. Before, the reply was decided again, found a duplicate and
+// counted as ignored, and the saga it completed was never counted as completed; a cancel's caller was told its
+// cancel was refused ("saga ... is compensating") although it had taken effect.
+TEST(orchestrator, a_reply_or_cancel_whose_append_committed_in_doubt_is_not_decided_again) {
+  rig r;
+  counting_store store(r.store);
+  captured_log log;
+  auto options = r.options();
+  options.log = log.sink();
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  store.commit_then_fail_final = true;  // the shipping reply's append, which completes the saga
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
+  EXPECT_EQ(h.outcome.get().status, saga_status::completed);
+  EXPECT_TRUE(r.pump_until([&] { return o.stats().sagas_completed.load() == 1u; }));
+  EXPECT_EQ(o.stats().replies_ignored.load(), 0u);
+  EXPECT_EQ(log.count("append of saga " + h.id.to_string() +
+                      " committed although the store could not tell: its reply is not decided again"),
+            1u);
+  EXPECT_EQ(o.stats().append_retries.load(), 1u);
+  EXPECT_FALSE(storage::verify_chain(r.store.load(h.id)));
+
+  r.silent.insert("charge_payment");
+  auto cancelled = o.start("order", to_json(make_order(2)));
+  ASSERT_TRUE(r.pump_until([&] {  // its charge sent: the append that requested it is done
+    const auto sent = r.bus.sent_commands();
+    return std::any_of(sent.begin(), sent.end(), [&](const transport::command_message& c) {
+      return c.saga == cancelled.id && c.step == "charge_payment";
+    });
+  }));
+  store.commit_then_fail = 1;
+  const decision d = o.cancel(cancelled.id, "customer called", "alice");
+  EXPECT_EQ(d.rejected, "");
+  EXPECT_EQ(d.ignored, "");
+  ASSERT_FALSE(d.events.empty()) << "the caller gets the events its cancel appended";
+  EXPECT_TRUE(std::any_of(d.events.begin(), d.events.end(),
+                          [](const event& x) { return std::holds_alternative<events::cancel_requested>(x.body); }));
+  const auto cancel_log = r.store.load(cancelled.id);
+  EXPECT_EQ(cancel_log.back().seq, d.after.seq);
+  EXPECT_EQ(std::count_if(cancel_log.begin(), cancel_log.end(),
+                          [](const storage::recorded_event& x) { return x.type == "cancel_requested"; }),
+            1)
+      << "appended once";
+  EXPECT_EQ(log.count("append of saga " + cancelled.id.to_string() +
+                      " committed although the store could not tell: its cancel is not decided again"),
+            1u);
+  ASSERT_TRUE(r.pump_until([&] {  // the charge never answers: its deadline (30 s) settles it, then all is undone
+    r.clock->advance(duration{1'000});
+    return ready(cancelled.outcome);
+  }));
+  EXPECT_EQ(cancelled.outcome.get().status, saga_status::compensated);
+  EXPECT_EQ(o.stats().sagas_compensated.load(), 1u);
   o.shutdown();
 }
 

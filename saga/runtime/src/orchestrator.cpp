@@ -62,6 +62,10 @@ struct job {
   // A start whose append failed with a retryable error: it may have committed all the same (a connection lost
   // during COMMIT). Its retry finds the saga started under the id it drew: that is this start, durable.
   bool start_in_doubt = false;
+  // Any other trigger whose append failed so: the decision it appended. When the log read for its retry ends in
+  // exactly that decision's state, the append committed: the trigger is not decided again, and what it did (a saga
+  // it ended, say) is counted as done here.
+  std::unique_ptr<decision> in_doubt{};
   bool orphan = false;  // recovery asked for by the orphan sweep: nothing to do when the saga is held here
   // A timer: when it came due. It is decided at no earlier time, even when the wall clock stepped back after it
   // fired (decide ignores a deadline not yet due, and the timer would not fire again).
@@ -589,7 +593,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // what is pending and re-arm its timers; every resend carries the same command id. A recovery job does that
       // itself (after its orphan check): doing it here too sent everything twice.
       e->reloaded_after_error = false;
-      if (!j.recover) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+      if (j.in_doubt && *e->state == j.in_doubt->after)
+        perform(e, effects_of_decision(*e->state, j.in_doubt->events));  // committed: what its append would have done
+      else if (!j.recover)
+        perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
     return true;
   }
@@ -634,11 +641,17 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (j.done) j.done(decision{}, err);
       return;
     }
-    const auto* timer = std::get_if<triggers::timer>(&j.what);
-    const char* what_kind = !timer ? "reply" : timer->kind == triggers::timer_kind::retry ? "retry" : "deadline";
-    log("append of saga " + e->id.to_string() + " refused (its " + what_kind + " is decided again in " +
+    log("append of saga " + e->id.to_string() + " refused (" + kind_of(j) + " is decided again in " +
         std::to_string(options.refused_append_backoff.count()) + " ms): " + what);
     retry_later(e, std::move(j), options.refused_append_backoff);
+  }
+
+  // What a job is, for the log: "its reply", "its deadline", "its retry" (or its cancel, its operator's action).
+  static std::string kind_of(const job& j) {
+    const auto* timer = std::get_if<triggers::timer>(&j.what);
+    if (std::holds_alternative<triggers::cancel>(j.what)) return "its cancel";
+    if (std::holds_alternative<triggers::operator_action>(j.what)) return "its operator's action";
+    return !timer ? "its reply" : timer->kind == triggers::timer_kind::retry ? "its retry" : "its deadline";
   }
 
   // A job that waits out an unavailable store: counted in append_retries (a refusal is counted as one, not as both).
@@ -679,6 +692,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       }
       bool fresh = false;
       if (!load(e, j, fresh)) return;
+      if (auto in_doubt = std::move(j.in_doubt); in_doubt && *e->state == in_doubt->after) {
+        ++stats.appends;
+        stats.events_appended += in_doubt->events.size();
+        log("append of saga " + e->id.to_string() + " committed although the store could not tell: " + kind_of(j) +
+            " is not decided again");
+        return finish_job(j, *in_doubt);
+      }
       if (j.recover) {
         if (!owns(e->state->type, e->id)) {  // its partition was revoked while the recovery waited
           drop(e, "its reply partition was revoked before it was recovered");
@@ -841,7 +861,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       } catch (const storage::store_error& x) {
         if (x.retryable()) {
           log(std::string("append will be retried: ") + x.what());
-          if (std::holds_alternative<triggers::start>(j.what)) j.start_in_doubt = true;
+          if (std::holds_alternative<triggers::start>(j.what))
+            j.start_in_doubt = true;
+          else
+            j.in_doubt = std::make_unique<decision>(std::move(d));
           retry_later(e, std::move(j));
         } else {
           refused(e, std::move(j), err, x.what());
@@ -876,15 +899,20 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     adopt(*e, j, after);
     ++e->state_changes;
-    auto fx = effects_of(*e->state, d.events);
-    // An operator's action ends a stuck spell, during which replies and deadlines were ignored: what was in flight
-    // is resent, and, like a resend after recovery, gets a fresh wait (its recorded deadline may have passed).
-    if (std::any_of(d.events.begin(), d.events.end(),
-                    [](const event& x) { return std::holds_alternative<events::operator_action_recorded>(x.body); }))
-      fx = with_grace(std::move(fx));
-    perform(e, std::move(fx));
+    perform(e, effects_of_decision(*e->state, d.events));
     finish_job(j, d);
     pump(e);
+  }
+
+  // The effects of a decision's events, once durable.
+  std::vector<effect> effects_of_decision(const saga_state& after, const std::vector<event>& events) const {
+    auto fx = effects_of(after, events);
+    // An operator's action ends a stuck spell, during which replies and deadlines were ignored: what was in flight
+    // is resent, and, like a resend after recovery, gets a fresh wait (its recorded deadline may have passed).
+    if (std::any_of(events.begin(), events.end(),
+                    [](const event& x) { return std::holds_alternative<events::operator_action_recorded>(x.body); }))
+      fx = with_grace(std::move(fx));
+    return fx;
   }
 
   // Caches `after` (the decision's state once its events are durable) as the saga's state. The caller of an awaited
