@@ -556,7 +556,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   bool load(const std::shared_ptr<entry>& e, job& j, bool& fresh) {
     fresh = false;
     auto preloaded = std::move(j.log);
-    if (e->state && !j.recover) return true;
+    if (e->state && !j.recover) {
+      j.in_doubt.reset();  // not read back: decided again (a conflict tells if it committed)
+      return true;
+    }
     if (std::exchange(j.new_saga, false) && !e->state) {
       // Nothing to read: the id was drawn by start() from orchestrator_options::entropy. Were it taken after all,
       // the append (which expects no saga) fails with a conflict and the start is refused (see appended()).
@@ -593,11 +596,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // what is pending and re-arm its timers; every resend carries the same command id. A recovery job does that
       // itself (after its orphan check): doing it here too sent everything twice.
       e->reloaded_after_error = false;
-      if (j.in_doubt && *e->state == j.in_doubt->after)
-        perform(e, effects_of_decision(*e->state, j.in_doubt->events));  // committed: what its append would have done
-      else if (!j.recover)
-        perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+      if (j.in_doubt && *e->state == j.in_doubt->after) {
+        // It committed: what its append would have done is done now; process() answers the job with it.
+        perform(e, effects_of_decision(*e->state, j.in_doubt->events));
+        return true;
+      }
+      if (!j.recover) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
+    j.in_doubt.reset();
     return true;
   }
 
