@@ -243,13 +243,10 @@ struct counting_store final : storage::event_store {
 
   void async_append(storage::append_request r, storage::append_callback done) override {
     if (throw_on_append) throw std::runtime_error("test: this store throws from async_append");
-    if (commit_then_fail.fetch_sub(1) > 0)
-      return inner.async_append(std::move(r), [done = std::move(done)](std::exception_ptr, storage::append_result) {
-        done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
-      });
+    const bool ends = r.status_after == saga_status::completed || r.status_after == saga_status::compensated;
+    const bool in_doubt = commit_then_fail.fetch_sub(1) > 0 || (ends && commit_then_fail_final.exchange(false));
     commit_then_fail = std::max(commit_then_fail.load(), 0);
-    if ((r.status_after == saga_status::completed || r.status_after == saga_status::compensated) &&
-        commit_then_fail_final.exchange(false))
+    if (in_doubt)
       return inner.async_append(std::move(r), [done = std::move(done)](std::exception_ptr, storage::append_result) {
         done(std::make_exception_ptr(storage::store_unavailable("test: connection lost during COMMIT")), {});
       });
@@ -257,8 +254,7 @@ struct counting_store final : storage::event_store {
       return done(std::make_exception_ptr(storage::store_unavailable("test: appends are down")), {});
     if (appends_refused)
       return done(std::make_exception_ptr(storage::store_error("test: SQL state 53100: could not extend file")), {});
-    if (hold_all ||
-        (hold_final && (r.status_after == saga_status::completed || r.status_after == saga_status::compensated))) {
+    if (hold_all || (hold_final && ends)) {
       std::lock_guard lock(held_mutex);
       held.emplace_back(std::move(r), std::move(done));
       return;
