@@ -58,7 +58,9 @@ std::string metrics::prometheus() const {
   counter(out, "saga_events_appended_total", "Events appended.", events_appended);
   counter(out, "saga_append_conflicts_total", "Appends that lost to another writer and were re-decided.",
           append_conflicts);
-  counter(out, "saga_append_retries_total", "Appends retried because the store was unavailable.", append_retries);
+  counter(out, "saga_append_retries_total",
+          "Appends (or the reads of a saga's log before one) retried because the store was unavailable.",
+          append_retries);
   counter(out, "saga_appends_refused_total",
           "Appends the store refused with an error it does not call retryable (each is logged with its saga).",
           appends_refused);

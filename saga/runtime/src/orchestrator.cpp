@@ -62,10 +62,14 @@ struct job {
   // A start whose append failed with a retryable error: it may have committed all the same (a connection lost
   // during COMMIT). Its retry finds the saga started under the id it drew: that is this start, durable.
   bool start_in_doubt = false;
-  // Any other trigger whose append failed so: the decision it appended. When the log read for its retry ends in
-  // exactly that decision's state, the append committed: the trigger is not decided again, and what it did (a saga
-  // it ended, say) is counted as done here.
-  std::unique_ptr<decision> in_doubt{};
+  // Any other trigger whose append failed so: the decision it appended, and the entry's generation then. When the log
+  // read for its retry ends in exactly that decision's state, the append committed: the trigger is not decided
+  // again, and what it did (a saga it ended, say) is counted as done here. load() keeps it only then.
+  struct in_doubt_append {
+    decision d;
+    std::uint64_t generation = 0;
+  };
+  std::unique_ptr<in_doubt_append> in_doubt{};
   bool orphan = false;  // recovery asked for by the orphan sweep: nothing to do when the saga is held here
   // A timer: when it came due. It is decided at no earlier time, even when the wall clock stepped back after it
   // fired (decide ignores a deadline not yet due, and the timer would not fire again).
@@ -557,7 +561,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     fresh = false;
     auto preloaded = std::move(j.log);
     if (e->state && !j.recover) {
-      j.in_doubt.reset();  // not read back: decided again (a conflict tells if it committed)
+      j.in_doubt.reset();  // not read back: decided again
       return true;
     }
     if (std::exchange(j.new_saga, false) && !e->state) {
@@ -591,19 +595,29 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       retry_later(e, std::move(j));
       return false;
     }
+    if (j.in_doubt && fresh && *e->state == j.in_doubt->d.after) {
+      // Its append committed: what the append would have done is done now, as appended() does it, and process()
+      // answers the job with the decision. The saga may have been dropped meanwhile (its partition revoked): then
+      // only its owner acts on it, and this process (if it owns it again) acts as recovery does.
+      e->reloaded_after_error = false;
+      if (e->generation == j.in_doubt->generation) {
+        perform(e, effects_of_decision(*e->state, j.in_doubt->d.events));
+      } else if (owns(e->state->type, e->id)) {
+        perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+      } else {
+        e->state.reset();
+        ++e->state_changes;
+      }
+      return true;
+    }
+    j.in_doubt.reset();
     if (e->reloaded_after_error) {
       // The append that failed may have committed after all (or another writer moved the saga on): resend
       // what is pending and re-arm its timers; every resend carries the same command id. A recovery job does that
       // itself (after its orphan check): doing it here too sent everything twice.
       e->reloaded_after_error = false;
-      if (j.in_doubt && *e->state == j.in_doubt->after) {
-        // It committed: what its append would have done is done now; process() answers the job with it.
-        perform(e, effects_of_decision(*e->state, j.in_doubt->events));
-        return true;
-      }
       if (!j.recover) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
-    j.in_doubt.reset();
     return true;
   }
 
@@ -698,12 +712,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       }
       bool fresh = false;
       if (!load(e, j, fresh)) return;
-      if (auto in_doubt = std::move(j.in_doubt); in_doubt && *e->state == in_doubt->after) {
+      if (auto in_doubt = std::move(j.in_doubt)) {  // committed (see load())
         ++stats.appends;
-        stats.events_appended += in_doubt->events.size();
+        stats.events_appended += in_doubt->d.events.size();
         log("append of saga " + e->id.to_string() + " committed although the store could not tell: " + kind_of(j) +
             " is not decided again");
-        return finish_job(j, *in_doubt);
+        return finish_job(j, in_doubt->d);
       }
       if (j.recover) {
         if (!owns(e->state->type, e->id)) {  // its partition was revoked while the recovery waited
@@ -870,7 +884,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           if (std::holds_alternative<triggers::start>(j.what))
             j.start_in_doubt = true;
           else
-            j.in_doubt = std::make_unique<decision>(std::move(d));
+            j.in_doubt = std::make_unique<job::in_doubt_append>(job::in_doubt_append{std::move(d), generation});
           retry_later(e, std::move(j));
         } else {
           refused(e, std::move(j), err, x.what());
