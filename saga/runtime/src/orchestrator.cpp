@@ -596,14 +596,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       return false;
     }
     if (j.in_doubt && fresh && *e->state == j.in_doubt->d.after) {
-      // Its append committed: what the append would have done is done now, as appended() does it, and process()
-      // answers the job with the decision. The saga may have been dropped meanwhile (its partition revoked): then
-      // only its owner acts on it, and this process (if it owns it again) acts as recovery does.
+      // Its append committed: what the append would have done is done now, and process() answers the job with the
+      // decision. The saga may have been dropped meanwhile (its partition revoked): then its owner's recovery, which
+      // reads the log after this commit, acts on it (this process's own, queued behind this job, if the partition
+      // came back: acting here too sent everything twice), and nothing is cached here.
       e->reloaded_after_error = false;
       if (e->generation == j.in_doubt->generation) {
         perform(e, effects_of_decision(*e->state, j.in_doubt->d.events));
-      } else if (owns(e->state->type, e->id)) {
-        perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
       } else {
         e->state.reset();
         ++e->state_changes;
