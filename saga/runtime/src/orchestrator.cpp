@@ -64,7 +64,8 @@ struct job {
   bool start_in_doubt = false;
   // Any other trigger whose append failed so: the decision it appended, and the entry's generation then. When the log
   // read for its retry ends in exactly that decision's state, the append committed: the trigger is not decided
-  // again, and what it did (a saga it ended, say) is counted as done here. load() keeps it only then.
+  // again, and what it did (a saga it ended, say) is done and counted here, unless the saga was dropped meanwhile
+  // (see load()). load() keeps it only then.
   struct in_doubt_append {
     decision d;
     std::uint64_t generation = 0;
