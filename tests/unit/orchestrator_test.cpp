@@ -1111,6 +1111,62 @@ std::vector<transport::command_message> sent_of(const transport::memory_transpor
   return out;
 }
 
+// A saga recovered here, which nobody here awaits, is dropped while its append is in flight (its partition revoked),
+// and the append commits afterwards. If the partition stays away, nothing of the saga stays in memory here (before,
+// its entry stayed until the saga's next trigger). If it comes back, the saga's next command is sent once: the
+// append that completed and the recovery the assignment queued each performed recovery's effects (it went out twice).
+TEST(orchestrator, a_saga_dropped_while_its_append_was_in_flight_leaves_no_entry_here_or_is_resumed_once) {
+  for (const bool comes_back : {false, true}) {
+    SCOPED_TRACE(comes_back ? "the partition comes back" : "the partition stays away");
+    rig r;
+    r.silent = {"orders", "inventory", "payments", "shipping"};
+    r.bus.set_reply_partitions(1);
+    const transport::topic_partition p0{"order.replies", 0, "order"};
+    saga_id id;
+    {
+      rig s;  // the starter's: it owns no partition and is gone before the saga is answered
+      s.silent = r.silent;
+      s.bus.set_reply_partitions(1);
+      orchestrator starter(r.store, s.bus, s.options());
+      starter.add(order_processing::order_saga());
+      starter.run();
+      id = starter.start("order", to_json(make_order(1))).id;
+      starter.shutdown();
+    }
+    counting_store store(r.store);
+    orchestrator o(store, r.bus, r.options());
+    o.add(order_processing::order_saga());
+    o.run();
+    r.bus.assign({p0});
+    ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_recovered.load() == 1 && r.clock->pending() == 1; }));
+    const auto create_order = sent_of(r.bus, "create_order");
+    ASSERT_EQ(create_order.size(), 1u);  // resent by the recovery
+    store.hold_all = true;
+    r.bus.send_reply(create_order.back().reply_to,
+                     transport::reply_message::answering(create_order.back(), outcome::success, R"({"order_ref":"x"})",
+                                                         "", r.clock->now()),
+                     nullptr);
+    ASSERT_TRUE(r.pump_until([&] { return store.held_count() == 1; }));  // step_succeeded, reserve_inventory
+    r.bus.revoke({p0});
+    ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_dropped.load() == 1; }));
+    EXPECT_EQ(o.active(), 1u);           // its append holds it
+    if (comes_back) r.bus.assign({p0});  // recovery lists it at create_order: the append is not written yet
+    store.release_held();
+    if (comes_back) {
+      ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_recovered.load() == 2; }));
+      EXPECT_EQ(sent_of(r.bus, "reserve_inventory").size(), 1u) << "resumed twice";
+      EXPECT_EQ(o.active(), 1u);          // held here again
+      EXPECT_EQ(r.clock->pending(), 2u);  // create_order's (void since the drop) and reserve_inventory's, armed once
+    } else {
+      EXPECT_TRUE(r.pump_until([&] { return o.active() == 0; })) << "the dropped saga stayed in memory";
+      EXPECT_TRUE(sent_of(r.bus, "reserve_inventory").empty()) << "sent for a saga another process owns";
+      EXPECT_EQ(r.clock->pending(), 1u);  // create_order's, void since the drop
+    }
+    EXPECT_EQ(storage::fold_recorded(id, r.store.load(id)).seq, 4u);  // the held append committed
+    o.shutdown();
+  }
+}
+
 // An operator retries a stuck saga with sagactl, which has no transport: the command is recorded, not sent, and the
 // saga's owner does not hold it (a stuck saga is let go). The owner's orphan sweep finds it once nothing changed it
 // for an orphan_sweep, resends the command with its id and arms its deadline: without the sweep it waited for good

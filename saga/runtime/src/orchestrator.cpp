@@ -102,6 +102,10 @@ struct entry {
   steady::time_point started{};
   // Bumped when the saga is dropped (its partition went to another process): timers armed before are void.
   std::uint64_t generation = 0;
+  // The generation in which recovery's effects were performed for the state held here (by a recovery job, or by an
+  // append that completed after the saga was dropped and its partition came back). A later recovery job of the same
+  // generation that finds nothing newer in the log resends nothing: this process has advanced the saga since.
+  std::optional<std::uint64_t> recovered_in;
   bool watched = false;  // in impl::watched (guarded by impl::watch_mutex)
   // poll_watched said that this saga's log cannot be folded here (it says so once).
   std::atomic<bool> watch_unreadable_said{false};
@@ -549,6 +553,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       std::lock_guard lock(entries_mutex);
       if (auto it = entries.find(e->id); it != entries.end() && it->second == e && e->queue.empty() && !e->busy)
         entries.erase(it);
+    } else if (!e->busy && e->queue.empty() && !e->state) {
+      // Dropped while a job held it (its partition revoked during an append or a store retry), or left without a
+      // state by a job: kept only for a caller who awaits it. Before, it stayed in memory until its next trigger.
+      forget_if_idle(e, false);
     }
   }
 
@@ -736,6 +744,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           return;
         }
         ++stats.sagas_recovered;
+        if (!fresh && e->recovered_in == e->generation) {  // recovered in this generation already, held since
+          if (j.done) j.done(decision{}, nullptr);
+          return;
+        }
         if (j.orphan) {
           ++stats.sagas_swept;
           log("recovered saga " + e->id.to_string() + " (" + to_string(e->state->status) + " at seq " +
@@ -743,6 +755,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
               "), which this process owns but did not hold: its last change was made elsewhere");
         }
         perform(e, with_grace(std::move(fx)), /*recovered=*/true);
+        e->recovered_in = e->generation;
         if (j.done) j.done(decision{}, nullptr);
         return;
       }
@@ -910,6 +923,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         adopt(*e, j, after);
         ++e->state_changes;
         perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+        e->recovered_in = e->generation;  // the recovery the assignment queued (before or after this) resends nothing
         settle_if_ended(e);
       } else {
         settle_if_ended(e, after);
