@@ -465,6 +465,12 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     return v == it->second.end() ? nullptr : &v->second;
   }
 
+  bool is_current(const std::shared_ptr<entry>& e) {
+    std::lock_guard lock(entries_mutex);
+    auto it = entries.find(e->id);
+    return it != entries.end() && it->second == e;
+  }
+
   std::shared_ptr<entry> get(const saga_id& id) {
     std::lock_guard lock(entries_mutex);
     auto& e = entries[id];
@@ -490,6 +496,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   void submit(const saga_id& id, job j) {
     on_strand(get(id), [j = std::move(j)](impl& self, const std::shared_ptr<entry>& e) mutable {
+      // The entry was let go (finished, or idle without a state) after get() found it: the saga's entry now takes
+      // the job. Run on the old one, a saga held there would be in no map: its timers would be void (see
+      // submit_timer), and a second entry could advance it at the same time.
+      if (!self.is_current(e)) return self.submit(e->id, std::move(j));
       if (!j.awaited && !j.recover) j.generation = e->generation;  // a reply
       e->queue.push_back(std::move(j));
       self.pump(e);
@@ -503,11 +513,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
                     time_point due) {
     auto e = armed_by.lock();
     if (!e) return;
-    {
-      std::lock_guard lock(entries_mutex);
-      auto it = entries.find(e->id);
-      if (it == entries.end() || it->second != e) return;
-    }
+    if (!is_current(e)) return;
     on_strand(e, [generation, t, due](impl& self, const std::shared_ptr<entry>& x) {
       if (x->generation != generation) return;
       job j{false, t, {}, {}};
