@@ -388,8 +388,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // On e's strand: erases an entry that holds nothing (no state, no work, and, unless `unknown_saga`, nobody
   // awaiting it), so that one made only to answer outcome() does not stay in memory for good.
   void forget_if_idle(const std::shared_ptr<entry>& e, bool unknown_saga) {
-    if (e->state || e->busy || !e->queue.empty() || (!unknown_saga && someone_awaits(*e))) return;
+    if (e->state || e->busy || !e->queue.empty()) return;
+    // Asked under the map's lock, which outcome() holds while it finds the entry and makes its promise: else a
+    // caller could await an entry erased just after it was found, which the saga's end never reaches.
     std::lock_guard lock(entries_mutex);
+    if (!unknown_saga && someone_awaits(*e)) return;
     if (auto it = entries.find(e->id); it != entries.end() && it->second == e) entries.erase(it);
   }
 
@@ -473,9 +476,19 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   std::shared_ptr<entry> get(const saga_id& id) {
     std::lock_guard lock(entries_mutex);
+    return get_locked(id);
+  }
+  std::shared_ptr<entry> get_locked(const saga_id& id) {
     auto& e = entries[id];
     if (!e) e = std::make_shared<entry>(io, id);
     return e;
+  }
+
+  // The saga's entry and the future of its outcome, made under the map's lock (see forget_if_idle).
+  std::pair<std::shared_ptr<entry>, std::shared_future<saga_outcome>> awaited(const saga_id& id) {
+    std::lock_guard lock(entries_mutex);
+    auto e = get_locked(id);
+    return {e, future_of(e)};
   }
 
   // What a store callback holds: its members go in reverse order, so the entry (whose strand belongs to the
@@ -1423,8 +1436,8 @@ decision orchestrator::act(const saga_id& id, const triggers::operator_action& a
 
 std::shared_future<saga_outcome> orchestrator::outcome(const saga_id& id) {
   auto& s = *impl_;
-  auto e = s.get(id);
-  auto future = s.future_of(e);
+  auto [entry_found, future] = s.awaited(id);
+  const auto e = std::move(entry_found);  // captured below (a structured binding is not, before clang 16)
   // Already finished (or stuck)? Its finish effect is in the past: answer from the log.
   const auto forget = [&](bool unknown_saga) {
     s.on_strand(e,
