@@ -1452,6 +1452,37 @@ TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided
   o.shutdown();
 }
 
+// While the store refuses a saga's appends (a full disk, say), each retry reads a log that has not moved: nothing is
+// resent and no deadline is armed again. Before, every retry resent each command in flight and armed its deadline once
+// more, every refused_append_backoff for as long as the disk stayed full.
+TEST(orchestrator, a_refused_append_retried_on_a_log_that_did_not_move_resends_nothing) {
+  rig r;
+  r.silent.insert("charge_payment");
+  counting_store store(r.store);
+  auto options = r.options();
+  options.refused_append_backoff = duration{20};
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return r.bus.sent_commands().size() == 3 && r.clock->pending() == 3; }));
+  store.appends_refused = true;
+  r.clock->advance(duration{31'000});  // every deadline fires; the charge's is decided and its append refused
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().appends_refused.load() >= 5u; }));  // four retries refused
+  EXPECT_EQ(r.bus.sent_commands().size(), 3u) << "a refused retry resent what was in flight";
+  EXPECT_EQ(r.clock->pending(), 0u) << "a refused retry armed a deadline again";
+  // The disk has room again: the deadline is decided, and after its backoff attempt 2 of the charge goes out.
+  store.appends_refused = false;
+  ASSERT_TRUE(r.pump_until([&] {
+    r.clock->advance(duration{1});
+    const auto charges = sent_of(r.bus, "charge_payment");
+    return std::any_of(charges.begin(), charges.end(), [](const auto& c) { return c.attempt == 2; });
+  }));
+  EXPECT_EQ(sent_of(r.bus, "charge_payment").size(), 2u);
+  EXPECT_EQ(storage::fold_recorded(h.id, r.store.load(h.id)).seq, 9u);  // timed out, retry scheduled, requested
+  o.shutdown();
+}
+
 // A recovery whose read of the saga's log waited out an outage resends what is in flight once. It resent it twice:
 // once when the read succeeded, and again as the recovery it was.
 TEST(orchestrator, a_recovery_that_waited_out_a_store_outage_resends_once) {

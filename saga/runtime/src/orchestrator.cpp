@@ -93,6 +93,10 @@ struct entry {
   std::deque<job> queue;
   bool busy = false;
   bool reloaded_after_error = false;
+  // Set by retry_later: the seq and generation of the state it cleared. A read for the retry that finds the log at
+  // that seq, in that generation, finds nothing new (the append that failed did not commit, and nobody else
+  // appended): what that state requested was sent, and its timers are still armed.
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> held_before_retry;
   // Awaiting callers (guarded by promise_mutex: created from any thread).
   std::mutex promise_mutex;
   std::shared_ptr<std::promise<saga_outcome>> promise;
@@ -412,6 +416,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     e->state.reset();
     ++e->state_changes;
     e->reloaded_after_error = false;
+    e->held_before_retry.reset();
     log("dropped saga " + e->id.to_string() + ": " + why);
     if (someone_awaits(*e))
       watch(e);  // its end comes from the store, unless the saga comes back here first
@@ -629,6 +634,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // reads the log after this commit, acts on it (this process's own, queued behind this job, if the partition
       // came back: acting here too sent everything twice), and nothing is cached here.
       e->reloaded_after_error = false;
+      e->held_before_retry.reset();
       if (e->generation == j.in_doubt->generation) {
         perform(e, effects_of_decision(*e->state, j.in_doubt->d.events));
       } else {
@@ -641,9 +647,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     if (e->reloaded_after_error) {
       // The append that failed may have committed after all (or another writer moved the saga on): resend
       // what is pending and re-arm its timers; every resend carries the same command id. A recovery job does that
-      // itself (after its orphan check): doing it here too sent everything twice.
+      // itself (after its orphan check): doing it here too sent everything twice. When the log is where it was
+      // before the failure, nothing is resent: before, each refused retry (every refused_append_backoff while a
+      // disk stays full) resent every command in flight and armed their deadlines once more.
       e->reloaded_after_error = false;
-      if (!j.recover) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
+      const auto before = std::exchange(e->held_before_retry, std::nullopt);
+      const bool unchanged = before && before->first == e->state->seq && before->second == e->generation;
+      if (!j.recover && !unchanged) perform(e, with_grace(recovery_effects(*e->state)), /*recovered=*/true);
     }
     return true;
   }
@@ -710,6 +720,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     // Shut down: let the job go now (see pump) rather than arm a timer nothing would run.
     if (draining) return resume(e, std::move(j));
     e->busy = true;
+    if (e->state) e->held_before_retry.emplace(e->state->seq, e->generation);  // else the state it cleared before
     e->state.reset();
     ++e->state_changes;
     e->reloaded_after_error = true;
@@ -909,6 +920,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         e->state.reset();
         ++e->state_changes;
         e->reloaded_after_error = true;
+        e->held_before_retry.reset();  // another writer moved the saga on
         e->queue.push_front(std::move(j));
       } catch (const storage::store_error& x) {
         if (x.retryable()) {
