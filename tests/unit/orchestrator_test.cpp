@@ -118,6 +118,14 @@ order make_order(int i) {
 
 bool ready(const std::shared_future<runtime::saga_outcome>& f) { return f.wait_for(0s) == std::future_status::ready; }
 
+// The commands of `type` a bus carried, in order.
+std::vector<transport::command_message> sent_of(const transport::memory_transport& bus, const std::string& type) {
+  std::vector<transport::command_message> out;
+  for (auto& c : bus.sent_commands())
+    if (c.command_type == type) out.push_back(std::move(c));
+  return out;
+}
+
 // An orchestrator's log lines, kept for a test to look at (options.log = log.sink()).
 struct captured_log {
   std::mutex mutex;
@@ -317,6 +325,9 @@ struct counting_store final : storage::event_store {
     return inner.list_unfinished(f);
   }
   std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
+  std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override {
+    return inner.reply_partition_count(type, current);
+  }
   std::optional<saga_id> find_by_idempotency_key(const std::string& type, const std::string& key) override {
     ++key_lookups;
     return inner.find_by_idempotency_key(type, key);
@@ -834,6 +845,41 @@ TEST(orchestrator, a_count_changed_while_running_refuses_the_type_at_the_next_as
   o.shutdown();
 }
 
+// The count changes while a saga waits out a store outage, its reply parked for the retry (the saga holds no state
+// then): the saga is dropped like the cached ones, and the reply is let go, not decided for a type refused here.
+TEST(orchestrator, a_count_changed_while_a_saga_waits_out_a_store_outage_drops_it_too) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(2);
+  counting_store store(r.store);
+  auto options = r.options();
+  options.store_retry_backoff = duration{500};
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.run();
+  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+  const auto events = r.store.load(h.id).size();
+  const auto create_order = sent_of(r.bus, "create_order").front();
+  store.appends_unavailable = true;
+  r.bus.send_reply(
+      create_order.reply_to,
+      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
+      nullptr);
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the reply waits for a retry
+  r.bus.set_reply_partitions(4);
+  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
+  EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  store.appends_unavailable = false;
+  ASSERT_TRUE(r.pump_until(
+      [&] { return !sent_of(r.bus, "reserve_inventory").empty() || o.stats().replies_ignored.load() > 0; }));
+  EXPECT_EQ(o.stats().sagas_dropped.load(), 1u);
+  EXPECT_TRUE(sent_of(r.bus, "reserve_inventory").empty()) << "decided for a type refused here";
+  EXPECT_EQ(r.store.load(h.id).size(), events);
+  o.shutdown();
+}
+
 TEST(orchestrator, a_process_that_owns_no_reply_partition_notices_a_changed_count_at_its_next_start) {
   rig r;
   r.silent = {"orders", "inventory", "payments", "shipping"};
@@ -948,6 +994,39 @@ TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_th
   const auto commands = r.bus.sent_commands();
   for (std::size_t i = 1; i < commands.size(); ++i)
     EXPECT_NE(commands[i].command_type, "cancel_order") << "no compensation sent for a saga owned elsewhere";
+  o.shutdown();
+}
+
+// A saga waiting out a store outage holds no state (its retry reads the log). A revoke of another saga type's
+// partition with the same number does not drop it: before, an entry without a state was matched against every type
+// revoked, and the saga's reply, parked for the retry, was let go (it waited for the orphan sweep, if any, to move on).
+TEST(orchestrator, a_saga_waiting_out_a_store_outage_is_not_dropped_when_another_types_partition_is_revoked) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  counting_store store(r.store);
+  auto options = r.options();
+  options.store_retry_backoff = duration{500};
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.add(saga_test::linear());
+  o.run();
+  r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
+  auto h = o.start("order", to_json(make_order(1)));
+  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+  const auto create_order = sent_of(r.bus, "create_order").front();
+  store.appends_unavailable = true;
+  r.bus.send_reply(
+      create_order.reply_to,
+      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
+      nullptr);
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the reply waits for a retry
+  r.bus.revoke({{"linear.replies", 0, "linear"}});
+  store.appends_unavailable = false;
+  ASSERT_TRUE(r.pump_until(
+      [&] { return !sent_of(r.bus, "reserve_inventory").empty() || o.stats().replies_ignored.load() > 0; }));
+  EXPECT_EQ(o.stats().sagas_dropped.load(), 0u);
+  EXPECT_EQ(sent_of(r.bus, "reserve_inventory").size(), 1u) << "the reply was let go";
   o.shutdown();
 }
 
@@ -1101,14 +1180,6 @@ TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_inst
   EXPECT_EQ(r.clock->pending(), 0u);             // no timer re-armed
   owner.shutdown();
   zombie.shutdown();
-}
-
-// The commands of `type` a bus carried, in order.
-std::vector<transport::command_message> sent_of(const transport::memory_transport& bus, const std::string& type) {
-  std::vector<transport::command_message> out;
-  for (auto& c : bus.sent_commands())
-    if (c.command_type == type) out.push_back(std::move(c));
-  return out;
 }
 
 // A saga recovered here, which nobody here awaits, is dropped while its append is in flight (its partition revoked),

@@ -110,10 +110,20 @@ struct entry {
   // append that completed after the saga was dropped and its partition came back). A later recovery job of the same
   // generation that finds nothing newer in the log resends nothing: this process has advanced the saga since.
   std::optional<std::uint64_t> recovered_in;
+  // The saga's type, once a state of it was cleared here (for a retry, a reload, a drop): revoke() and fence() match
+  // an entry without a state by it.
+  std::string type;
   bool watched = false;  // in impl::watched (guarded by impl::watch_mutex)
   // poll_watched said that this saga's log cannot be folded here (it says so once).
   std::atomic<bool> watch_unreadable_said{false};
 };
+
+// Clears e's cached state (the next job reads the log), keeping its type (entry::type).
+void clear_state(entry& e) {
+  if (e.state) e.type = e.state->type;
+  e.state.reset();
+  ++e.state_changes;
+}
 
 struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   impl(storage::event_store& s, transport::transport& b, orchestrator_options o)
@@ -279,7 +289,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     for (auto& e : all)
       on_strand(e, [type](impl& self, const std::shared_ptr<entry>& x) {
-        if (x->state && x->state->type == type)
+        if ((x->state ? x->state->type : x->type) == type)  // also one waiting out a store retry
           self.drop(x, "the partition count of its type's reply topic changed under it");
       });
   }
@@ -413,8 +423,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   void drop(const std::shared_ptr<entry>& e, const std::string& why) {
     ++stats.sagas_dropped;
     ++e->generation;
-    e->state.reset();
-    ++e->state_changes;
+    clear_state(*e);
     e->reloaded_after_error = false;
     e->held_before_retry.reset();
     log("dropped saga " + e->id.to_string() + ": " + why);
@@ -450,8 +459,11 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     for (auto& e : all)
       on_strand(e, [gone](impl& self, const std::shared_ptr<entry>& x) {
+        // An entry without a state (waiting out a store retry, say) is matched by the type it held; one that never
+        // held a state, by every type revoked.
+        const std::string& held = x->state ? x->state->type : x->type;
         for (const auto& [type, partitions] : gone) {
-          if (x->state && x->state->type != type) continue;
+          if (!held.empty() && held != type) continue;
           const auto p = self.bus.reply_partition(type, x->id);
           if (p && partitions.count(*p)) return self.drop(x, "its reply partition was revoked");
         }
@@ -638,8 +650,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (e->generation == j.in_doubt->generation) {
         perform(e, effects_of_decision(*e->state, j.in_doubt->d.events));
       } else {
-        e->state.reset();
-        ++e->state_changes;
+        clear_state(*e);
       }
       return true;
     }
@@ -721,8 +732,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     if (draining) return resume(e, std::move(j));
     e->busy = true;
     if (e->state) e->held_before_retry.emplace(e->state->seq, e->generation);  // else the state it cleared before
-    e->state.reset();
-    ++e->state_changes;
+    clear_state(*e);
     e->reloaded_after_error = true;
     auto timer = std::make_shared<asio::steady_timer>(io, backoff);
     {
@@ -766,8 +776,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         auto fx = recovery_effects(*e->state);
         if (j.orphan && !orphaned(*e->state, fx)) {
           if (!is_terminal(e->state->status) && e->state->status != saga_status::stuck) {
-            e->state.reset();  // read for this check only: still not held here
-            ++e->state_changes;
+            clear_state(*e);  // read for this check only: still not held here
             forget_if_idle(e, false);
           }
           if (j.done) j.done(decision{}, nullptr);
@@ -815,8 +824,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           std::holds_alternative<triggers::reply>(j.what)) {
         // A reply the cached state does not know: an operator tool may have appended and sent commands
         // meanwhile, so decide once more on the log.
-        e->state.reset();
-        ++e->state_changes;
+        clear_state(*e);
         j.reloaded = true;
         return process(e, std::move(j));
       }
@@ -902,8 +910,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         if (std::holds_alternative<triggers::start>(j.what)) {
           // start() drew an id that is taken (only an injected entropy repeats itself): refuse, as a start on the
           // existing saga's state would be; the next trigger for that saga reads its log.
-          e->state.reset();
-          ++e->state_changes;
+          clear_state(*e);
           decision taken;
           taken.rejected = "saga id " + e->id.to_string() + " is taken (orchestrator_options::entropy drew it twice)";
           finish_job(j, taken);
@@ -917,8 +924,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           return pump(e);
         }
         log(std::string("reloading after ") + c.what());
-        e->state.reset();
-        ++e->state_changes;
+        clear_state(*e);
         e->reloaded_after_error = true;
         e->held_before_retry.reset();  // another writer moved the saga on
         e->queue.push_front(std::move(j));
