@@ -1030,6 +1030,34 @@ TEST(orchestrator, a_saga_waiting_out_a_store_outage_is_not_dropped_when_another
   o.shutdown();
 }
 
+// The same for a start whose append committed although the store could not tell: while it waits for its retry (its
+// saga not read back yet), another type's revoke does not drop it. Dropped, the retry found the start durable and
+// returned the saga, but sent nothing and armed nothing: the saga never moved.
+TEST(orchestrator, a_start_in_doubt_is_not_dropped_when_another_types_partition_is_revoked) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  counting_store store(r.store);
+  auto options = r.options();
+  options.store_retry_backoff = duration{500};
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.add(saga_test::linear());
+  o.run();
+  r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
+  store.commit_then_fail = 1;
+  auto started = std::async(std::launch::async, [&] { return o.start("order", to_json(make_order(1))); });
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the start waits for a retry
+  r.bus.revoke({{"linear.replies", 0, "linear"}});
+  ASSERT_EQ(started.wait_for(30s), std::future_status::ready);
+  const auto h = started.get();
+  EXPECT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1 && r.clock->pending() == 1; }))
+      << "the started saga's first command was never sent";
+  EXPECT_EQ(o.stats().sagas_dropped.load(), 0u);
+  EXPECT_EQ(storage::fold_recorded(h.id, r.store.load(h.id)).seq, 2u);
+  o.shutdown();
+}
+
 // Another process that owns the saga's reply partition: its own transport, clock and (answering) participants, the
 // same store. Its run() recovers the saga and resends its pending command.
 struct other_process {

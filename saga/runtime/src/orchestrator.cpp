@@ -50,7 +50,7 @@ struct prefetched_state {
 struct job {
   bool recover = false;
   trigger what;
-  std::string type;  // the saga type, for start
+  std::string type;  // the saga type: a start's (which uses it), a reply's (which sets entry::type)
   done_fn done;
   bool reloaded = false;                 // already decided once more on a state fresh from the store
   std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
@@ -110,8 +110,8 @@ struct entry {
   // append that completed after the saga was dropped and its partition came back). A later recovery job of the same
   // generation that finds nothing newer in the log resends nothing: this process has advanced the saga since.
   std::optional<std::uint64_t> recovered_in;
-  // The saga's type, once a state of it was cleared here (for a retry, a reload, a drop): revoke() and fence() match
-  // an entry without a state by it.
+  // The saga's type, once known here: from the first start or reply queued for it, or a state of it cleared (for a
+  // retry, a reload, a drop). revoke() and fence() match an entry without a state by it.
   std::string type;
   bool watched = false;  // in impl::watched (guarded by impl::watch_mutex)
   // poll_watched said that this saga's log cannot be folded here (it says so once).
@@ -120,7 +120,7 @@ struct entry {
 
 // Clears e's cached state (the next job reads the log), keeping its type (entry::type).
 void clear_state(entry& e) {
-  if (e.state) e.type = e.state->type;
+  if (e.state && !e.state->type.empty()) e.type = e.state->type;  // empty: a start's, before it was appended
   e.state.reset();
   ++e.state_changes;
 }
@@ -459,8 +459,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
     for (auto& e : all)
       on_strand(e, [gone](impl& self, const std::shared_ptr<entry>& x) {
-        // An entry without a state (waiting out a store retry, say) is matched by the type it held; one that never
-        // held a state, by every type revoked.
+        // An entry without a state (waiting out a store retry, say) is matched by its type (entry::type); one whose
+        // type is not known here (a recovery that has not read the saga yet), by every type revoked.
         const std::string& held = x->state ? x->state->type : x->type;
         for (const auto& [type, partitions] : gone) {
           if (!held.empty() && held != type) continue;
@@ -531,6 +531,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       // submit_timer), and a second entry could advance it at the same time.
       if (!self.is_current(e)) return self.submit(e->id, std::move(j));
       if (!j.awaited && !j.recover) j.generation = e->generation;  // a reply
+      if (e->type.empty()) e->type = j.type;                       // a start's or a reply's: known before any state is
       e->queue.push_back(std::move(j));
       self.pump(e);
     });
@@ -1385,7 +1386,7 @@ void orchestrator::run() {
         if (handled) handled();
         return;
       }
-      self->submit(reply.saga, job{false, reply.to_trigger(), {}, [handled](const decision&, std::exception_ptr) {
+      self->submit(reply.saga, job{false, reply.to_trigger(), type, [handled](const decision&, std::exception_ptr) {
                                      if (handled) handled();
                                    }});
     });
