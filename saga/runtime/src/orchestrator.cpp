@@ -50,7 +50,7 @@ struct prefetched_state {
 struct job {
   bool recover = false;
   trigger what;
-  std::string type;  // the saga type: a start's (which uses it), a reply's (which sets entry::type)
+  std::string type;  // the saga type: a start's (which uses it) or a reply's; either sets entry::type
   done_fn done;
   bool reloaded = false;                 // already decided once more on a state fresh from the store
   std::shared_ptr<preloaded_log> log{};  // recovery: the log read before the job was queued (else load it)
@@ -95,7 +95,7 @@ struct entry {
   bool reloaded_after_error = false;
   // Set by retry_later: the seq and generation of the state it cleared. A read for the retry that finds the log at
   // that seq, in that generation, finds nothing new (the append that failed did not commit, and nobody else
-  // appended): what that state requested was sent, and its timers are still armed.
+  // appended): the retry resends nothing, as the job would have resent nothing had its append succeeded.
   std::optional<std::pair<std::uint64_t, std::uint64_t>> held_before_retry;
   // Awaiting callers (guarded by promise_mutex: created from any thread).
   std::mutex promise_mutex;
