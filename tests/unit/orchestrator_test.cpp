@@ -845,6 +845,27 @@ TEST(orchestrator, a_count_changed_while_running_refuses_the_type_at_the_next_as
   o.shutdown();
 }
 
+// Answers a saga's create_order (the only one sent) while the store's appends are down, and returns once the reply
+// waits for a store retry: its saga holds no state then (the retry reads the log).
+void answer_create_order_while_appends_fail(rig& r, counting_store& store, orchestrator& o) {
+  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+  const auto create_order = sent_of(r.bus, "create_order").front();
+  store.appends_unavailable = true;
+  r.bus.send_reply(
+      create_order.reply_to,
+      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
+      nullptr);
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));
+}
+
+// The store takes appends again: whether the waiting reply is decided (reserve_inventory sent) rather than let go.
+bool reply_decided_once_appends_work(rig& r, counting_store& store, orchestrator& o) {
+  store.appends_unavailable = false;
+  EXPECT_TRUE(r.pump_until(
+      [&] { return !sent_of(r.bus, "reserve_inventory").empty() || o.stats().replies_ignored.load() > 0; }));
+  return !sent_of(r.bus, "reserve_inventory").empty();
+}
+
 // The count changes while a saga waits out a store outage, its reply parked for the retry (the saga holds no state
 // then): the saga is dropped like the cached ones, and the reply is let go, not decided for a type refused here.
 TEST(orchestrator, a_count_changed_while_a_saga_waits_out_a_store_outage_drops_it_too) {
@@ -859,23 +880,13 @@ TEST(orchestrator, a_count_changed_while_a_saga_waits_out_a_store_outage_drops_i
   o.run();
   r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
   auto h = o.start("order", to_json(make_order(1)));
-  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+  ASSERT_NO_FATAL_FAILURE(answer_create_order_while_appends_fail(r, store, o));
   const auto events = r.store.load(h.id).size();
-  const auto create_order = sent_of(r.bus, "create_order").front();
-  store.appends_unavailable = true;
-  r.bus.send_reply(
-      create_order.reply_to,
-      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
-      nullptr);
-  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the reply waits for a retry
   r.bus.set_reply_partitions(4);
   r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
   EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
-  store.appends_unavailable = false;
-  ASSERT_TRUE(r.pump_until(
-      [&] { return !sent_of(r.bus, "reserve_inventory").empty() || o.stats().replies_ignored.load() > 0; }));
+  EXPECT_FALSE(reply_decided_once_appends_work(r, store, o)) << "decided for a type refused here";
   EXPECT_EQ(o.stats().sagas_dropped.load(), 1u);
-  EXPECT_TRUE(sent_of(r.bus, "reserve_inventory").empty()) << "decided for a type refused here";
   EXPECT_EQ(r.store.load(h.id).size(), events);
   o.shutdown();
 }
@@ -997,36 +1008,41 @@ TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_th
   o.shutdown();
 }
 
+// An orchestrator of two saga types, order and linear, that owns partition 0 of each one's reply topic (one partition
+// each: the two types number their partitions alike) and retries its store after 500 ms. Silent participants.
+struct two_types {
+  rig r;
+  counting_store store{r.store};
+  orchestrator o{store, r.bus, options_for(r)};
+  two_types() {
+    o.add(order_processing::order_saga());
+    o.add(saga_test::linear());
+    o.run();
+    r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
+  }
+  static runtime::orchestrator_options options_for(rig& r) {
+    r.silent = {"orders", "inventory", "payments", "shipping"};
+    r.bus.set_reply_partitions(1);
+    auto options = r.options();
+    options.store_retry_backoff = duration{500};
+    return options;
+  }
+};
+
 // A saga waiting out a store outage holds no state (its retry reads the log). A revoke of another saga type's
 // partition with the same number does not drop it: before, an entry without a state was matched against every type
 // revoked, and the saga's reply, parked for the retry, was let go (it waited for the orphan sweep, if any, to move on).
 TEST(orchestrator, a_saga_waiting_out_a_store_outage_is_not_dropped_when_another_types_partition_is_revoked) {
-  rig r;
-  r.silent = {"orders", "inventory", "payments", "shipping"};
-  r.bus.set_reply_partitions(1);
-  counting_store store(r.store);
-  auto options = r.options();
-  options.store_retry_backoff = duration{500};
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.add(saga_test::linear());
-  o.run();
-  r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
-  auto h = o.start("order", to_json(make_order(1)));
-  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
-  const auto create_order = sent_of(r.bus, "create_order").front();
-  store.appends_unavailable = true;
-  r.bus.send_reply(
-      create_order.reply_to,
-      transport::reply_message::answering(create_order, outcome::success, R"({"order_ref":"x"})", "", r.clock->now()),
-      nullptr);
-  ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the reply waits for a retry
+  two_types t;
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& o = t.o;
+  (void)o.start("order", to_json(make_order(1)));
+  ASSERT_NO_FATAL_FAILURE(answer_create_order_while_appends_fail(r, store, o));
   r.bus.revoke({{"linear.replies", 0, "linear"}});
-  store.appends_unavailable = false;
-  ASSERT_TRUE(r.pump_until(
-      [&] { return !sent_of(r.bus, "reserve_inventory").empty() || o.stats().replies_ignored.load() > 0; }));
+  EXPECT_TRUE(reply_decided_once_appends_work(r, store, o)) << "the reply was let go";
   EXPECT_EQ(o.stats().sagas_dropped.load(), 0u);
-  EXPECT_EQ(sent_of(r.bus, "reserve_inventory").size(), 1u) << "the reply was let go";
+  EXPECT_EQ(sent_of(r.bus, "reserve_inventory").size(), 1u);
   o.shutdown();
 }
 
@@ -1034,17 +1050,10 @@ TEST(orchestrator, a_saga_waiting_out_a_store_outage_is_not_dropped_when_another
 // saga not read back yet), another type's revoke does not drop it. Dropped, the retry found the start durable and
 // returned the saga, but sent nothing and armed nothing: the saga never moved.
 TEST(orchestrator, a_start_in_doubt_is_not_dropped_when_another_types_partition_is_revoked) {
-  rig r;
-  r.silent = {"orders", "inventory", "payments", "shipping"};
-  r.bus.set_reply_partitions(1);
-  counting_store store(r.store);
-  auto options = r.options();
-  options.store_retry_backoff = duration{500};
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.add(saga_test::linear());
-  o.run();
-  r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
+  two_types t;
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& o = t.o;
   store.commit_then_fail = 1;
   auto started = std::async(std::launch::async, [&] { return o.start("order", to_json(make_order(1))); });
   ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));  // the start waits for a retry
