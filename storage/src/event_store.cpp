@@ -21,7 +21,8 @@ event recorded_event::to_event() const {
   return e;
 }
 
-bool partition_filter::matches(std::int32_t p) const noexcept {
+bool partition_filter::matches(const std::string& saga_type, std::int32_t p) const noexcept {
+  if (!type.empty() && saga_type != type) return false;
   if (partitions.empty()) return true;
   for (auto x : partitions)
     if (x == p) return true;

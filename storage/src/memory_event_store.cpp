@@ -76,7 +76,7 @@ std::vector<saga_summary> memory_event_store::list_unfinished(const partition_fi
   std::lock_guard lock(mutex_);
   std::vector<saga_summary> out;
   for (const auto& [id, s] : summaries_)
-    if (!is_terminal(s.status) && filter.matches(s.partition)) out.push_back(s);
+    if (!is_terminal(s.status) && filter.matches(s.type, s.partition)) out.push_back(s);
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.started_at < b.started_at; });
   return out;
 }

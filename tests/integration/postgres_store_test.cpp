@@ -390,10 +390,14 @@ TEST_F(postgres_store, concurrent_starts_with_one_key_yield_one_saga) {
   for (const auto& id : ids) EXPECT_EQ(store.find(id).has_value(), id == *owner);
 }
 
-TEST_F(postgres_store, list_unfinished_follows_status_and_partition) {
+TEST_F(postgres_store, list_unfinished_follows_status_partition_and_type) {
   postgres_event_store store(url_);
-  const auto a = random_saga_id(), b = random_saga_id(), c = random_saga_id();
+  const auto a = random_saga_id(), b = random_saga_id(), c = random_saga_id(), d = random_saga_id();
   store.append(start_request(a, "", 0, 1));
+  auto linear = start_request(d, "", 0, 1);  // another type, on its own partition 1
+  linear.saga_type = "linear";
+  linear.events.front() = make_event(1, started("linear"));
+  store.append(linear);
   store.append(start_request(b, "", 0, 2));
   store.append(start_request(c, "", 0, 1));
   auto done = next_request(c, 1);
@@ -411,9 +415,13 @@ TEST_F(postgres_store, list_unfinished_follows_status_and_partition) {
     for (const auto& s : list) out.insert(s.id);
     return out;
   };
-  EXPECT_EQ(ids_of(store.list_unfinished({})), (std::set<saga_id>{a, b}));
-  EXPECT_EQ(ids_of(store.list_unfinished({{1}})), (std::set<saga_id>{a}));
+  EXPECT_EQ(ids_of(store.list_unfinished({})), (std::set<saga_id>{a, b, d}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{1}})), (std::set<saga_id>{a, d}));
   EXPECT_EQ(ids_of(store.list_unfinished({{2, 3}})), (std::set<saga_id>{b}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{1}, "order"})), (std::set<saga_id>{a}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{1}, "linear"})), (std::set<saga_id>{d}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{}, "order"})), (std::set<saga_id>{a, b}));
+  EXPECT_EQ(ids_of(store.list_unfinished({{2}, "linear"})), (std::set<saga_id>{}));
   EXPECT_EQ(store.find(b)->status, saga_status::stuck);
   EXPECT_EQ(store.find(c)->status, saga_status::completed);
 }

@@ -321,8 +321,11 @@ struct counting_store final : storage::event_store {
   std::vector<storage::recorded_event> read_all(std::uint64_t from, std::size_t limit) override {
     return inner.read_all(from, limit);
   }
+  std::atomic<std::size_t> listed{0};  // the sagas list_unfinished returned, in all
   std::vector<storage::saga_summary> list_unfinished(const storage::partition_filter& f) override {
-    return inner.list_unfinished(f);
+    auto out = inner.list_unfinished(f);
+    listed += out.size();
+    return out;
   }
   std::optional<storage::saga_summary> find(const saga_id& id) override { return inner.find(id); }
   std::int32_t reply_partition_count(const std::string& type, std::int32_t current) override {
@@ -1223,6 +1226,23 @@ TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_inst
 // and the append commits afterwards. If the partition stays away, nothing of the saga stays in memory here (before,
 // its entry stayed until the saga's next trigger). If it comes back, the saga's next command is sent once: the
 // append that completed and the recovery the assignment queued each performed recovery's effects (it went out twice).
+// Starts an order saga in r's store from another process, which owns no reply partition and is gone before the
+// saga's first command is answered (the command is lost: its participants are silent). r's bus has one partition.
+// Its ids come from another seed than r's, so a saga r's orchestrator starts does not draw the same id.
+saga_id start_elsewhere(rig& r) {
+  rig s;
+  s.silent = {"orders", "inventory", "payments", "shipping"};
+  s.bus.set_reply_partitions(1);
+  auto options = s.options();
+  (void)options.entropy();
+  orchestrator starter(r.store, s.bus, options);
+  starter.add(order_processing::order_saga());
+  starter.run();
+  const saga_id id = starter.start("order", to_json(make_order(1))).id;
+  starter.shutdown();
+  return id;
+}
+
 TEST(orchestrator, a_saga_dropped_while_its_append_was_in_flight_leaves_no_entry_here_or_is_resumed_once) {
   for (const bool comes_back : {false, true}) {
     SCOPED_TRACE(comes_back ? "the partition comes back" : "the partition stays away");
@@ -1230,17 +1250,7 @@ TEST(orchestrator, a_saga_dropped_while_its_append_was_in_flight_leaves_no_entry
     r.silent = {"orders", "inventory", "payments", "shipping"};
     r.bus.set_reply_partitions(1);
     const transport::topic_partition p0{"order.replies", 0, "order"};
-    saga_id id;
-    {
-      rig s;  // the starter's: it owns no partition and is gone before the saga is answered
-      s.silent = r.silent;
-      s.bus.set_reply_partitions(1);
-      orchestrator starter(r.store, s.bus, s.options());
-      starter.add(order_processing::order_saga());
-      starter.run();
-      id = starter.start("order", to_json(make_order(1))).id;
-      starter.shutdown();
-    }
+    const saga_id id = start_elsewhere(r);
     counting_store store(r.store);
     orchestrator o(store, r.bus, r.options());
     o.add(order_processing::order_saga());
@@ -1273,6 +1283,43 @@ TEST(orchestrator, a_saga_dropped_while_its_append_was_in_flight_leaves_no_entry
     EXPECT_EQ(r.clock->pending(), comes_back ? 2u : 1u);
     EXPECT_EQ(storage::fold_recorded(id, r.store.load(id)).seq, 4u);  // the held append committed
   }
+}
+
+// Saga types number their reply partitions alike. An assignment recovers the assigned type's sagas on the assigned
+// partitions, not another type's on a partition of the same number. Before, recovery listed by number alone: assigned
+// linear.replies 0, it read the order sagas on order.replies 0 too, and dropped one that another process owned
+// (logged as revoked) or resent the command in flight of one held here and armed its deadline once more.
+TEST(orchestrator, an_assignment_recovers_its_types_sagas_not_anothers_on_a_partition_of_the_same_number) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(1);
+  const transport::topic_partition order0{"order.replies", 0, "order"}, linear0{"linear.replies", 0, "linear"};
+  (void)start_elsewhere(r);
+  counting_store store(r.store);
+  auto options = r.options();
+  options.recovery_prefetch = false;  // it lists every type's sagas, and would count in `listed`
+  orchestrator o(store, r.bus, options);
+  o.add(order_processing::order_saga());
+  o.add(saga_test::linear());
+  o.run();
+  r.bus.assign({linear0});  // order.replies 0 is another process's
+  EXPECT_EQ(store.listed.load(), 0u) << "the order saga was listed for linear.replies 0";
+  EXPECT_TRUE(r.pump_until([&] { return o.active() == 0; }));
+  EXPECT_EQ(o.stats().sagas_dropped.load(), 0u);
+  r.bus.assign({order0});  // now this process's: the saga is recovered and its command resent
+  ASSERT_TRUE(r.pump_until([&] { return o.stats().sagas_recovered.load() == 1 && r.clock->pending() == 1; }));
+  EXPECT_EQ(store.listed.load(), 1u);
+  (void)o.start("order", to_json(make_order(2)));
+  ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 2 && r.clock->pending() == 2; }));
+  const std::size_t listed = store.listed.load();
+  const std::uint64_t recovered = o.stats().sagas_recovered.load();
+  r.bus.revoke({linear0});
+  r.bus.assign({linear0});
+  EXPECT_EQ(store.listed.load(), listed) << "the order sagas held here were listed for linear.replies 0";
+  o.shutdown();
+  EXPECT_EQ(o.stats().sagas_recovered.load(), recovered);
+  EXPECT_EQ(sent_of(r.bus, "create_order").size(), 2u);
+  EXPECT_EQ(r.clock->pending(), 2u);
 }
 
 // An operator retries a stuck saga with sagactl, which has no transport: the command is recorded, not sent, and the

@@ -1121,10 +1121,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         storage::partition_filter still = filter;  // partitions revoked during the outage are another's now
         if (!filter.partitions.empty()) {
           std::lock_guard lock(self->owned_mutex);
-          std::erase_if(still.partitions, [&](std::int32_t p) {
-            return std::none_of(self->owned.begin(), self->owned.end(),
-                                [&](const auto& type_partitions) { return type_partitions.second.count(p) > 0; });
-          });
+          const auto it = self->owned.find(filter.type);
+          if (it == self->owned.end()) return;
+          std::erase_if(still.partitions, [&](std::int32_t p) { return it->second.count(p) == 0; });
           if (still.partitions.empty()) return;
         }
         try {
@@ -1362,17 +1361,21 @@ void orchestrator::run() {
     if (!self) return;
     // The transport re-read the partition counts before this call: one that changed since run() is checked again.
     for (const auto& [type, versions] : self->definitions) self->recheck(type);
-    storage::partition_filter filter;
+    // One listing per type: the types number their partitions alike, and another type's sagas on a partition of
+    // the same number are not this assignment's (their owner may be another process, or they are held here).
+    std::map<std::string, storage::partition_filter> filters;
     {
       std::lock_guard lock(self->owned_mutex);
       for (const auto& tp : assigned)
         if (self->latest(tp.name) && !self->fenced_why(tp.name)) {
+          auto& filter = filters[tp.name];
+          filter.type = tp.name;
           filter.partitions.push_back(tp.partition);
           self->owned[tp.name].insert(tp.partition);
         }
       self->stats.reply_partitions_owned = self->count_owned();
     }
-    if (!filter.partitions.empty()) self->recover(filter);
+    for (const auto& [type, filter] : filters) self->recover(filter);
   });
   s.bus.on_partitions_revoked([weak](const std::vector<transport::topic_partition>& revoked) {
     if (auto self = weak.lock()) self->revoke(revoked);

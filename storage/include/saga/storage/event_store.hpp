@@ -126,10 +126,12 @@ struct append_result {
 
 using append_callback = std::function<void(std::exception_ptr error, append_result result)>;
 
-// Which partitions a listing covers (empty = all).
+// Which sagas a listing covers: those of `type` (empty = every type) on `partitions` (empty = all). Saga types
+// number their reply partitions alike, so an owner of one type's partition lists with that type.
 struct partition_filter {
-  std::vector<std::int32_t> partitions;
-  [[nodiscard]] bool matches(std::int32_t p) const noexcept;
+  std::vector<std::int32_t> partitions{};
+  std::string type{};
+  [[nodiscard]] bool matches(const std::string& saga_type, std::int32_t p) const noexcept;
 };
 
 // Which sagas a listing returns (every field optional).
@@ -157,7 +159,7 @@ class event_store {
   [[nodiscard]] virtual std::vector<saga_log> load_many(std::span<const saga_id> sagas);
   // Up to `limit` events with position >= `from_position`, in global order.
   [[nodiscard]] virtual std::vector<recorded_event> read_all(std::uint64_t from_position, std::size_t limit) = 0;
-  // Sagas that are running, compensating or stuck, in the given partitions.
+  // Sagas that are running, compensating or stuck, of the filter's type in its partitions.
   [[nodiscard]] virtual std::vector<saga_summary> list_unfinished(const partition_filter& filter) = 0;
   // The saga's summary row, if it exists.
   [[nodiscard]] virtual std::optional<saga_summary> find(const saga_id& saga) = 0;
