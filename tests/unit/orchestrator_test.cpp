@@ -600,6 +600,39 @@ TEST(orchestrator, a_new_process_folds_unfinished_sagas_before_its_partitions_ar
   second.shutdown();
 }
 
+// A service of two saga types whose partitions arrive together: the read-ahead serves both types' recoveries. Before,
+// the first type's recovery dropped it (the assignment recovers type by type), and the second read its logs again.
+TEST(orchestrator, a_read_ahead_serves_every_saga_type_assigned_at_once) {
+  rig r;
+  r.silent = {"orders", "inventory", "payments", "shipping", "svc_a"};
+  r.bus.set_reply_partitions(1);
+  const std::vector<transport::topic_partition> both{{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}};
+  {
+    orchestrator first(r.store, r.bus, r.options());
+    first.add(order_processing::order_saga());
+    first.add(saga_test::linear());
+    first.run();
+    r.bus.assign(both);
+    for (int i = 0; i < 10; ++i) {
+      (void)first.start("order", to_json(make_order(i)));
+      (void)first.start("linear", R"({"name":"n","trail":[]})");
+    }
+    first.shutdown();
+  }
+  counting_store store(r.store);
+  orchestrator second(store, r.bus, r.options());
+  second.add(order_processing::order_saga());
+  second.add(saga_test::linear());
+  second.run();
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().recovery_read_ahead.load() == 20u; }));
+  r.bus.assign(both);
+  ASSERT_TRUE(r.pump_until([&] { return second.stats().sagas_recovered.load() == 20u; }));
+  EXPECT_EQ(second.stats().recovery_prefetched.load(), 20u);
+  EXPECT_EQ(store.bulk_loads.load(), 1) << "only the read-ahead read the logs";
+  EXPECT_EQ(store.loads.load(), 0);
+  second.shutdown();
+}
+
 TEST(orchestrator, a_saga_that_moved_on_after_the_read_ahead_is_read_again_when_its_partition_arrives) {
   rig r;
   r.bus.set_reply_partitions(1);
@@ -892,6 +925,59 @@ TEST(orchestrator, a_count_changed_while_a_saga_waits_out_a_store_outage_drops_i
   EXPECT_EQ(o.stats().sagas_dropped.load(), 1u);
   EXPECT_EQ(r.store.load(h.id).size(), events);
   o.shutdown();
+}
+
+// A cancel of a saga whose type is refused here (its reply partition count changed under unfinished sagas) is refused
+// with partition_count_changed, whether the count changed before the cancel was called or while it waited out a store
+// outage; so is a start that waited out the outage. Before, each was decided and appended (the cancel's compensation
+// sent, the start's first command) by a process that refuses the type: a cancel names no type for call() to check,
+// and a fence voided replies and timers only. The refused start leaves no entry here (before, the promise made for its
+// handle, never returned, kept it in memory for good; so did a start that drew a taken id).
+TEST(orchestrator, a_cancel_or_start_of_a_type_refused_here_is_refused_even_when_the_count_changed_while_it_waited) {
+  for (const std::string what :
+       {"cancel called after the change", "cancel waiting out an outage", "start waiting out an outage"}) {
+    SCOPED_TRACE(what);
+    const bool waits = what.find("outage") != std::string::npos, starts = what.starts_with("start");
+    rig r;
+    r.silent = {"orders", "inventory", "payments", "shipping"};
+    r.bus.set_reply_partitions(2);
+    counting_store store(r.store);
+    auto options = r.options();
+    options.store_retry_backoff = duration{500};
+    orchestrator o(store, r.bus, options);
+    o.add(order_processing::order_saga());
+    o.run();
+    r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+    const auto h = o.start("order", to_json(make_order(1)));
+    ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
+    const auto events = r.store.load(h.id).size();
+    const auto change_count = [&] {
+      r.bus.set_reply_partitions(4);
+      r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
+      ASSERT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+    };
+    if (!waits) change_count();
+    store.appends_unavailable = waits;
+    auto called = std::async(std::launch::async, [&] {
+      if (starts) return count_change_refusal([&] { (void)o.start("order", to_json(make_order(2))); });
+      return count_change_refusal([&] { (void)o.cancel(h.id, "customer asked", "test"); });
+    });
+    if (waits) {
+      ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));
+      change_count();
+      store.appends_unavailable = false;
+    }
+    ASSERT_EQ(called.wait_for(30s), std::future_status::ready);
+    const auto why = called.get();
+    EXPECT_NE(why.find("placed over 2"), std::string::npos) << "not refused: " << why;
+    EXPECT_EQ(r.store.load(h.id).size(), events);
+    EXPECT_EQ(r.store.list_unfinished({}).size(), 1u) << "the second start was appended";
+    EXPECT_EQ(sent_of(r.bus, "create_order").size(), 1u);
+    EXPECT_TRUE(sent_of(r.bus, "cancel_order").empty());
+    // The first saga's entry stays, its handle awaited (its end is read from the store); none stays for the start.
+    EXPECT_TRUE(r.pump_until([&] { return o.active() == 1; })) << "an entry stayed for the refused " << what;
+    o.shutdown();
+  }
 }
 
 TEST(orchestrator, a_process_that_owns_no_reply_partition_notices_a_changed_count_at_its_next_start) {
@@ -1222,19 +1308,18 @@ TEST(orchestrator, a_zombie_that_loses_the_concurrency_check_drops_the_saga_inst
   zombie.shutdown();
 }
 
-// A saga recovered here, which nobody here awaits, is dropped while its append is in flight (its partition revoked),
-// and the append commits afterwards. If the partition stays away, nothing of the saga stays in memory here (before,
-// its entry stayed until the saga's next trigger). If it comes back, the saga's next command is sent once: the
-// append that completed and the recovery the assignment queued each performed recovery's effects (it went out twice).
 // Starts an order saga in r's store from another process, which owns no reply partition and is gone before the
 // saga's first command is answered (the command is lost: its participants are silent). r's bus has one partition.
-// Its ids come from another seed than r's, so a saga r's orchestrator starts does not draw the same id.
+// Its ids come from another seed than rig::options()'s, so a saga r's orchestrator starts does not draw the same id.
 saga_id start_elsewhere(rig& r) {
   rig s;
   s.silent = {"orders", "inventory", "payments", "shipping"};
   s.bus.set_reply_partitions(1);
   auto options = s.options();
-  (void)options.entropy();
+  options.entropy = [seed = std::uint64_t{0x5a6a}]() mutable {  // one saga: its draws never overlap
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return seed;
+  };
   orchestrator starter(r.store, s.bus, options);
   starter.add(order_processing::order_saga());
   starter.run();
@@ -1243,6 +1328,10 @@ saga_id start_elsewhere(rig& r) {
   return id;
 }
 
+// A saga recovered here, which nobody here awaits, is dropped while its append is in flight (its partition revoked),
+// and the append commits afterwards. If the partition stays away, nothing of the saga stays in memory here (before,
+// its entry stayed until the saga's next trigger). If it comes back, the saga's next command is sent once: the
+// append that completed and the recovery the assignment queued each performed recovery's effects (it went out twice).
 TEST(orchestrator, a_saga_dropped_while_its_append_was_in_flight_leaves_no_entry_here_or_is_resumed_once) {
   for (const bool comes_back : {false, true}) {
     SCOPED_TRACE(comes_back ? "the partition comes back" : "the partition stays away");
@@ -1531,6 +1620,7 @@ TEST(orchestrator, a_start_that_draws_a_taken_id_is_refused_naming_it_and_the_ex
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("saga id " + taken.to_string() + " is taken"), std::string::npos) << e.what();
   }
+  EXPECT_TRUE(r.pump_until([&] { return second.active() == 0; })) << "the refused start's entry stayed";
   const auto after = r.store.load(taken);
   ASSERT_EQ(after.size(), before.size());
   EXPECT_EQ(after.back().hash, before.back().hash);

@@ -830,6 +830,17 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         return process(e, std::move(j));
       }
       if (d.events.empty()) return finish_job(j, d);
+      if (auto why = fenced_why(def->type())) {
+        // The type is refused here (see fence()): the append would place the saga by a count the store did not
+        // record, and its effects would run for a type this process refuses. A fence voids the replies, timers and
+        // recoveries queued before it by their generation; a start, cancel or operator's action carries none (and a
+        // cancel or an action names no type that call() could check). Its caller is told; the state read for it
+        // is let go.
+        clear_state(*e);
+        if (std::holds_alternative<triggers::reply>(j.what)) ++stats.replies_ignored;
+        if (j.done) j.done(decision{}, std::make_exception_ptr(partition_count_changed(*why)));
+        return;
+      }
       storage::append_request request{e->id,    def->type(),    e->state->seq,
                                       d.events, d.after.status, bus.reply_partition(def->type(), e->id).value_or(0),
                                       {}};
@@ -1104,8 +1115,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // Recovers the unfinished sagas of `filter`. While the store is unavailable (a database restart, say) it tries
   // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
-  // unrecovered because the database was down when their partitions arrived.
-  void recover(const storage::partition_filter& filter, duration backoff = {}) {
+  // unrecovered because the database was down when their partitions arrived. With `more_to_come` (an assignment
+  // recovers type by type), the read-ahead is kept for the next type's recovery.
+  void recover(const storage::partition_filter& filter, duration backoff = {}, bool more_to_come = false) {
     std::vector<storage::saga_summary> unfinished;
     try {
       for (auto& summary : store.list_unfinished(filter))
@@ -1134,7 +1146,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       });
       return;
     }
-    submit_recovery(unfinished, take_prefetched(unfinished));
+    submit_recovery(unfinished, take_prefetched(unfinished, more_to_come));
   }
 
   // Marks the next sweep due after orphan_sweep on the clock.
@@ -1258,15 +1270,19 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // The read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
   // abandoned (this recovery reads what it needs, as it would without one). Either way the read-ahead is dropped
-  // here, at the first recovery: later recoveries read for themselves.
-  std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished) {
+  // here, at the first assignment's recovery (after its last type's, when `keep_rest`): later recoveries read for
+  // themselves.
+  std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished,
+                                                          bool keep_rest) {
     std::unordered_map<saga_id, saga_state> out;
     std::lock_guard lock(prefetch_mutex);
     prefetch_abandoned = true;
     for (const auto& summary : unfinished)
-      if (auto it = prefetched.find(summary.id); it != prefetched.end() && it->second.last_seq == summary.last_seq)
-        out.emplace(summary.id, std::move(it->second.state));
-    prefetched.clear();
+      if (auto it = prefetched.find(summary.id); it != prefetched.end()) {
+        if (it->second.last_seq == summary.last_seq) out.emplace(summary.id, std::move(it->second.state));
+        if (keep_rest) prefetched.erase(it);
+      }
+    if (!keep_rest) prefetched.clear();
     return out;
   }
 
@@ -1375,7 +1391,13 @@ void orchestrator::run() {
         }
       self->stats.reply_partitions_owned = self->count_owned();
     }
-    for (const auto& [type, filter] : filters) self->recover(filter);
+    for (auto it = filters.begin(); it != filters.end(); ++it) {
+      try {
+        self->recover(it->second, {}, /*more_to_come=*/std::next(it) != filters.end());
+      } catch (const std::exception& x) {  // a store error that retrying does not help: the other types still recover
+        self->log_quietly("recovery of saga type '" + it->first + "' failed: " + x.what());
+      }
+    }
   });
   s.bus.on_partitions_revoked([weak](const std::vector<transport::topic_partition>& revoked) {
     if (auto self = weak.lock()) self->revoke(revoked);
@@ -1415,19 +1437,29 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
                      std::to_string(s.options.start_timeout.count()) + " ms; try again later");
   const auto [id, owned_here] = s.new_id(type);
   auto e = s.get(id);
-  std::shared_future<saga_outcome> future;
+  bool made_promise = false;  // else the id was taken after all, and someone may await that saga
   {
     std::lock_guard lock(e->promise_mutex);
     e->counted = true;
     e->started = steady::now();
+    made_promise = !e->promise;
   }
-  future = s.future_of(e);
+  const auto future = s.future_of(e);
+  // Not started: frees the slot, and the entry unless it holds a saga (one that this start's append committed in
+  // doubt, say). Before, the promise made for the handle (never returned) kept the entry in memory for good.
   auto release = [&] {
-    std::lock_guard lock(e->promise_mutex);
-    if (e->counted) {
-      e->counted = false;
-      s.slots.release();
+    {
+      std::lock_guard lock(e->promise_mutex);
+      if (e->counted) {
+        e->counted = false;
+        s.slots.release();
+      }
+      if (made_promise && !e->fulfilled) {
+        e->promise.reset();
+        e->future = {};
+      }
     }
+    s.on_strand(e, [](impl& self, const std::shared_ptr<entry>& x) { self.forget_if_idle(x, false); });
   };
   decision d;
   try {

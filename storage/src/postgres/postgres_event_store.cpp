@@ -916,11 +916,11 @@ std::vector<saga_summary> postgres_event_store::list_unfinished(const partition_
   const bool all = filter.partitions.empty();
   return impl_->with_reader("postgres_event_store list_unfinished", [&](pqxx::transaction_base& tx) {
     std::vector<saga_summary> out;
-    for (const auto& r :
-         tx.exec_params(std::string(summary_columns) + "WHERE status IN ('running', 'compensating', 'stuck')"
-                                                       " AND ($1 OR partition = ANY($2::integer[]))"
-                                                       " AND ($3 = '' OR type = $3) ORDER BY started_at, id",
-                        all, parts.str(), filter.type))
+    for (const auto& r : tx.exec_params(std::string(summary_columns) +
+                                            "WHERE status IN ('running', 'compensating', 'stuck')"
+                                            " AND ($1 OR partition = ANY($2::integer[]))"
+                                            " AND ($3::text = '' OR type = $3::text) ORDER BY started_at, id",
+                                        all, parts.str(), filter.type))
       out.push_back(summary_from(r));
     return out;
   });

@@ -115,9 +115,9 @@ class orchestrator {
   // differ it throws partition_count_changed, having started nothing; store errors propagate the same way (run() may
   // be called again). The check is repeated whenever the transport's count changes (it re-reads it at each
   // assignment; a start() notices it too): a type whose count changed under unfinished sagas while this process ran
-  // is refused from then on (start() throws partition_count_changed, its replies are dropped, its partitions are not
-  // recovered, its cached sagas are dropped; metrics::partition_count_mismatches counts it) until the process is
-  // restarted against a topic that matches.
+  // is refused from then on (start(), cancel() and act() throw partition_count_changed, its replies are dropped, its
+  // partitions are not recovered, its cached sagas are dropped; metrics::partition_count_mismatches counts it) until
+  // the process is restarted against a topic that matches.
   void run();
   // Starts a saga and returns once its start event is durable. With an idempotency key that was used before for
   // this type, returns the existing saga instead (the start's own append finds it: the store's unique key decides,
@@ -127,8 +127,10 @@ class orchestrator {
   [[nodiscard]] saga_handle start(const std::string& type, const std::string& input_json,
                                   const std::string& idempotency_key = {});
   // Asks a running saga to stop and compensate; returns the decision (rejected says why, e.g. after the pivot).
+  // Throws partition_count_changed, having appended nothing, when the saga's type is refused here (see run()).
   [[nodiscard]] decision cancel(const saga_id& id, const std::string& reason, const std::string& by);
-  // Retries or skips the stuck action of a stuck saga (recorded with who and why); returns the decision.
+  // Retries or skips the stuck action of a stuck saga (recorded with who and why); returns the decision. Throws
+  // partition_count_changed like cancel().
   [[nodiscard]] decision act(const saga_id& id, const triggers::operator_action& action);
   // The outcome of a saga as a future (ready at once when it already finished). Throws std::invalid_argument
   // when the saga does not exist.
