@@ -339,6 +339,25 @@ struct counting_store final : storage::event_store {
 
 // A start whose append committed although the store answered that it could not tell (a connection lost during
 // COMMIT) is durable: start() returns its id, and the saga runs to its end, started once.
+// An orchestrator of the order saga over a counting store, its log lines kept; `tweak` changes its options first.
+struct logged_orchestrator {
+  rig r;
+  counting_store store{r.store};
+  captured_log log;
+  orchestrator o;
+  explicit logged_orchestrator(const std::function<void(runtime::orchestrator_options&)>& tweak = {})
+      : o(store, r.bus, options(tweak)) {
+    o.add(order_processing::order_saga());
+    o.run();
+  }
+  runtime::orchestrator_options options(const std::function<void(runtime::orchestrator_options&)>& tweak) {
+    auto out = r.options();
+    out.log = log.sink();
+    if (tweak) tweak(out);
+    return out;
+  }
+};
+
 TEST(orchestrator, a_start_whose_append_committed_in_doubt_returns_the_saga_and_runs_it) {
   rig r;
   counting_store store(r.store);
@@ -360,14 +379,11 @@ TEST(orchestrator, a_start_whose_append_committed_in_doubt_returns_the_saga_and_
 // counted as ignored, and the saga it completed was never counted as completed; a cancel's caller was told its
 // cancel was refused ("saga ... is compensating") although it had taken effect.
 TEST(orchestrator, a_reply_or_cancel_whose_append_committed_in_doubt_is_not_decided_again) {
-  rig r;
-  counting_store store(r.store);
-  captured_log log;
-  auto options = r.options();
-  options.log = log.sink();
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.run();
+  logged_orchestrator t;
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& log = t.log;
+  auto& o = t.o;
   store.commit_then_fail_final = true;  // the shipping reply's append, which completes the saga
   auto h = o.start("order", to_json(make_order(1)));
   ASSERT_TRUE(r.pump_until([&] { return ready(h.outcome); }));
@@ -902,25 +918,46 @@ bool reply_decided_once_appends_work(rig& r, counting_store& store, orchestrator
   return !sent_of(r.bus, "reserve_inventory").empty();
 }
 
+// Options for a rig whose participants are silent and whose bus has `partitions` reply partitions per type: the
+// store is retried after 500 ms.
+runtime::orchestrator_options silent_with_retries(rig& r, std::int32_t partitions) {
+  r.silent = {"orders", "inventory", "payments", "shipping"};
+  r.bus.set_reply_partitions(partitions);
+  auto options = r.options();
+  options.store_retry_backoff = duration{500};
+  return options;
+}
+
+// An orchestrator of the order saga that owns both partitions of its reply topic, with silent participants, retrying
+// its store after 500 ms. change_count() gives the topic 4 partitions under the type's unfinished sagas: the type is
+// refused here from then on.
+struct two_partitions {
+  rig r;
+  counting_store store{r.store};
+  orchestrator o{store, r.bus, silent_with_retries(r, 2)};
+  two_partitions() {
+    o.add(order_processing::order_saga());
+    o.run();
+    r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+  }
+  void change_count() {
+    r.bus.set_reply_partitions(4);
+    r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
+    ASSERT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  }
+};
+
 // The count changes while a saga waits out a store outage, its reply parked for the retry (the saga holds no state
 // then): the saga is dropped like the cached ones, and the reply is let go, not decided for a type refused here.
 TEST(orchestrator, a_count_changed_while_a_saga_waits_out_a_store_outage_drops_it_too) {
-  rig r;
-  r.silent = {"orders", "inventory", "payments", "shipping"};
-  r.bus.set_reply_partitions(2);
-  counting_store store(r.store);
-  auto options = r.options();
-  options.store_retry_backoff = duration{500};
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.run();
-  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+  two_partitions t;
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& o = t.o;
   auto h = o.start("order", to_json(make_order(1)));
   ASSERT_NO_FATAL_FAILURE(answer_create_order_while_appends_fail(r, store, o));
   const auto events = r.store.load(h.id).size();
-  r.bus.set_reply_partitions(4);
-  r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
-  EXPECT_EQ(o.stats().partition_count_mismatches.load(), 1u);
+  ASSERT_NO_FATAL_FAILURE(t.change_count());
   EXPECT_FALSE(reply_decided_once_appends_work(r, store, o)) << "decided for a type refused here";
   EXPECT_EQ(o.stats().sagas_dropped.load(), 1u);
   EXPECT_EQ(r.store.load(h.id).size(), events);
@@ -938,25 +975,16 @@ TEST(orchestrator, a_cancel_or_start_of_a_type_refused_here_is_refused_even_when
        {"cancel called after the change", "cancel waiting out an outage", "start waiting out an outage"}) {
     SCOPED_TRACE(what);
     const bool waits = what.find("outage") != std::string::npos, starts = what.starts_with("start");
-    rig r;
-    r.silent = {"orders", "inventory", "payments", "shipping"};
-    r.bus.set_reply_partitions(2);
-    counting_store store(r.store);
-    auto options = r.options();
-    options.store_retry_backoff = duration{500};
-    orchestrator o(store, r.bus, options);
-    o.add(order_processing::order_saga());
-    o.run();
-    r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 1, "order"}});
+    two_partitions t;
+    auto& r = t.r;
+    auto& store = t.store;
+    auto& o = t.o;
     const auto h = o.start("order", to_json(make_order(1)));
     ASSERT_TRUE(r.pump_until([&] { return sent_of(r.bus, "create_order").size() == 1; }));
     const auto events = r.store.load(h.id).size();
-    const auto change_count = [&] {
-      r.bus.set_reply_partitions(4);
-      r.bus.assign({{"order.replies", 0, "order"}, {"order.replies", 2, "order"}});
-      ASSERT_EQ(o.stats().partition_count_mismatches.load(), 1u);
-    };
-    if (!waits) change_count();
+    if (!waits) {
+      ASSERT_NO_FATAL_FAILURE(t.change_count());
+    }
     store.appends_unavailable = waits;
     auto called = std::async(std::launch::async, [&] {
       if (starts) return count_change_refusal([&] { (void)o.start("order", to_json(make_order(2))); });
@@ -964,7 +992,7 @@ TEST(orchestrator, a_cancel_or_start_of_a_type_refused_here_is_refused_even_when
     });
     if (waits) {
       ASSERT_TRUE(r.pump_until([&] { return o.stats().append_retries.load() >= 1; }));
-      change_count();
+      ASSERT_NO_FATAL_FAILURE(t.change_count());
       store.appends_unavailable = false;
     }
     ASSERT_EQ(called.wait_for(30s), std::future_status::ready);
@@ -1102,19 +1130,12 @@ TEST(orchestrator, a_reply_queued_before_its_partition_was_revoked_is_left_to_th
 struct two_types {
   rig r;
   counting_store store{r.store};
-  orchestrator o{store, r.bus, options_for(r)};
+  orchestrator o{store, r.bus, silent_with_retries(r, 1)};
   two_types() {
     o.add(order_processing::order_saga());
     o.add(saga_test::linear());
     o.run();
     r.bus.assign({{"order.replies", 0, "order"}, {"linear.replies", 0, "linear"}});
-  }
-  static runtime::orchestrator_options options_for(rig& r) {
-    r.silent = {"orders", "inventory", "payments", "shipping"};
-    r.bus.set_reply_partitions(1);
-    auto options = r.options();
-    options.store_retry_backoff = duration{500};
-    return options;
   }
 };
 
@@ -1635,16 +1656,12 @@ TEST(orchestrator, a_start_that_draws_a_taken_id_is_refused_naming_it_and_the_ex
 // whose append was refused used to be dropped without a word: no timer was armed any more, and the saga never moved
 // again. It is logged, counted and decided again later; so is a reply, whose offset stays uncommitted until then.
 TEST(orchestrator, a_refused_append_of_a_deadline_or_reply_is_logged_and_decided_again_not_dropped) {
-  rig r;
+  logged_orchestrator t([](runtime::orchestrator_options& options) { options.refused_append_backoff = duration{20}; });
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& log = t.log;
+  auto& o = t.o;
   r.silent.insert("charge_payment");
-  counting_store store(r.store);
-  auto options = r.options();
-  options.refused_append_backoff = duration{20};
-  captured_log log;
-  options.log = log.sink();
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.run();
   auto h = o.start("order", to_json(make_order(1)));
   // create, reserve, charge sent, and their three deadlines armed (the timer is armed just after the send: advancing
   // the clock in between left the charge's deadline to fire never, on a slow sanitizer build)
@@ -2212,14 +2229,11 @@ namespace {
 // A reply whose saga's log cannot be read (a store error retrying does not help; a log evolve refuses) was dropped
 // without a word, and left an empty entry in memory for good.
 TEST(orchestrator, a_reply_whose_log_cannot_be_read_is_logged_and_leaves_no_entry) {
-  rig r;
-  counting_store store(r.store);
-  captured_log log;
-  auto options = r.options();
-  options.log = log.sink();
-  orchestrator o(store, r.bus, options);
-  o.add(order_processing::order_saga());
-  o.run();
+  logged_orchestrator t;
+  auto& r = t.r;
+  auto& store = t.store;
+  auto& log = t.log;
+  auto& o = t.o;
   store.load_fails = true;
   transport::reply_message reply;
   reply.command_id = "someone:2";

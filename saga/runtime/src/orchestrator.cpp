@@ -102,6 +102,7 @@ struct entry {
   std::shared_ptr<std::promise<saga_outcome>> promise;
   std::shared_future<saga_outcome> future;
   bool fulfilled = false;
+  bool asked = false;    // outcome() handed out the future: a start that fails does not let the promise go
   bool counted = false;  // holds one of the in-flight slots of this process
   steady::time_point started{};
   // Bumped when the saga is dropped (its partition went to another process): timers armed before are void.
@@ -505,7 +506,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::pair<std::shared_ptr<entry>, std::shared_future<saga_outcome>> awaited(const saga_id& id) {
     std::lock_guard lock(entries_mutex);
     auto e = get_locked(id);
-    return {e, future_of(e)};
+    return {e, future_of(e, /*asked=*/true)};
   }
 
   // What a store callback holds: its members go in reverse order, so the entry (whose strand belongs to the
@@ -832,12 +833,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       if (d.events.empty()) return finish_job(j, d);
       if (auto why = fenced_why(def->type())) {
         // The type is refused here (see fence()): the append would place the saga by a count the store did not
-        // record, and its effects would run for a type this process refuses. A fence voids the replies, timers and
-        // recoveries queued before it by their generation; a start, cancel or operator's action carries none (and a
-        // cancel or an action names no type that call() could check). Its caller is told; the state read for it
-        // is let go.
+        // record, and its effects would run for a type this process refuses. A fence voids the replies and timers
+        // queued before it by their generation, and recoveries by ownership; a start, cancel or operator's action
+        // carries neither (and a cancel or an action names no type that call() could check). Its caller is told;
+        // the state read for it is let go.
         clear_state(*e);
         if (std::holds_alternative<triggers::reply>(j.what)) ++stats.replies_ignored;
+        log("saga " + e->id.to_string() + ": " + (starting ? std::string("its start") : kind_of(j)) +
+            " is refused: " + *why);
         if (j.done) j.done(decision{}, std::make_exception_ptr(partition_count_changed(*why)));
         return;
       }
@@ -1080,8 +1083,9 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     e->fulfilled = true;
   }
 
-  std::shared_future<saga_outcome> future_of(const std::shared_ptr<entry>& e) {
+  std::shared_future<saga_outcome> future_of(const std::shared_ptr<entry>& e, bool asked = false) {
     std::lock_guard lock(e->promise_mutex);
+    e->asked = e->asked || asked;
     if (!e->promise) {
       e->promise = std::make_shared<std::promise<saga_outcome>>();
       e->future = e->promise->get_future().share();
@@ -1116,7 +1120,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // Recovers the unfinished sagas of `filter`. While the store is unavailable (a database restart, say) it tries
   // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
   // unrecovered because the database was down when their partitions arrived. With `more_to_come` (an assignment
-  // recovers type by type), the read-ahead is kept for the next type's recovery.
+  // recovers type by type), the read-ahead is kept for the next type's recovery (the caller drops it after).
   void recover(const storage::partition_filter& filter, duration backoff = {}, bool more_to_come = false) {
     std::vector<storage::saga_summary> unfinished;
     try {
@@ -1270,8 +1274,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // The read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
   // abandoned (this recovery reads what it needs, as it would without one). Either way the read-ahead is dropped
-  // here, at the first assignment's recovery (after its last type's, when `keep_rest`): later recoveries read for
-  // themselves.
+  // here, at the first recovery, unless `keep_rest` (the assignment's callback recovers type by type, and drops it
+  // after the last): later recoveries read for themselves.
   std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished,
                                                           bool keep_rest) {
     std::unordered_map<saga_id, saga_state> out;
@@ -1284,6 +1288,13 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
       }
     if (!keep_rest) prefetched.clear();
     return out;
+  }
+
+  // Lets the read-ahead go (recovery came, and took what it could use).
+  void drop_read_ahead() {
+    std::lock_guard lock(prefetch_mutex);
+    prefetch_abandoned = true;
+    prefetched.clear();
   }
 
   // Queues a recovery job per saga: with its state from the read-ahead when `ready` has it, else with its log read
@@ -1391,13 +1402,16 @@ void orchestrator::run() {
         }
       self->stats.reply_partitions_owned = self->count_owned();
     }
-    for (auto it = filters.begin(); it != filters.end(); ++it) {
+    for (const auto& [type, filter] : filters) {
       try {
-        self->recover(it->second, {}, /*more_to_come=*/std::next(it) != filters.end());
+        self->recover(filter, {}, /*more_to_come=*/true);
       } catch (const std::exception& x) {  // a store error that retrying does not help: the other types still recover
-        self->log_quietly("recovery of saga type '" + it->first + "' failed: " + x.what());
+        self->log_quietly("recovery of saga type '" + type + "' failed: " + x.what());
+      } catch (...) {
+        self->log_quietly("recovery of saga type '" + type + "' failed");
       }
     }
+    if (!filters.empty()) self->drop_read_ahead();
   });
   s.bus.on_partitions_revoked([weak](const std::vector<transport::topic_partition>& revoked) {
     if (auto self = weak.lock()) self->revoke(revoked);
@@ -1438,13 +1452,18 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
   const auto [id, owned_here] = s.new_id(type);
   auto e = s.get(id);
   bool made_promise = false;  // else the id was taken after all, and someone may await that saga
+  std::shared_future<saga_outcome> future;
   {
     std::lock_guard lock(e->promise_mutex);
     e->counted = true;
     e->started = steady::now();
-    made_promise = !e->promise;
+    if (!e->promise) {
+      made_promise = true;
+      e->promise = std::make_shared<std::promise<saga_outcome>>();
+      e->future = e->promise->get_future().share();
+    }
+    future = e->future;
   }
-  const auto future = s.future_of(e);
   // Not started: frees the slot, and the entry unless it holds a saga (one that this start's append committed in
   // doubt, say). Before, the promise made for the handle (never returned) kept the entry in memory for good.
   auto release = [&] {
@@ -1454,7 +1473,7 @@ saga_handle orchestrator::start(const std::string& type, const std::string& inpu
         e->counted = false;
         s.slots.release();
       }
-      if (made_promise && !e->fulfilled) {
+      if (made_promise && !e->fulfilled && !e->asked) {
         e->promise.reset();
         e->future = {};
       }

@@ -127,7 +127,8 @@ class orchestrator {
   [[nodiscard]] saga_handle start(const std::string& type, const std::string& input_json,
                                   const std::string& idempotency_key = {});
   // Asks a running saga to stop and compensate; returns the decision (rejected says why, e.g. after the pivot).
-  // Throws partition_count_changed, having appended nothing, when the saga's type is refused here (see run()).
+  // Throws partition_count_changed, having appended nothing, when it would append for a saga whose type is refused
+  // here (see run()).
   [[nodiscard]] decision cancel(const saga_id& id, const std::string& reason, const std::string& by);
   // Retries or skips the stuck action of a stuck saga (recorded with who and why); returns the decision. Throws
   // partition_count_changed like cancel().
