@@ -506,7 +506,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   std::pair<std::shared_ptr<entry>, std::shared_future<saga_outcome>> awaited(const saga_id& id) {
     std::lock_guard lock(entries_mutex);
     auto e = get_locked(id);
-    return {e, future_of(e, /*asked=*/true)};
+    return {e, future_of(e)};
   }
 
   // What a store callback holds: its members go in reverse order, so the entry (whose strand belongs to the
@@ -719,6 +719,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // What a job is, for the log: "its reply", "its deadline", "its retry" (or its cancel, its operator's action).
   static std::string kind_of(const job& j) {
     const auto* timer = std::get_if<triggers::timer>(&j.what);
+    if (std::holds_alternative<triggers::start>(j.what)) return "its start";
     if (std::holds_alternative<triggers::cancel>(j.what)) return "its cancel";
     if (std::holds_alternative<triggers::operator_action>(j.what)) return "its operator's action";
     return !timer ? "its reply" : timer->kind == triggers::timer_kind::retry ? "its retry" : "its deadline";
@@ -839,8 +840,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
         // the state read for it is let go.
         clear_state(*e);
         if (std::holds_alternative<triggers::reply>(j.what)) ++stats.replies_ignored;
-        log("saga " + e->id.to_string() + ": " + (starting ? std::string("its start") : kind_of(j)) +
-            " is refused: " + *why);
+        log("saga " + e->id.to_string() + ": " + kind_of(j) + " is refused: " + *why);
         if (j.done) j.done(decision{}, std::make_exception_ptr(partition_count_changed(*why)));
         return;
       }
@@ -1083,9 +1083,10 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     e->fulfilled = true;
   }
 
-  std::shared_future<saga_outcome> future_of(const std::shared_ptr<entry>& e, bool asked = false) {
+  // The future of the saga's outcome, handed to a caller of outcome() (start() makes its own: see `asked`).
+  std::shared_future<saga_outcome> future_of(const std::shared_ptr<entry>& e) {
     std::lock_guard lock(e->promise_mutex);
-    e->asked = e->asked || asked;
+    e->asked = true;
     if (!e->promise) {
       e->promise = std::make_shared<std::promise<saga_outcome>>();
       e->future = e->promise->get_future().share();
@@ -1143,7 +1144,7 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           if (still.partitions.empty()) return;
         }
         try {
-          self->recover(still, backoff);
+          self->recover(still, backoff, /*more_to_come=*/true);  // the assignment's callback dropped the read-ahead
         } catch (const std::exception& e) {
           self->log(std::string("recovery failed: ") + e.what());
         }
@@ -1275,7 +1276,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
   // The read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
   // abandoned (this recovery reads what it needs, as it would without one). Either way the read-ahead is dropped
   // here, at the first recovery, unless `keep_rest` (the assignment's callback recovers type by type, and drops it
-  // after the last): later recoveries read for themselves.
+  // after the last, even when a type's listing failed): later recoveries, and the retries of a listing that
+  // failed, read for themselves.
   std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished,
                                                           bool keep_rest) {
     std::unordered_map<saga_id, saga_state> out;
