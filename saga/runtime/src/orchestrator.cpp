@@ -1120,9 +1120,8 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
 
   // Recovers the unfinished sagas of `filter`. While the store is unavailable (a database restart, say) it tries
   // again with backoff from the io context, until it succeeds or the orchestrator stops: owned sagas are never left
-  // unrecovered because the database was down when their partitions arrived. With `more_to_come` (an assignment
-  // recovers type by type), the read-ahead is kept for the next type's recovery (the caller drops it after).
-  void recover(const storage::partition_filter& filter, duration backoff = {}, bool more_to_come = false) {
+  // unrecovered because the database was down when their partitions arrived.
+  void recover(const storage::partition_filter& filter, duration backoff = {}) {
     std::vector<storage::saga_summary> unfinished;
     try {
       for (auto& summary : store.list_unfinished(filter))
@@ -1144,14 +1143,14 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
           if (still.partitions.empty()) return;
         }
         try {
-          self->recover(still, backoff, /*more_to_come=*/true);  // the assignment's callback dropped the read-ahead
+          self->recover(still, backoff);
         } catch (const std::exception& e) {
           self->log(std::string("recovery failed: ") + e.what());
         }
       });
       return;
     }
-    submit_recovery(unfinished, take_prefetched(unfinished, more_to_come));
+    submit_recovery(unfinished, take_prefetched(unfinished));
   }
 
   // Marks the next sweep due after orphan_sweep on the clock.
@@ -1273,22 +1272,19 @@ struct orchestrator::impl : std::enable_shared_from_this<orchestrator::impl> {
     }
   }
 
-  // The read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
-  // abandoned (this recovery reads what it needs, as it would without one). Either way the read-ahead is dropped
-  // here, at the first recovery, unless `keep_rest` (the assignment's callback recovers type by type, and drops it
-  // after the last, even when a type's listing failed): later recoveries, and the retries of a listing that
-  // failed, read for themselves.
-  std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished,
-                                                          bool keep_rest) {
+  // Takes the read-ahead states of `unfinished` that are still current. Never waits: a read-ahead still running is
+  // abandoned (this recovery reads what it needs, as it would without one). The rest stays for the other types of
+  // the same assignment (it recovers type by type), which drops it after the last (drop_read_ahead): later
+  // recoveries, and the retries of a listing that failed, read for themselves.
+  std::unordered_map<saga_id, saga_state> take_prefetched(const std::vector<storage::saga_summary>& unfinished) {
     std::unordered_map<saga_id, saga_state> out;
     std::lock_guard lock(prefetch_mutex);
     prefetch_abandoned = true;
     for (const auto& summary : unfinished)
       if (auto it = prefetched.find(summary.id); it != prefetched.end()) {
         if (it->second.last_seq == summary.last_seq) out.emplace(summary.id, std::move(it->second.state));
-        if (keep_rest) prefetched.erase(it);
+        prefetched.erase(it);
       }
-    if (!keep_rest) prefetched.clear();
     return out;
   }
 
@@ -1406,7 +1402,7 @@ void orchestrator::run() {
     }
     for (const auto& [type, filter] : filters) {
       try {
-        self->recover(filter, {}, /*more_to_come=*/true);
+        self->recover(filter);
       } catch (const std::exception& x) {  // a store error that retrying does not help: the other types still recover
         self->log_quietly("recovery of saga type '" + type + "' failed: " + x.what());
       } catch (...) {
